@@ -1,0 +1,375 @@
+//! Command line, environment and config file, defined once.
+//!
+//! Every option is a clap argument below, with its help text, its
+//! `DEBTORRENT_*` environment variable and its default. The TOML config
+//! file uses the same names (`listen = "..."`, `allow-port = [8080]`); a key
+//! in the file is applied by handing it to clap as `--key=value` when
+//! neither the command line nor the environment set it. So the file gets the
+//! same parsing and validation, and `debtorrent config-reference` prints the
+//! file format from the same definitions, for `--help`, the packaged
+//! `/etc/debtorrent/debtorrent.toml` and `docs/configuration.md`.
+//! Precedence: command line > environment > config file > default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// Download Debian packages from peers over BitTorrent, with the mirror as fallback.
+#[derive(Parser, Debug)]
+#[command(name = "debtorrent", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon that apt talks to.
+    Serve(ServeArgs),
+    /// Print apt sources rewritten to go through the daemon.
+    Sources(SourcesArgs),
+    /// Add verified .deb files from a directory (e.g. /var/cache/apt/archives) to the store.
+    Import(ImportArgs),
+    /// Print a config file listing every `serve` option with its default.
+    ConfigReference,
+}
+
+/// Options of `debtorrent serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Read options from this TOML file (keys are the long option names).
+    #[arg(long, value_name = "FILE", env = "DEBTORRENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address the apt front end listens on. Loopback by default; a LAN
+    /// address exposes the daemon to other machines (consider --allow-host).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "DEBTORRENT_LISTEN",
+        default_value = "127.0.0.1:9988"
+    )]
+    pub listen: SocketAddr,
+    /// Folder for the state database, the package store and cached indexes.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "DEBTORRENT_DATA_DIR",
+        default_value = "debtorrent-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        env = "DEBTORRENT_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+    /// Allow fetching from this upstream port as well as 80 and 443 (repeatable).
+    #[arg(
+        long = "allow-port",
+        value_name = "PORT",
+        env = "DEBTORRENT_ALLOW_PORT",
+        value_delimiter = ','
+    )]
+    pub allow_port: Vec<u16>,
+    /// Only fetch from these mirror hosts (repeatable); empty allows any host on an allowed port.
+    #[arg(
+        long = "allow-host",
+        value_name = "HOST",
+        env = "DEBTORRENT_ALLOW_HOST",
+        value_delimiter = ','
+    )]
+    pub allow_host: Vec<String>,
+    /// Largest total size of stored package files (K, M, G, T suffixes: powers of 1024).
+    #[arg(long, value_name = "SIZE", env = "DEBTORRENT_CACHE_SIZE", default_value = "20G", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Seconds to wait for a mirror's next bytes before giving up on it.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "DEBTORRENT_UPSTREAM_TIMEOUT",
+        default_value = "30"
+    )]
+    pub upstream_timeout: u64,
+    /// Seconds to wait for a connection to a mirror.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "DEBTORRENT_CONNECT_TIMEOUT",
+        default_value = "10"
+    )]
+    pub connect_timeout: u64,
+    /// Most apt connections served at once.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DEBTORRENT_MAX_CONNECTIONS",
+        default_value = "512"
+    )]
+    pub max_connections: usize,
+}
+
+/// Options of `debtorrent sources`.
+#[derive(Args, Debug, Clone)]
+pub struct SourcesArgs {
+    /// A sources.list or .sources file; default: /etc/apt/sources.list and /etc/apt/sources.list.d/*.
+    pub file: Option<PathBuf>,
+    /// The daemon's URL as apt should reach it.
+    #[arg(long, value_name = "URL", default_value = "http://localhost:9988")]
+    pub daemon: String,
+    /// Turn daemon URLs back into direct mirror URLs.
+    #[arg(long)]
+    pub revert: bool,
+}
+
+/// Options of `debtorrent import`.
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// Folder of .deb files to import.
+    pub dir: PathBuf,
+    /// The daemon's data folder.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "DEBTORRENT_DATA_DIR",
+        default_value = "debtorrent-data"
+    )]
+    pub data_dir: PathBuf,
+}
+
+/// Parses `123`, `64K`, `512M`, `20G`, `1T` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?} (use K, M, G or T)")),
+            };
+            (&s[..i], mul)
+        }
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("not a size: {s:?}"))
+}
+
+/// Parses the command line (and the config file, for `serve`).
+pub fn parse() -> anyhow::Result<Cli> {
+    parse_from(std::env::args_os().collect())
+}
+
+/// Like [`parse`], from given arguments.
+pub fn parse_from(mut args: Vec<std::ffi::OsString>) -> anyhow::Result<Cli> {
+    let matches = Cli::command().get_matches_from(args.clone());
+    if let Some(("serve", sub)) = matches.subcommand() {
+        if let Some(path) = sub.get_one::<PathBuf>("config") {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let extra = file_args(&text, sub)
+                .with_context(|| format!("in config file {}", path.display()))?;
+            args.extend(extra.into_iter().map(Into::into));
+        }
+    }
+    let matches = Cli::command().try_get_matches_from(args)?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// Turns config-file keys into `--key=value` arguments for the options the
+/// command line and environment left at their defaults.
+fn file_args(text: &str, given: &clap::ArgMatches) -> anyhow::Result<Vec<String>> {
+    let table: toml::Table = text.parse().context("not valid TOML")?;
+    let serve = Cli::command();
+    let serve = serve
+        .find_subcommand("serve")
+        .context("internal: no serve command")?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let Some(arg) = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+        else {
+            bail!("unknown option {key:?} (see `debtorrent config-reference`)");
+        };
+        let id = arg.get_id().as_str();
+        if matches!(
+            given.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let values = match value {
+            toml::Value::Array(items) => items,
+            v => vec![v],
+        };
+        for v in values {
+            let v = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!("option {key:?}: unsupported value {other}"),
+            };
+            out.push(format!("--{key}={v}"));
+        }
+    }
+    Ok(out)
+}
+
+/// A commented TOML file with every `serve` option and its default.
+pub fn reference() -> String {
+    let cmd = Cli::command();
+    let mut s = String::from(
+        "# debtorrent configuration (TOML). Every key is a `debtorrent serve` option;\n\
+         # the command line and DEBTORRENT_* environment variables override this file.\n\
+         # Generated by `debtorrent config-reference`.\n",
+    );
+    let Some(serve) = cmd.find_subcommand("serve") else {
+        return s;
+    };
+    for arg in serve.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "config" || long == "help" || long == "version" {
+            continue;
+        }
+        s.push('\n');
+        if let Some(help) = arg.get_long_help().or(arg.get_help()) {
+            for line in help.to_string().lines() {
+                s.push_str(&format!("# {line}\n"));
+            }
+        }
+        if let Some(env) = arg.get_env() {
+            s.push_str(&format!("# Environment: {}\n", env.to_string_lossy()));
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let multiple = arg.get_value_delimiter().is_some();
+        let value = match (defaults.first(), multiple) {
+            (_, true) => "[]".to_string(),
+            (Some(d), false) if d.parse::<u64>().is_ok() => d.clone(),
+            (Some(d), false) => format!("{d:?}"),
+            (None, false) => "\"\"".to_string(),
+        };
+        s.push_str(&format!("#{long} = {value}\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> anyhow::Result<ServeArgs> {
+        let mut v: Vec<std::ffi::OsString> = vec!["debtorrent".into(), "serve".into()];
+        v.extend(args.iter().map(Into::into));
+        match parse_from(v)?.command {
+            Command::Serve(s) => Ok(s),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        let cases = [
+            ("123", Some(123)),
+            ("64K", Some(64 << 10)),
+            ("20g", Some(20 << 30)),
+            ("1T", Some(1 << 40)),
+            ("", None),
+            ("G", None),
+            ("12X", None),
+            ("-1", None),
+            ("99999999999T", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_size(s).ok(), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.2:1234\"\nallow-port = [8080, 8081]\ncache-size = \"1G\"\nlog-level = \"debug\"\n",
+        )
+        .unwrap();
+        let cfg = f.to_str().unwrap();
+        let s = serve(&["--config", cfg]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.2:1234");
+        assert_eq!(s.allow_port, vec![8080, 8081]);
+        assert_eq!(s.cache_size, 1 << 30);
+        let s = serve(&[
+            "--config",
+            cfg,
+            "--listen",
+            "127.0.0.3:1",
+            "--allow-port",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.3:1", "flag beats file");
+        assert_eq!(s.allow_port, vec![9], "flag replaces the file's list");
+        assert_eq!(s.log_level, "debug", "file beats default");
+        let s = serve(&[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9988");
+        assert_eq!(s.cache_size, 20 << 30);
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("nonsense = 1\n", "unknown option \"nonsense\""),
+            ("listen = [\n", "not valid TOML"),
+            ("cache-size = \"huge\"\n", "cache-size"),
+        ];
+        for (text, needle) in cases {
+            let f = dir.path().join("c.toml");
+            std::fs::write(&f, text).unwrap();
+            let err = serve(&["--config", f.to_str().unwrap()]).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(needle), "{text:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn reference_lists_every_option_and_parses_back() {
+        let r = reference();
+        for key in [
+            "listen",
+            "data-dir",
+            "log-level",
+            "allow-port",
+            "allow-host",
+            "cache-size",
+        ] {
+            assert!(r.contains(&format!("#{key} = ")), "{key} missing from\n{r}");
+        }
+        // Uncommented, the reference is a valid config giving the defaults.
+        let uncommented: String = r
+            .lines()
+            .filter(|l| l.starts_with('#') && l.contains(" = "))
+            .map(|l| format!("{}\n", &l[1..]))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, uncommented).unwrap();
+        let s = serve(&["--config", f.to_str().unwrap()]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9988");
+    }
+}

@@ -1,0 +1,230 @@
+//! `Release` / `InRelease` files (pure): which index files a suite lists,
+//! with their sizes and SHA256 (and SHA512, for `by-hash/SHA512/...`).
+//!
+//! The daemon registers a torrent only for a `Packages`/`Sources` file
+//! whose bytes match the hash its suite's Release lists. It never checks
+//! the OpenPGP signature itself: apt does that, and an index that apt
+//! rejects is never asked for by path afterwards. What a lying mirror can
+//! achieve is documented in docs/ARCHITECTURE.md.
+
+use std::collections::HashMap;
+
+/// One file listed in a Release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Path relative to the suite directory, e.g. `main/binary-amd64/Packages.xz`.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The parsed hash lists of a Release file.
+#[derive(Clone, Debug, Default)]
+pub struct Release {
+    sha256: HashMap<String, ([u8; 32], u64)>,
+    by_sha256: HashMap<[u8; 32], Listed>,
+    by_sha512: HashMap<[u8; 64], Listed>,
+}
+
+impl Release {
+    /// Parses a Release or InRelease (clearsigned) text. Unknown fields and
+    /// malformed lines are skipped: apt is the judge of the file's validity.
+    pub fn parse(text: &[u8]) -> Release {
+        let text = String::from_utf8_lossy(text);
+        let body = strip_clearsign(&text);
+        let mut r = Release::default();
+        let mut section = None;
+        for line in body.lines() {
+            let line = line.trim_end_matches('\r');
+            if let Some(rest) = line.strip_prefix([' ', '\t']) {
+                let mut f = rest.split_whitespace();
+                let (Some(hash), Some(size), Some(name), None) =
+                    (f.next(), f.next(), f.next(), f.next())
+                else {
+                    continue;
+                };
+                let Ok(size) = size.parse::<u64>() else {
+                    continue;
+                };
+                match section {
+                    Some(Section::Sha256) => {
+                        if let Some(h) = hex::<32>(hash) {
+                            let listed = Listed {
+                                name: name.to_string(),
+                                size,
+                            };
+                            r.sha256.insert(name.to_string(), (h, size));
+                            r.by_sha256.insert(h, listed);
+                        }
+                    }
+                    Some(Section::Sha512) => {
+                        if let Some(h) = hex::<64>(hash) {
+                            r.by_sha512.insert(
+                                h,
+                                Listed {
+                                    name: name.to_string(),
+                                    size,
+                                },
+                            );
+                        }
+                    }
+                    None => {}
+                }
+                continue;
+            }
+            section = match line.split_once(':').map(|(k, _)| k.trim()) {
+                Some(k) if k.eq_ignore_ascii_case("SHA256") => Some(Section::Sha256),
+                Some(k) if k.eq_ignore_ascii_case("SHA512") => Some(Section::Sha512),
+                _ => None,
+            };
+        }
+        r
+    }
+
+    /// The SHA256 and size listed for `name` (relative to the suite).
+    pub fn sha256_of(&self, name: &str) -> Option<([u8; 32], u64)> {
+        self.sha256.get(name).copied()
+    }
+
+    /// The file listed with this SHA256.
+    pub fn by_sha256(&self, h: &[u8; 32]) -> Option<&Listed> {
+        self.by_sha256.get(h)
+    }
+
+    /// The file listed with this SHA512.
+    pub fn by_sha512(&self, h: &[u8; 64]) -> Option<&Listed> {
+        self.by_sha512.get(h)
+    }
+
+    /// How many files the SHA256 section lists.
+    pub fn len(&self) -> usize {
+        self.sha256.len()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Section {
+    Sha256,
+    Sha512,
+}
+
+/// The signed text of a clearsigned message, or the whole text.
+fn strip_clearsign(text: &str) -> &str {
+    let Some(start) = text.find("-----BEGIN PGP SIGNED MESSAGE-----") else {
+        return text;
+    };
+    let after = &text[start..];
+    // Armor headers ("Hash: SHA512") end at the first empty line.
+    let body_start = after
+        .find("\n\n")
+        .map(|i| i + 2)
+        .or_else(|| after.find("\r\n\r\n").map(|i| i + 4))
+        .unwrap_or(after.len());
+    let body = &after[body_start..];
+    match body.find("-----BEGIN PGP SIGNATURE-----") {
+        Some(end) => &body[..end],
+        None => body,
+    }
+}
+
+/// Decodes `N` bytes of hex.
+pub fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let b = s.as_bytes();
+    if b.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let hi = char::from(pair[0]).to_digit(16)?;
+        let lo = char::from(pair[1]).to_digit(16)?;
+        *o = u8::try_from(hi << 4 | lo).ok()?;
+    }
+    Some(out)
+}
+
+/// Which kind of index a Release-relative name is, if it is one the daemon
+/// turns into a torrent: `.../Packages[.ext]` or `.../Sources[.ext]`.
+pub fn index_kind(name: &str) -> Option<debtorrent_gen::IndexKind> {
+    let base = name.rsplit('/').next()?;
+    let stem = base.split('.').next()?;
+    let ext_ok = match base.split_once('.') {
+        None => true,
+        Some((_, ext)) => matches!(ext, "gz" | "xz" | "bz2" | "lz4" | "zst" | "lzma"),
+    };
+    match stem {
+        "Packages" if ext_ok => Some(debtorrent_gen::IndexKind::Packages),
+        "Sources" if ext_ok => Some(debtorrent_gen::IndexKind::Sources),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn parses_plain_and_clearsigned() {
+        let plain = format!(
+            "Origin: Debian\nSuite: stable\nMD5Sum:\n 00000000000000000000000000000000 10 main/binary-amd64/Packages\nSHA256:\n {H1} 1234 main/binary-amd64/Packages\n {H2}   99 main/binary-amd64/Packages.xz\n bad line\nAcquire-By-Hash: yes\n"
+        );
+        let signed = format!(
+            "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\n{plain}-----BEGIN PGP SIGNATURE-----\n\nabc\n {H1} 5 evil/Packages\n-----END PGP SIGNATURE-----\n"
+        );
+        for text in [plain.clone(), signed] {
+            let r = Release::parse(text.as_bytes());
+            assert_eq!(r.len(), 2);
+            assert_eq!(
+                r.sha256_of("main/binary-amd64/Packages.xz").map(|x| x.1),
+                Some(99)
+            );
+            assert_eq!(
+                r.sha256_of("main/binary-amd64/Packages").map(|x| x.1),
+                Some(1234)
+            );
+            assert!(
+                r.sha256_of("evil/Packages").is_none(),
+                "signature block is not content"
+            );
+            let h2 = hex::<32>(H2).unwrap();
+            assert_eq!(
+                r.by_sha256(&h2).map(|l| l.name.as_str()),
+                Some("main/binary-amd64/Packages.xz")
+            );
+        }
+    }
+
+    #[test]
+    fn sha512_section() {
+        let h = "ab".repeat(64);
+        let r = Release::parse(format!("SHA512:\n {h} 7 main/source/Sources.xz\n").as_bytes());
+        let key = hex::<64>(&h).unwrap();
+        assert_eq!(r.by_sha512(&key).map(|l| l.size), Some(7));
+        assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn index_kinds() {
+        use debtorrent_gen::IndexKind::*;
+        let cases = [
+            ("main/binary-amd64/Packages", Some(Packages)),
+            ("main/binary-amd64/Packages.xz", Some(Packages)),
+            ("main/binary-all/Packages.gz", Some(Packages)),
+            ("main/source/Sources.zst", Some(Sources)),
+            (
+                "main/debian-installer/binary-amd64/Packages.lz4",
+                Some(Packages),
+            ),
+            ("main/i18n/Translation-en.bz2", None),
+            ("main/Contents-amd64.gz", None),
+            ("main/binary-amd64/Packages.diff/Index", None),
+            ("main/binary-amd64/Release", None),
+            ("main/binary-amd64/Packages.xz.asc", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(index_kind(name), want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,844 @@
+//! What the front end serves: the policy behind every apt request.
+//!
+//! - `dists/...` (InRelease, Packages, by-hash, Translation, ...): passed
+//!   through from the mirror unchanged and kept as the last good copy,
+//!   served when the mirror fails. A Packages/Sources file whose bytes match
+//!   its suite's Release becomes a registered torrent.
+//! - `pool/...` listed by a registered torrent: from the verified store, or
+//!   fetched (verified while streaming, see fetch.rs) and stored.
+//! - anything else that looks like a Debian archive file: passed through,
+//!   uncached.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256, Sha512};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::db::TorrentRow;
+use crate::fetch::{Downloads, Failure, State};
+use crate::http1::{Body, Handler, Request, Response};
+use crate::index::{self, Registered, Registry};
+use crate::release::{self, Release};
+use crate::status::{Pages, Stats};
+use crate::store::{self, Store};
+use crate::url::{self, Area, LocalPage, Policy, Target, UpstreamUrl};
+
+/// The request handler.
+pub struct Service {
+    /// Upstream policy.
+    pub policy: Policy,
+    /// Verified store.
+    pub store: Arc<Store>,
+    /// Torrents and Releases.
+    pub registry: Arc<Registry>,
+    /// Pieces in flight.
+    pub downloads: Arc<Downloads>,
+    /// The mirror client.
+    pub client: reqwest::Client,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Status pages.
+    pub pages: Pages,
+    /// How long to wait for a mirror's next bytes.
+    pub timeout: Duration,
+    /// Becomes true once the torrents of the previous run are loaded.
+    pub loaded: watch::Receiver<bool>,
+}
+
+impl Handler for Service {
+    async fn handle(self: Arc<Self>, req: Request) -> Response {
+        self.stats.request();
+        match req.method.as_str() {
+            "GET" | "HEAD" => {}
+            "CONNECT" => {
+                let mut r = Response::text(
+                    405,
+                    "CONNECT is not supported: debtorrent is not a general proxy",
+                );
+                r.close = true;
+                return r;
+            }
+            _ => {
+                let mut r = Response::text(405, "only GET and HEAD");
+                r.headers.push(("allow", "GET, HEAD".into()));
+                return r;
+            }
+        }
+        let target = match url::parse_target(&req.target, &self.policy) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(target = %req.target, refusal = %e, "refused");
+                let status = match e {
+                    url::Refusal::BadRequest(_) => 400,
+                    url::Refusal::TooLong => 414,
+                    url::Refusal::Forbidden(_) => 403,
+                };
+                return Response::text(status, e.to_string());
+            }
+        };
+        match target {
+            Target::Local(LocalPage::Status) => {
+                Response::bytes(200, "text/html; charset=utf-8", self.pages.html())
+            }
+            Target::Local(LocalPage::StatusJson) => Response::bytes(
+                200,
+                "application/json",
+                format!("{:#}\n", self.pages.json()),
+            ),
+            Target::Local(LocalPage::Metrics) => Response::bytes(
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.pages.metrics(),
+            ),
+            Target::Upstream(u) => match u.split_archive() {
+                Some((_, rel, Area::Dists)) => {
+                    let rel = rel.to_string();
+                    self.serve_index(&req, &u, &rel).await
+                }
+                Some((_, rel, Area::Pool)) => {
+                    let rel = rel.to_string();
+                    self.serve_pool(&req, &u, &rel).await
+                }
+                None if looks_like_archive_file(&u.path) => self.pass_through(&req, &u).await,
+                None => Response::text(
+                    403,
+                    "not a Debian archive path (expected .../dists/... or .../pool/...)",
+                ),
+            },
+        }
+    }
+
+    fn sent(&self, bytes: u64) {
+        self.stats.apt_bytes(bytes);
+    }
+}
+
+/// Flat repositories (`deb http://host/path ./`) have no dists/ or pool/.
+fn looks_like_archive_file(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or("");
+    let stem = name.split('.').next().unwrap_or("");
+    matches!(
+        stem,
+        "Packages" | "Sources" | "Release" | "InRelease" | "Translation-en"
+    ) || [
+        ".deb",
+        ".udeb",
+        ".ddeb",
+        ".dsc",
+        ".diff.gz",
+        ".changes",
+        ".buildinfo",
+    ]
+    .iter()
+    .any(|e| name.ends_with(e))
+        || name.contains(".tar.")
+}
+
+fn content_type(path: &str) -> &'static str {
+    if path.ends_with(".deb") || path.ends_with(".udeb") {
+        "application/vnd.debian.binary-package"
+    } else if path.ends_with(".dsc")
+        || path.contains("Release")
+        || path.ends_with("Packages")
+        || path.ends_with("Sources")
+    {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn http_date(secs: i64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+}
+
+fn parse_date(s: &str) -> Option<i64> {
+    httpdate::parse_http_date(s.trim()).ok().map(unix)
+}
+
+/// A byte range to serve, from `Range` (single ranges only; anything else
+/// is answered with the whole file, which RFC 9110 allows).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeReq {
+    /// The whole body.
+    Full,
+    /// `[start, end)`.
+    Part(u64, u64),
+    /// Not satisfiable: 416.
+    Unsatisfiable,
+}
+
+/// Parses a `Range` header against a body of `size` bytes.
+pub fn parse_range(header: Option<&str>, size: u64) -> RangeReq {
+    let Some(h) = header else {
+        return RangeReq::Full;
+    };
+    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+        return RangeReq::Full;
+    };
+    if spec.contains(',') {
+        return RangeReq::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => match num(b) {
+            Some(0) => RangeReq::Unsatisfiable,
+            Some(n) if size > 0 => RangeReq::Part(size.saturating_sub(n), size),
+            Some(_) => RangeReq::Unsatisfiable,
+            None => RangeReq::Full,
+        },
+        (false, true) => match num(a) {
+            Some(s) if s < size => RangeReq::Part(s, size),
+            Some(_) => RangeReq::Unsatisfiable,
+            None => RangeReq::Full,
+        },
+        (false, false) => match (num(a), num(b)) {
+            (Some(s), Some(e)) if s <= e && s < size => RangeReq::Part(s, (e + 1).min(size)),
+            (Some(s), Some(e)) if s <= e => RangeReq::Unsatisfiable,
+            _ => RangeReq::Full,
+        },
+        (true, true) => RangeReq::Full,
+    }
+}
+
+/// Validators of a body: for `If-Modified-Since`, `If-Range`.
+struct Validators {
+    mtime: i64,
+    etag: Option<String>,
+}
+
+impl Validators {
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![("last-modified", http_date(self.mtime))];
+        if let Some(e) = &self.etag {
+            h.push(("etag", e.clone()));
+        }
+        h
+    }
+
+    /// 304 applies: `If-Modified-Since` is at or after the body's time.
+    fn not_modified(&self, req: &Request) -> bool {
+        if let (Some(inm), Some(etag)) = (req.header("if-none-match"), &self.etag) {
+            return inm.split(',').any(|t| t.trim() == etag || t.trim() == "*");
+        }
+        req.header("if-modified-since")
+            .and_then(parse_date)
+            .is_some_and(|ims| self.mtime <= ims)
+    }
+
+    /// The `Range` header applies (no `If-Range`, or it matches).
+    fn range_applies(&self, req: &Request) -> bool {
+        match req.header("if-range") {
+            None => true,
+            Some(v) if v.trim().starts_with('"') || v.trim().starts_with("W/") => {
+                self.etag.as_deref() == Some(v.trim())
+            }
+            Some(v) => parse_date(v) == Some(self.mtime),
+        }
+    }
+}
+
+fn etag_of(sha: &[u8; 32]) -> String {
+    let hex: String = sha[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"sha256-{hex}\"")
+}
+
+/// Answers from a body of `size` bytes with validators: 304, 416, 206 or
+/// 200, with `make_body(start, end)` producing the bytes.
+fn respond_with(
+    req: &Request,
+    size: u64,
+    v: &Validators,
+    ctype: &str,
+    make_body: impl FnOnce(u64, u64) -> Body,
+) -> Response {
+    let mut headers = v.headers();
+    headers.push(("accept-ranges", "bytes".into()));
+    if v.not_modified(req) {
+        return Response {
+            status: 304,
+            headers,
+            body: Body::Empty,
+            close: false,
+        };
+    }
+    headers.push(("content-type", ctype.into()));
+    let range = if v.range_applies(req) {
+        parse_range(req.header("range"), size)
+    } else {
+        RangeReq::Full
+    };
+    let (status, start, end) = match range {
+        RangeReq::Full => (200, 0, size),
+        RangeReq::Part(s, e) => {
+            headers.push(("content-range", format!("bytes {s}-{}/{size}", e - 1)));
+            (206, s, e)
+        }
+        RangeReq::Unsatisfiable => {
+            headers.push(("content-range", format!("bytes */{size}")));
+            return Response {
+                status: 416,
+                headers,
+                body: Body::Empty,
+                close: false,
+            };
+        }
+    };
+    let body = if req.is_head() {
+        sized_empty(end - start)
+    } else {
+        make_body(start, end)
+    };
+    Response {
+        status,
+        headers,
+        body,
+        close: false,
+    }
+}
+
+/// A body that announces `len` bytes for a HEAD response.
+fn sized_empty(len: u64) -> Body {
+    let (_, rx) = mpsc::channel(1);
+    Body::Stream { rx, len: Some(len) }
+}
+
+fn file_body(path: &Path, start: u64, end: u64) -> Body {
+    match std::fs::File::open(path) {
+        Ok(file) => Body::File {
+            file,
+            offset: start,
+            len: end - start,
+        },
+        Err(_) => {
+            // Announce the length, then fail: the response is cut short.
+            let (tx, rx) = mpsc::channel(1);
+            let _ = tx.try_send(Err(()));
+            Body::Stream {
+                rx,
+                len: Some(end - start),
+            }
+        }
+    }
+}
+
+fn failure_response(f: Failure) -> Response {
+    let msg = match f {
+        Failure::Status(s) => format!("the mirror answered {s}"),
+        Failure::Unreachable => "the mirror could not be reached".into(),
+        Failure::Timeout => "the mirror did not answer in time".into(),
+        Failure::Corrupt => "the mirror sent bytes that do not match the index".into(),
+        Failure::Local => "local storage error".into(),
+    };
+    Response::text(f.status(), msg)
+}
+
+impl Service {
+    async fn wait_loaded(&self) {
+        let mut rx = self.loaded.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|l| *l)).await;
+    }
+
+    async fn serve_pool(&self, req: &Request, u: &UpstreamUrl, rel: &str) -> Response {
+        self.wait_loaded().await;
+        let Some(archive) = u.archive_key() else {
+            return self.pass_through(req, u).await;
+        };
+        let Some(found) = self.registry.find(&archive, rel) else {
+            tracing::debug!("not listed by any torrent: passing through");
+            return self.pass_through(req, u).await;
+        };
+        let ctype = content_type(rel);
+        let meta = match self.store.get(rel, &found.sha256) {
+            Some(m) => Some(m),
+            None => {
+                let store = self.store.clone();
+                let rel2 = rel.to_string();
+                tokio::task::spawn_blocking(move || store.adopt(&rel2, &found.sha256, found.size))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
+        if let Some(meta) = meta {
+            self.stats.store_hit();
+            self.store.touch(rel);
+            let v = Validators {
+                mtime: meta.mtime,
+                etag: Some(etag_of(&meta.sha256)),
+            };
+            let path = self.store.piece_path(rel);
+            return respond_with(req, meta.size, &v, ctype, |s, e| file_body(&path, s, e));
+        }
+        let dl = match self
+            .downloads
+            .get_or_start(rel, found.sha256, found.size, u.url())
+        {
+            Ok(d) => d,
+            Err(f) => return failure_response(f),
+        };
+        if let State::Failed(f) = dl.started().await {
+            return failure_response(f);
+        }
+        let mtime = dl
+            .last_modified
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .unwrap_or_else(store::now);
+        let v = Validators {
+            mtime,
+            etag: Some(etag_of(&found.sha256)),
+        };
+        respond_with(req, found.size, &v, ctype, |s, e| Body::Stream {
+            rx: dl.reader(s, e),
+            len: Some(e - s),
+        })
+    }
+
+    /// Streams a file from the mirror without keeping it.
+    async fn pass_through(&self, req: &Request, u: &UpstreamUrl) -> Response {
+        let mut rb = self.client.get(u.url());
+        for h in ["range", "if-range", "if-modified-since", "if-none-match"] {
+            if let Some(v) = req.header(h) {
+                rb = rb.header(h, v);
+            }
+        }
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return failure_response(Failure::Timeout),
+            Err(_) => return failure_response(Failure::Unreachable),
+        };
+        let status = resp.status().as_u16();
+        let mut headers = Vec::new();
+        for (name, key) in [
+            (reqwest::header::CONTENT_TYPE, "content-type"),
+            (reqwest::header::LAST_MODIFIED, "last-modified"),
+            (reqwest::header::ETAG, "etag"),
+            (reqwest::header::CONTENT_RANGE, "content-range"),
+            (reqwest::header::ACCEPT_RANGES, "accept-ranges"),
+        ] {
+            if let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
+                headers.push((key, v.to_string()));
+            }
+        }
+        let len = resp.content_length();
+        if status == 304 || req.is_head() {
+            return Response {
+                status,
+                headers,
+                body: sized_empty(len.unwrap_or(0)),
+                close: false,
+            };
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let stats = self.stats.clone();
+        let timeout = self.timeout;
+        tokio::spawn(
+            async move {
+                let mut resp = resp;
+                loop {
+                    match tokio::time::timeout(timeout, resp.chunk()).await {
+                        Ok(Ok(Some(c))) => {
+                            stats.mirror_bytes(c.len() as u64);
+                            if tx.send(Ok(c)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Ok(None)) => return,
+                        _ => {
+                            let _ = tx.send(Err(())).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Response {
+            status,
+            headers,
+            body: Body::Stream { rx, len },
+            close: false,
+        }
+    }
+
+    async fn serve_index(&self, req: &Request, u: &UpstreamUrl, rel: &str) -> Response {
+        let cache = self.store.index_file(u);
+        let mut rb = self.client.get(u.url());
+        for h in ["if-modified-since", "if-none-match"] {
+            if let Some(v) = req.header(h) {
+                rb = rb.header(h, v);
+            }
+        }
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let f = if e.is_timeout() {
+                    Failure::Timeout
+                } else {
+                    Failure::Unreachable
+                };
+                tracing::info!(failure = ?f, "mirror failed; trying the last good copy");
+                return self.cached_index(req, &cache, failure_response(f));
+            }
+        };
+        let status = resp.status().as_u16();
+        match status {
+            200 => {}
+            304 => {
+                let mut headers = Vec::new();
+                for (name, key) in [
+                    (reqwest::header::LAST_MODIFIED, "last-modified"),
+                    (reqwest::header::ETAG, "etag"),
+                ] {
+                    if let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
+                        headers.push((key, v.to_string()));
+                    }
+                }
+                return Response {
+                    status: 304,
+                    headers,
+                    body: Body::Empty,
+                    close: false,
+                };
+            }
+            400..=499 => return Response::text(status, format!("the mirror answered {status}")),
+            _ => {
+                tracing::info!(status, "mirror error; trying the last good copy");
+                return self.cached_index(
+                    req,
+                    &cache,
+                    Response::text(status, format!("the mirror answered {status}")),
+                );
+            }
+        }
+        let len = resp.content_length();
+        let last_modified = resp
+            .headers()
+            .get(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut headers = vec![("content-type", content_type(rel).to_string())];
+        if let Some(lm) = &last_modified {
+            headers.push(("last-modified", lm.clone()));
+        }
+        if let Some(e) = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+        {
+            headers.push(("etag", e.to_string()));
+        }
+        if req.is_head() {
+            return Response {
+                status: 200,
+                headers,
+                body: sized_empty(len.unwrap_or(0)),
+                close: false,
+            };
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let job = IndexJob {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            stats: self.stats.clone(),
+            timeout: self.timeout,
+            u: u.clone(),
+            rel: rel.to_string(),
+            cache,
+            len,
+            mtime: last_modified.as_deref().and_then(parse_date),
+        };
+        tokio::spawn(job.run(resp, tx).in_current_span());
+        Response {
+            status: 200,
+            headers,
+            body: Body::Stream { rx, len },
+            close: false,
+        }
+    }
+
+    /// The last good copy of an index, or `fallback` if there is none.
+    fn cached_index(&self, req: &Request, cache: &Path, fallback: Response) -> Response {
+        let Ok(md) = std::fs::metadata(cache) else {
+            return fallback;
+        };
+        let v = Validators {
+            mtime: md.modified().map(unix).unwrap_or(0),
+            etag: None,
+        };
+        let ctype = content_type(&cache.to_string_lossy());
+        respond_with(req, md.len(), &v, ctype, |s, e| file_body(cache, s, e))
+    }
+}
+
+/// Passing one index file through: tee to the cache, then register.
+struct IndexJob {
+    store: Arc<Store>,
+    registry: Arc<Registry>,
+    stats: Arc<Stats>,
+    timeout: Duration,
+    u: UpstreamUrl,
+    rel: String,
+    cache: PathBuf,
+    len: Option<u64>,
+    mtime: Option<i64>,
+}
+
+impl IndexJob {
+    async fn run(self, mut resp: reqwest::Response, tx: mpsc::Sender<Result<Bytes, ()>>) {
+        let tmp = match self.store.temp_file() {
+            Ok((p, f)) => (p, f),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a temporary file");
+                let _ = tx.send(Err(())).await;
+                return;
+            }
+        };
+        let (tmp_path, mut file) = tmp;
+        let by_hash_512 = self.rel.contains("/by-hash/SHA512/");
+        let mut h256 = Sha256::new();
+        let mut h512 = by_hash_512.then(Sha512::new);
+        let mut n = 0u64;
+        let mut apt_gone = false;
+        // A failed cache write (full disk) stops the copy, not apt's download.
+        let mut caching = true;
+        let complete = loop {
+            match tokio::time::timeout(self.timeout, resp.chunk()).await {
+                Ok(Ok(Some(c))) => {
+                    self.stats.mirror_bytes(c.len() as u64);
+                    if caching {
+                        h256.update(&c);
+                        if let Some(h) = h512.as_mut() {
+                            h.update(&c);
+                        }
+                        if let Err(e) = std::io::Write::write_all(&mut file, &c) {
+                            tracing::warn!(error = %e, "cannot keep a copy of this index");
+                            caching = false;
+                        }
+                    }
+                    n += c.len() as u64;
+                    if !apt_gone && tx.send(Ok(c)).await.is_err() {
+                        apt_gone = true; // finish the cache copy anyway
+                    }
+                    if apt_gone && !caching {
+                        break false;
+                    }
+                }
+                Ok(Ok(None)) => break self.len.is_none_or(|l| l == n),
+                _ => break false,
+            }
+        };
+        if !complete || !caching {
+            if !complete {
+                let _ = tx.send(Err(())).await;
+            }
+            let _ = std::fs::remove_file(&tmp_path);
+            return;
+        }
+        drop(tx);
+        let sha256: [u8; 32] = h256.finalize().into();
+        let sha512: Option<[u8; 64]> = h512.map(|h| h.finalize().into());
+        let cache = self.cache.clone();
+        let mtime = self.mtime;
+        let saved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            file.sync_all()?;
+            if let Some(t) = mtime {
+                file.set_modified(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))?;
+            }
+            if let Some(parent) = cache.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(&tmp_path, &cache)
+        })
+        .await;
+        if !matches!(saved, Ok(Ok(()))) {
+            tracing::warn!(path = %self.cache.display(), "could not keep the index copy");
+            return;
+        }
+        self.after_saved(sha256, sha512.as_ref()).await;
+    }
+
+    /// A Release updates the suite's hash list; a Packages/Sources file
+    /// that matches it becomes a torrent.
+    async fn after_saved(&self, sha256: [u8; 32], sha512: Option<&[u8; 64]>) {
+        let Some(archive) = self.u.archive_key() else {
+            return;
+        };
+        let name = self.rel.rsplit('/').next().unwrap_or("");
+        if name == "InRelease" || name == "Release" {
+            if let Ok(text) = std::fs::read(&self.cache) {
+                let suite_dir = &self.rel[..self.rel.len() - name.len()];
+                let r = Release::parse(&text);
+                tracing::debug!(suite = suite_dir, files = r.len(), "release registered");
+                self.registry.set_release(&archive, suite_dir, r);
+            }
+            return;
+        }
+        let candidate = release::index_kind(name).is_some() || self.rel.contains("/by-hash/");
+        if !candidate {
+            return;
+        }
+        let loader = |dir: &str| -> Option<Release> {
+            ["InRelease", "Release"].iter().find_map(|f| {
+                let mut u = self.u.clone();
+                let (root, _, _) = self.u.split_archive()?;
+                u.path = format!("{root}{dir}{f}");
+                std::fs::read(self.store.index_file(&u))
+                    .ok()
+                    .map(|t| Release::parse(&t))
+            })
+        };
+        let Some((suite_dir, rel_release)) = self.registry.release_for(&archive, &self.rel, loader)
+        else {
+            tracing::info!(index = %self.rel, "no Release known for this index; not registered");
+            return;
+        };
+        let (kind, index_path) =
+            match index::classify_index(&suite_dir, &self.rel, &rel_release, &sha256, sha512) {
+                Ok(x) => x,
+                Err(why) => {
+                    if release::index_kind(name).is_some() {
+                        tracing::warn!(index = %self.rel, why, "index not registered");
+                    }
+                    return;
+                }
+            };
+        let cache = self.cache.clone();
+        let built = tokio::task::spawn_blocking(move || index::build_from_file(&cache, kind)).await;
+        let torrent = match built {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "index matched its Release but gives no torrent");
+                return;
+            }
+            Err(_) => return,
+        };
+        let info_hash = torrent.info_hash().to_hex();
+        let row = TorrentRow {
+            info_hash: info_hash.clone(),
+            archive: archive.clone(),
+            index_path: index_path.clone(),
+            index_file: self.store.relative_index(&self.cache),
+            pieces: u64::from(torrent.piece_count()),
+            total: torrent.total_size(),
+            added: store::now(),
+        };
+        tracing::info!(%info_hash, index = %index_path, pieces = row.pieces, "torrent registered");
+        let replaced = self.registry.register(Registered {
+            archive,
+            index_path,
+            index_file: self.cache.clone(),
+            torrent,
+            added: row.added,
+        });
+        if let Some(old) = replaced {
+            self.store.db().del_torrent(&old);
+        }
+        self.store.db().put_torrent(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeReq::*;
+        let cases = [
+            (None, 1000, Full),
+            (Some("bytes=0-99"), 1000, Part(0, 100)),
+            (Some("bytes=100-199"), 1000, Part(100, 200)),
+            (Some("bytes=900-"), 1000, Part(900, 1000)),
+            (Some("bytes=-100"), 1000, Part(900, 1000)),
+            (Some("bytes=-5000"), 1000, Part(0, 1000)),
+            (Some("bytes=990-2000"), 1000, Part(990, 1000)),
+            (Some("bytes=1000-"), 1000, Unsatisfiable),
+            (Some("bytes=1000-1001"), 1000, Unsatisfiable),
+            (Some("bytes=-0"), 1000, Unsatisfiable),
+            (Some("bytes=5-1"), 1000, Full),
+            (Some("bytes=0-1,5-6"), 1000, Full),
+            (Some("items=0-1"), 1000, Full),
+            (Some("bytes=x-y"), 1000, Full),
+            (Some("bytes=-"), 1000, Full),
+        ];
+        for (h, size, want) in cases {
+            assert_eq!(parse_range(h, size), want, "{h:?}");
+        }
+    }
+
+    fn req(headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: "GET".into(),
+            target: "/".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn validators() {
+        let v = Validators {
+            mtime: 1_700_000_000,
+            etag: Some("\"sha256-abc\"".into()),
+        };
+        let lm = http_date(1_700_000_000);
+        let earlier = http_date(1_600_000_000);
+        // (headers, not_modified, range_applies)
+        let cases: Vec<(Vec<(&str, &str)>, bool, bool)> = vec![
+            (vec![], false, true),
+            (vec![("if-modified-since", &lm)], true, true),
+            (vec![("if-modified-since", &earlier)], false, true),
+            (vec![("if-modified-since", "garbage")], false, true),
+            (vec![("if-none-match", "\"sha256-abc\"")], true, true),
+            (
+                vec![("if-none-match", "\"other\""), ("if-modified-since", &lm)],
+                false,
+                true,
+            ),
+            (vec![("if-range", "\"sha256-abc\"")], false, true),
+            (vec![("if-range", "\"other\"")], false, false),
+            (vec![("if-range", &lm)], false, true),
+            (vec![("if-range", &earlier)], false, false),
+        ];
+        for (h, nm, ra) in cases {
+            let r = req(&h);
+            assert_eq!(v.not_modified(&r), nm, "{h:?}");
+            assert_eq!(v.range_applies(&r), ra, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn archive_file_names() {
+        for (p, want) in [
+            ("/debian/Packages.gz", true),
+            ("/x/hello_1_all.deb", true),
+            ("/x/hello_1.tar.xz", true),
+            ("/x/InRelease", true),
+            ("/etc/passwd", false),
+            ("/", false),
+            ("/index.html", false),
+        ] {
+            assert_eq!(looks_like_archive_file(p), want, "{p}");
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The verified content store and the index cache, under the data folder:
+//!
+//! ```text
+//! DATA/state.db                          SQLite (see db.rs)
+//! DATA/store/pool/main/h/hello/hello_2.10-3_amd64.deb   verified package files
+//! DATA/index/http/deb.debian.org:80/debian/dists/...    last good index files
+//! DATA/tmp/                              downloads in progress (emptied at start)
+//! ```
+//!
+//! Invariants (what makes kill -9 at any moment safe):
+//! 1. A file under `store/` was verified (SHA-256 over the whole file,
+//!    equal to the index's hash) before it got there: downloads are written
+//!    under `tmp/`, fsynced, verified, then renamed into place.
+//! 2. The in-memory map, and with it what is served, only lists a file after
+//!    the rename. At start-up, rows whose file is missing or has the wrong
+//!    size are dropped. A file found without a row is hashed again before it
+//!    is served (`adopt`): that is how `debtorrent import` and a crash
+//!    between rename and row insert end up in the store.
+//! 3. `tmp/` is emptied at start, so a partial download is never resumed
+//!    from unverified bytes.
+//!
+//! Store paths are archive-relative paths that passed debtorrent-gen's path
+//! rules (no `..`, no absolute paths), so they cannot leave `store/`.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use crate::db::{Db, Loaded, PieceRow};
+use crate::url::{Scheme, UpstreamUrl};
+
+/// What the store knows about a stored piece.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Its size.
+    pub size: u64,
+    /// Upstream Last-Modified (Unix seconds), or when it was stored.
+    pub mtime: i64,
+    /// Last served (Unix seconds).
+    pub last_used: i64,
+}
+
+/// The content store.
+pub struct Store {
+    store_dir: PathBuf,
+    tmp_dir: PathBuf,
+    index_dir: PathBuf,
+    pieces: Mutex<HashMap<String, Meta>>,
+    db: Db,
+    total: AtomicU64,
+    limit: u64,
+    seq: AtomicU64,
+    /// Pieces that some registered torrent lists, for pruning decisions.
+    referenced: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens the data folder: creates it, empties `tmp/`, opens the
+    /// database and reconciles its rows with the files.
+    pub fn open(
+        data_dir: &Path,
+        limit: u64,
+        referenced: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    ) -> anyhow::Result<(Arc<Store>, Loaded)> {
+        let store_dir = data_dir.join("store");
+        let tmp_dir = data_dir.join("tmp");
+        let index_dir = data_dir.join("index");
+        for d in [data_dir, &store_dir, &index_dir] {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir)
+                .with_context(|| format!("cannot empty {}", tmp_dir.display()))?;
+        }
+        fs::create_dir_all(&tmp_dir)
+            .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
+        let (db, mut loaded) = Db::open(&data_dir.join("state.db"))?;
+        let mut map = HashMap::with_capacity(loaded.pieces.len());
+        let mut total = 0;
+        let mut dropped = 0;
+        for row in std::mem::take(&mut loaded.pieces) {
+            let ok = fs::metadata(store_dir.join(&row.path))
+                .is_ok_and(|m| m.is_file() && m.len() == row.size);
+            if !ok || debtorrent_gen::check_path(row.path.as_bytes()).is_err() {
+                db.del_piece(&row.path);
+                dropped += 1;
+                continue;
+            }
+            total += row.size;
+            map.insert(
+                row.path.clone(),
+                Meta {
+                    sha256: row.sha256,
+                    size: row.size,
+                    mtime: row.mtime.unwrap_or(row.stored_at),
+                    last_used: row.last_used,
+                },
+            );
+            loaded.pieces.push(row);
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "state rows without a matching store file were removed"
+            );
+        }
+        tracing::info!(pieces = map.len(), bytes = total, "store opened");
+        let store = Store {
+            store_dir,
+            tmp_dir,
+            index_dir,
+            pieces: Mutex::new(map),
+            db,
+            total: AtomicU64::new(total),
+            limit,
+            seq: AtomicU64::new(0),
+            referenced,
+        };
+        Ok((Arc::new(store), loaded))
+    }
+
+    /// The database handle.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Total bytes of stored pieces.
+    pub fn total_bytes(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Number of stored pieces.
+    pub fn piece_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Meta>> {
+        // A panic while holding this lock leaves a consistent map (every
+        // critical section is a single insert, remove or lookup).
+        self.pieces.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where piece `rel` lives.
+    pub fn piece_path(&self, rel: &str) -> PathBuf {
+        self.store_dir.join(rel)
+    }
+
+    /// The stored piece at `rel`, if it is the one with hash `sha`.
+    pub fn get(&self, rel: &str, sha: &[u8; 32]) -> Option<Meta> {
+        self.lock().get(rel).filter(|m| &m.sha256 == sha).copied()
+    }
+
+    /// Records a use of `rel` (for least-recently-used pruning).
+    pub fn touch(&self, rel: &str) {
+        let now = now();
+        if let Some(m) = self.lock().get_mut(rel) {
+            m.last_used = now;
+        }
+        self.db.touch(rel, now);
+    }
+
+    /// A new file under `tmp/`.
+    pub fn temp_file(&self) -> io::Result<(PathBuf, File)> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp_dir.join(format!("dl-{}-{n}", std::process::id()));
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok((path, f))
+    }
+
+    /// Moves a verified, fsynced temporary file into the store (blocking).
+    pub fn commit_piece(
+        &self,
+        tmp: &Path,
+        rel: &str,
+        sha256: [u8; 32],
+        size: u64,
+        mtime: Option<i64>,
+    ) -> io::Result<()> {
+        debtorrent_gen::check_path(rel.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "unsafe store path"))?;
+        let dest = self.piece_path(rel);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::rename(tmp, &dest)?;
+        if let Some(parent) = dest.parent() {
+            // Make the rename itself durable.
+            File::open(parent)?.sync_all()?;
+        }
+        self.insert(rel, sha256, size, mtime);
+        self.prune_if_needed();
+        Ok(())
+    }
+
+    fn insert(&self, rel: &str, sha256: [u8; 32], size: u64, mtime: Option<i64>) {
+        let now = now();
+        let meta = Meta {
+            sha256,
+            size,
+            mtime: mtime.unwrap_or(now),
+            last_used: now,
+        };
+        self.db.put_piece(PieceRow {
+            path: rel.to_string(),
+            sha256,
+            size,
+            stored_at: now,
+            last_used: now,
+            mtime,
+        });
+        if let Some(old) = self.lock().insert(rel.to_string(), meta) {
+            self.total.fetch_sub(old.size, Ordering::Relaxed);
+        }
+        self.total.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// A file at `rel` that the map does not list (imported, or left by a
+    /// crash after its rename): hashes it and, if it is the expected piece,
+    /// lists it (blocking). Anything else there is left alone; it will be
+    /// replaced when the piece is downloaded.
+    pub fn adopt(&self, rel: &str, sha256: &[u8; 32], size: u64) -> Option<Meta> {
+        let path = self.piece_path(rel);
+        let md = fs::metadata(&path).ok()?;
+        if !md.is_file() || md.len() != size {
+            return None;
+        }
+        if &sha256_file(&path).ok()? != sha256 {
+            return None;
+        }
+        let mtime = md
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        self.insert(rel, *sha256, size, mtime);
+        tracing::info!(path = rel, "adopted a verified file found in the store");
+        self.get(rel, sha256)
+    }
+
+    /// Copies a file (already hashed by the caller to be `sha256`) into the
+    /// store: used by `debtorrent import`. Blocking.
+    pub fn import_file(
+        &self,
+        src: &Path,
+        rel: &str,
+        sha256: [u8; 32],
+        size: u64,
+    ) -> io::Result<()> {
+        let (tmp, mut out) = self.temp_file()?;
+        let res = (|| {
+            let mut inp = File::open(src)?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n_total = 0u64;
+            loop {
+                let n = inp.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+                n_total += n as u64;
+            }
+            out.sync_all()?;
+            // Hash again what was copied: the source may have changed.
+            if n_total != size || <[u8; 32]>::from(h.finalize()) != sha256 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "file changed while importing",
+                ));
+            }
+            self.commit_piece(&tmp, rel, sha256, size, None)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// Where the last good copy of an index file lives.
+    pub fn index_file(&self, u: &UpstreamUrl) -> PathBuf {
+        let scheme = match u.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        let mut p = self
+            .index_dir
+            .join(scheme)
+            .join(format!("{}:{}", u.host, u.port));
+        for seg in u.path.split('/').filter(|s| !s.is_empty()) {
+            // url.rs guarantees no `.`/`..` segments, NUL or backslash.
+            p.push(seg);
+        }
+        p
+    }
+
+    /// The data-relative form of an index file path, for the database.
+    pub fn relative_index(&self, p: &Path) -> String {
+        p.strip_prefix(self.index_dir.parent().unwrap_or(Path::new("")))
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn prune_if_needed(&self) {
+        if self.total_bytes() <= self.limit {
+            return;
+        }
+        let snapshot: Vec<(String, Meta)> =
+            self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let refs: Vec<bool> = snapshot.iter().map(|(p, _)| (self.referenced)(p)).collect();
+        let files: Vec<crate::prune::Stored<'_>> = snapshot
+            .iter()
+            .zip(&refs)
+            .map(|((p, m), &r)| crate::prune::Stored {
+                path: p,
+                size: m.size,
+                last_used: m.last_used,
+                referenced: r,
+            })
+            .collect();
+        let victims = crate::prune::choose_victims(&files, self.limit);
+        for i in victims {
+            let Some((path, _)) = snapshot.get(i) else {
+                continue;
+            };
+            if let Some(old) = self.lock().remove(path) {
+                self.total.fetch_sub(old.size, Ordering::Relaxed);
+            }
+            self.db.del_piece(path);
+            if let Err(e) = fs::remove_file(self.piece_path(path)) {
+                tracing::warn!(path = %path, error = %e, "could not remove a pruned file");
+            } else {
+                tracing::info!(path = %path, "pruned");
+            }
+        }
+    }
+}
+
+/// SHA-256 of a whole file (blocking).
+pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
