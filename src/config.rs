@@ -36,6 +36,33 @@ pub enum Command {
     Import(ImportArgs),
     /// Print a config file listing every `serve` option with its default.
     ConfigReference,
+    /// Write man pages (debtorrent.1 and one per subcommand) into a folder.
+    #[command(hide = true)]
+    Man {
+        /// The folder to write into.
+        dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes the man pages of every command, from the same definitions as `--help`.
+pub fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("cannot write man pages to {}", dir.display()))?;
+    Ok(())
+}
+
+/// Prints a completion script.
+pub fn print_completions(shell: clap_complete::Shell) {
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "debtorrent", &mut std::io::stdout());
 }
 
 /// Options of `debtorrent serve`.
@@ -117,14 +144,24 @@ pub struct ServeArgs {
 /// Options of `debtorrent sources`.
 #[derive(Args, Debug, Clone)]
 pub struct SourcesArgs {
-    /// A sources.list or .sources file; default: /etc/apt/sources.list and /etc/apt/sources.list.d/*.
-    pub file: Option<PathBuf>,
+    /// sources.list or .sources files; default: /etc/apt/sources.list and /etc/apt/sources.list.d/*.{list,sources}.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
     /// The daemon's URL as apt should reach it.
     #[arg(long, value_name = "URL", default_value = "http://localhost:9988")]
     pub daemon: String,
     /// Turn daemon URLs back into direct mirror URLs.
     #[arg(long)]
     pub revert: bool,
+    /// Write the result into the files instead of printing it: atomically,
+    /// after copying each changed file into --backup-dir. With --revert, this
+    /// also reverts every daemon URL an earlier --apply used (what the
+    /// package runs when it is removed).
+    #[arg(long)]
+    pub apply: bool,
+    /// Where --apply keeps a copy of each file before changing it.
+    #[arg(long, value_name = "DIR", default_value = crate::apply::DEFAULT_BACKUP_DIR)]
+    pub backup_dir: PathBuf,
 }
 
 /// Options of `debtorrent import`.
@@ -345,6 +382,17 @@ mod tests {
             let msg = format!("{err:#}");
             assert!(msg.contains(needle), "{text:?}: {msg}");
         }
+    }
+
+    /// docs/configuration.md embeds `config-reference`; regenerate it with
+    /// the command in that file when an option changes.
+    #[test]
+    fn configuration_doc_is_current() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+        assert!(
+            doc.contains(&reference()),
+            "docs/configuration.md is stale: paste the output of `debtorrent config-reference` into it"
+        );
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //! - `store` + `db`: the verified content store and its SQLite index
 //! - `prune` (pure): what to delete when the store is over its size
 //! - `sources` (pure): apt sources rewritten to go through the daemon
+//! - `apply`: `sources --apply`: those rewrites written in place, with backups
 //! - `status`: counters, HTML/JSON status, Prometheus metrics
 
 // Table-driven tests spell out their row types; that is the point of them.
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
+mod apply;
 mod config;
 mod db;
 mod fetch;
@@ -56,6 +58,11 @@ fn main() -> std::process::ExitCode {
         Command::Import(args) => import(&args),
         Command::ConfigReference => {
             print!("{}", config::reference());
+            Ok(())
+        }
+        Command::Man { dir } => config::write_man_pages(&dir),
+        Command::Completions { shell } => {
+            config::print_completions(shell);
             Ok(())
         }
     };
@@ -152,13 +159,16 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = loaded_tx.send(true);
     });
 
-    // Counters reach the database every few seconds.
-    let (stats2, db2) = (stats.clone(), store.db().clone());
+    // Counters reach the database every few seconds, last-use times twice a minute.
+    let (stats2, store2) = (stats.clone(), store.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
+        for n in 0u64.. {
             tick.tick().await;
-            stats2.persist(&db2);
+            stats2.persist(store2.db());
+            if n % 6 == 5 {
+                store2.flush_touches();
+            }
         }
     });
 
@@ -194,6 +204,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     stats.persist(store.db());
+    store.flush_touches();
     store.db().flush();
     Ok(())
 }
@@ -290,28 +301,40 @@ async fn reload_torrents(
 }
 
 fn print_sources(args: &SourcesArgs) -> anyhow::Result<()> {
-    let rw = sources::Rewriter {
-        daemon: args.daemon.trim_end_matches('/').to_string(),
-    };
-    let files: Vec<PathBuf> = match &args.file {
-        Some(f) => vec![f.clone()],
-        None => {
-            let mut v = vec![PathBuf::from("/etc/apt/sources.list")];
-            if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
-                let mut extra: Vec<PathBuf> = rd
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "list" || e == "sources"))
-                    .collect();
-                extra.sort();
-                v.extend(extra);
-            }
-            v.into_iter().filter(|p| p.exists()).collect()
-        }
+    let files: Vec<PathBuf> = if args.files.is_empty() {
+        apply::default_files(Path::new("/etc/apt"))
+    } else {
+        args.files.clone()
     };
     if files.is_empty() {
         bail!("no sources file found (give one as an argument)");
     }
+    if args.apply {
+        let dir = if args.revert {
+            apply::Direction::Revert
+        } else {
+            apply::Direction::Rewrite
+        };
+        let outcomes = apply::apply(&files, &args.daemon, dir, &args.backup_dir)?;
+        for o in outcomes {
+            for w in &o.warnings {
+                eprintln!("debtorrent: {}: {w}", o.path.display());
+            }
+            match &o.backup {
+                Some(b) => println!(
+                    "{}: {} URIs changed (old content saved as {})",
+                    o.path.display(),
+                    o.changed,
+                    b.display()
+                ),
+                None => println!("{}: nothing to change", o.path.display()),
+            }
+        }
+        return Ok(());
+    }
+    let rw = sources::Rewriter {
+        daemon: args.daemon.trim_end_matches('/').to_string(),
+    };
     for f in files {
         let text =
             std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;

@@ -46,6 +46,8 @@ pub struct Meta {
     pub mtime: i64,
     /// Last served (Unix seconds).
     pub last_used: i64,
+    /// `last_used` changed since the last flush to the database.
+    dirty: bool,
 }
 
 /// The content store.
@@ -110,6 +112,7 @@ impl Store {
                     size: row.size,
                     mtime: row.mtime.unwrap_or(row.stored_at),
                     last_used: row.last_used,
+                    dirty: false,
                 },
             );
             loaded.pieces.push(row);
@@ -166,13 +169,35 @@ impl Store {
         self.lock().get(rel).filter(|m| &m.sha256 == sha).copied()
     }
 
-    /// Records a use of `rel` (for least-recently-used pruning).
+    /// Records a use of `rel` (for least-recently-used pruning). Only the
+    /// in-memory map changes here; [`Store::flush_touches`] writes the
+    /// changed times to the database periodically, so a busy store does
+    /// not cost a database write per request. A crash loses at most one
+    /// flush interval of recency, which only pruning order depends on.
     pub fn touch(&self, rel: &str) {
         let now = now();
         if let Some(m) = self.lock().get_mut(rel) {
-            m.last_used = now;
+            if m.last_used != now {
+                m.last_used = now;
+                m.dirty = true;
+            }
         }
-        self.db.touch(rel, now);
+    }
+
+    /// Writes changed `last_used` times to the database.
+    pub fn flush_touches(&self) {
+        let changed: Vec<(String, i64)> = self
+            .lock()
+            .iter_mut()
+            .filter(|(_, m)| m.dirty)
+            .map(|(p, m)| {
+                m.dirty = false;
+                (p.clone(), m.last_used)
+            })
+            .collect();
+        for (p, t) in changed {
+            self.db.touch(&p, t);
+        }
     }
 
     /// A new file under `tmp/`.
@@ -219,6 +244,7 @@ impl Store {
             size,
             mtime: mtime.unwrap_or(now),
             last_used: now,
+            dirty: false,
         };
         self.db.put_piece(PieceRow {
             path: rel.to_string(),

@@ -10,3 +10,4 @@ mod faults;
 mod frontend;
 mod raw;
 mod restart;
+mod store;

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use debtorrent_gen::{
     build_from_reader, read_metainfo, sha256_hex, write_metainfo, Built, DropReason, Error,
     IndexKind, Options, Report, DEFAULT_MAX_SIZE,
@@ -66,6 +66,18 @@ enum Command {
         /// In text mode, list every file too.
         #[arg(long)]
         files: bool,
+    },
+    /// Write man pages (debtorrent-gen.1 and one per subcommand) into a folder.
+    #[command(hide = true)]
+    Man {
+        /// The folder to write into.
+        dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -168,6 +180,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 show_text(&m, files)
             };
             write_stdout(text.as_bytes())
+        }
+        // Generated from the same definitions as --help (for packaging).
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).map_err(|e| io_failure("cannot create", &dir, e))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .map_err(|e| io_failure("cannot write man pages to", &dir, e))
+        }
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "debtorrent-gen", &mut buf);
+            write_stdout(&buf)
         }
     }
 }

@@ -1,0 +1,170 @@
+//! Issue 3, the store: `debtorrent import` adds only verified files, the
+//! cache size limit holds, and `debtorrent sources` rewrites apt sources.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::apt::{AptClient, Mode};
+use crate::support::daemon::{binary, Daemon};
+use crate::support::mirror::Mirror;
+use crate::support::repo::repo;
+use crate::support::run_with_timeout;
+
+#[test]
+fn import_adds_verified_debs_only() {
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let mut daemon = Daemon::start(&[mirror.port()]);
+    // Register the torrents: an update through the daemon, no packages.
+    let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
+    let out = apt.update();
+    apt.assert_update_verified(&out, "update");
+    assert!(
+        crate::support::wait_until(Duration::from_secs(10), || {
+            daemon.status_json()["torrents"]
+                .as_array()
+                .is_some_and(|t| !t.is_empty())
+        }),
+        "no torrent registered after update\n{}",
+        daemon.log_text()
+    );
+    daemon.stop(Duration::from_secs(10));
+
+    // An apt cache folder: one good .deb, one with the right name but wrong
+    // bytes, one unknown file.
+    let cache = tempfile::tempdir().unwrap();
+    let small = repo.package("small");
+    let tiny = repo.package("tiny");
+    std::fs::copy(&small.local, cache.path().join(&small.file_name)).unwrap();
+    let mut bad = std::fs::read(&tiny.local).unwrap();
+    bad[100] ^= 0xff;
+    std::fs::write(cache.path().join(&tiny.file_name), &bad).unwrap();
+    std::fs::write(cache.path().join("stranger_1_all.deb"), b"not a package").unwrap();
+
+    let mut cmd = Command::new(binary());
+    cmd.arg("import")
+        .arg(cache.path())
+        .arg("--data-dir")
+        .arg(&daemon.data_dir);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    assert!(out.success(), "import failed\n{}", out.combined());
+    assert!(
+        out.stdout
+            .contains("imported 1, already stored 0, not listed by any torrent 2, failed 0"),
+        "{}",
+        out.combined()
+    );
+    let stored = daemon.data_dir.join("store").join(&small.pool_path);
+    assert_eq!(crate::support::sha256_file(&stored).unwrap(), small.sha256);
+    assert!(
+        !daemon.data_dir.join("store").join(&tiny.pool_path).exists(),
+        "the altered tiny was not imported"
+    );
+
+    // The imported package is served without touching the mirror's pool.
+    daemon.restart();
+    let before = mirror.stats().pool_bytes;
+    let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
+    apt.update_and_fetch(repo, &["small"], "after import");
+    assert_eq!(
+        mirror.stats().pool_bytes,
+        before,
+        "small came from the store"
+    );
+}
+
+#[test]
+fn cache_size_limit_holds() {
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let limit: u64 = 2 << 20;
+    let daemon = Daemon::start_with_args(&[mirror.port()], &["--cache-size", "2M"]);
+    let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
+    let all = repo.binary_names();
+    // apt still gets every file intact while the store prunes behind it.
+    apt.update_and_fetch(repo, &all, "fetch over the limit");
+    let st = daemon.status_json();
+    let cache = st["cache_bytes"].as_u64().unwrap();
+    assert!(
+        cache <= limit,
+        "cache {cache} over the limit {limit}: {st:#}"
+    );
+    let on_disk: u64 = daemon
+        .data_files()
+        .iter()
+        .filter(|(p, _)| p.starts_with(daemon.data_dir.join("store")))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        on_disk <= limit,
+        "store folder holds {on_disk} bytes, over {limit}"
+    );
+    assert!(
+        st["stored_pieces"].as_u64().unwrap() > 0,
+        "small files still fit: {st:#}"
+    );
+}
+
+#[test]
+fn sources_command_rewrites_and_reverts() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("sources.list");
+    let original = "deb http://deb.debian.org/debian bookworm main\n\
+                    deb-src [signed-by=/k.gpg] https://security.debian.org/debian-security bookworm-security main\n\
+                    deb file:/srv/local ./\n";
+    std::fs::write(&list, original).unwrap();
+    let run = |args: &[&str], file: &std::path::Path| {
+        let mut cmd = Command::new(binary());
+        cmd.arg("sources").args(args).arg(file);
+        run_with_timeout(cmd, Duration::from_secs(20))
+    };
+    let out = run(&[], &list);
+    assert!(out.success(), "{}", out.combined());
+    assert!(
+        out.stdout
+            .contains("deb http://localhost:9988/deb.debian.org/debian bookworm main\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("deb-src [signed-by=/k.gpg] http://localhost:9988/https/security.debian.org/debian-security bookworm-security main\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("deb file:/srv/local ./\n"),
+        "{}",
+        out.stdout
+    );
+
+    let rewritten: String = out
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file2 = dir.path().join("rewritten.list");
+    std::fs::write(&file2, &rewritten).unwrap();
+    let back = run(&["--revert"], &file2);
+    let reverted: String = back
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(reverted, original);
+
+    let deb822 = dir.path().join("debian.sources");
+    std::fs::write(
+        &deb822,
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n",
+    )
+    .unwrap();
+    let out = run(&[], &deb822);
+    assert!(
+        out.stdout
+            .contains("URIs: http://localhost:9988/deb.debian.org/debian\n"),
+        "{}",
+        out.stdout
+    );
+}
