@@ -312,15 +312,20 @@ if [ "$HAVE_BW" = 1 ]; then
     base="http://127.0.0.1:$DT_PORT/$MIRROR/bookworm/dists/bookworm"
     curl -s -o /dev/null --max-time 30 "$base/InRelease"
     code=$(curl -s -o /dev/null --max-time 120 -w '%{http_code}' "$base/main/binary-amd64/Packages")
-    # Give the daemon time to build and register the torrent, then idle.
+    # Give the daemon time to build and register the torrent (its
+    # /status.json lists it with an info_hash), then let it idle.
+    registered=no
     for i in $(seq 1 60); do
         st=$(curl -s --max-time 5 "http://127.0.0.1:$DT_PORT/status.json" || true)
-        if grep -Eq '"torrents"[^0-9]*[1-9]' <<<"$st"; then break; fi
+        if grep -q '"info_hash"' <<<"$st"; then registered=yes; break; fi
         sleep 1
     done
     sleep 5
     D_RSS=$(awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$DT_PID/status" 2>/dev/null || echo n/a)
-    D_NOTE="(Packages GET: HTTP $code; status.json: $(head -c 300 <<<"${st:-}"))"
+    if command -v jq >/dev/null 2>&1; then
+        st=$(jq -c '{torrents: [.torrents[]? | {index_path, pieces, total_bytes}], cache_bytes, bytes_from_mirror}' <<<"$st" 2>/dev/null || echo "$st")
+    fi
+    D_NOTE="(Packages GET: HTTP $code; torrent registered: $registered; $(head -c 400 <<<"${st:-}"))"
 else
     D_NOTE="(no $BW_LZ4 on this machine)"
 fi
