@@ -159,9 +159,13 @@ pub struct SourcesArgs {
     /// package runs when it is removed).
     #[arg(long)]
     pub apply: bool,
-    /// Where --apply keeps a copy of each file before changing it.
-    #[arg(long, value_name = "DIR", default_value = crate::apply::DEFAULT_BACKUP_DIR)]
-    pub backup_dir: PathBuf,
+    /// Where --apply keeps a copy of each file before changing it [default: /var/backups/debtorrent].
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Treat DIR as the root file system: the default files are under DIR/etc/apt
+    /// and the default backup folder under DIR (for `dpkg --root` installs).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
 }
 
 /// Options of `debtorrent import`.
@@ -388,7 +392,11 @@ mod tests {
     /// the command in that file when an option changes.
     #[test]
     fn configuration_doc_is_current() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/configuration.md"
+        ))
+        .unwrap();
         assert!(
             doc.contains(&reference()),
             "docs/configuration.md is stale: paste the output of `debtorrent config-reference` into it"

@@ -284,10 +284,11 @@ impl Downloads {
             hasher.update(&chunk);
             // A positioned write to the page cache: fast enough to do on the
             // runtime thread, and a full disk surfaces here as an error.
-            file.write_all_at(&chunk, written).map_err(|e| {
+            if let Err(e) = file.write_all_at(&chunk, written) {
                 tracing::error!(error = %e, "cannot write a download");
-                Failure::Local
-            })?;
+                self.store.note_write_failure();
+                return Err(Failure::Local);
+            }
             written += chunk.len() as u64;
             self.stats.mirror_bytes(chunk.len() as u64);
             let _ = tx.send(State::Streaming { written });
@@ -300,17 +301,27 @@ impl Downloads {
             self.stats.corrupt();
             return Err(Failure::Corrupt);
         }
+        // Verified: from here on, readers get the piece whatever happens to
+        // the store. A failed commit (disk full at fsync, a store on another
+        // filesystem) costs only the cached copy.
         let store = self.store.clone();
         let (tmp, rel) = (tmp.to_path_buf(), rel.to_string());
-        tokio::task::spawn_blocking(move || {
-            file.sync_all()?;
-            store.commit_piece(&tmp, &rel, sha256, size, last_modified)
+        let committed = tokio::task::spawn_blocking(move || {
+            let res = file
+                .sync_all()
+                .and_then(|()| store.commit_piece(&tmp, &rel, sha256, size, last_modified));
+            if res.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+                store.note_write_failure();
+            }
+            res
         })
-        .await
-        .map_err(|_| Failure::Local)?
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot store a verified piece");
-            Failure::Local
-        })
+        .await;
+        match committed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "verified piece served but not stored"),
+            Err(e) => tracing::error!(error = %e, "verified piece served but not stored"),
+        }
+        Ok(())
     }
 }

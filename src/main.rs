@@ -302,10 +302,16 @@ async fn reload_torrents(
 
 fn print_sources(args: &SourcesArgs) -> anyhow::Result<()> {
     let files: Vec<PathBuf> = if args.files.is_empty() {
-        apply::default_files(Path::new("/etc/apt"))
+        apply::default_files(&args.root.join("etc/apt"))
     } else {
         args.files.clone()
     };
+    if files.is_empty() && args.apply {
+        // Nothing can point at the daemon (e.g. package removal on a system
+        // without apt sources): nothing to do.
+        println!("no apt sources found; nothing to change");
+        return Ok(());
+    }
     if files.is_empty() {
         bail!("no sources file found (give one as an argument)");
     }
@@ -315,7 +321,13 @@ fn print_sources(args: &SourcesArgs) -> anyhow::Result<()> {
         } else {
             apply::Direction::Rewrite
         };
-        let outcomes = apply::apply(&files, &args.daemon, dir, &args.backup_dir)?;
+        let backup_dir = match &args.backup_dir {
+            Some(d) => d.clone(),
+            None => args
+                .root
+                .join(apply::DEFAULT_BACKUP_DIR.trim_start_matches('/')),
+        };
+        let outcomes = apply::apply(&files, &args.daemon, dir, &backup_dir)?;
         for o in outcomes {
             for w in &o.warnings {
                 eprintln!("debtorrent: {}: {w}", o.path.display());

@@ -384,15 +384,24 @@ impl Service {
             let path = self.store.piece_path(rel);
             return respond_with(req, meta.size, &v, ctype, |s, e| file_body(&path, s, e));
         }
+        if !self.store.can_store(found.size) {
+            tracing::info!("store full or failing: verified pass-through");
+            return self.verified_pass_through(req, u, found).await;
+        }
         let dl = match self
             .downloads
             .get_or_start(rel, found.sha256, found.size, u.url())
         {
             Ok(d) => d,
+            Err(Failure::Local) => return self.verified_pass_through(req, u, found).await,
             Err(f) => return failure_response(f),
         };
-        if let State::Failed(f) = dl.started().await {
-            return failure_response(f);
+        match dl.started().await {
+            State::Failed(Failure::Local) => {
+                return self.verified_pass_through(req, u, found).await
+            }
+            State::Failed(f) => return failure_response(f),
+            _ => {}
         }
         let mtime = dl
             .last_modified
@@ -408,6 +417,103 @@ impl Service {
             rx: dl.reader(s, e),
             len: Some(e - s),
         })
+    }
+
+    /// A listed piece streamed from the mirror without storing it (the
+    /// store cannot take it), checked like a stored one: the size must be
+    /// the index's and the final chunk is held back until the SHA-256
+    /// matches, so a wrong file never reaches apt as a complete response.
+    async fn verified_pass_through(
+        &self,
+        req: &Request,
+        u: &UpstreamUrl,
+        found: index::Found,
+    ) -> Response {
+        let resp = match self.client.get(u.url()).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return failure_response(Failure::Timeout),
+            Err(_) => return failure_response(Failure::Unreachable),
+        };
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return failure_response(Failure::Status(status));
+        }
+        if resp.content_length().is_some_and(|n| n != found.size) {
+            return failure_response(Failure::Corrupt);
+        }
+        let mut headers = vec![
+            ("content-type", content_type(&u.path).to_string()),
+            ("etag", etag_of(&found.sha256)),
+        ];
+        if let Some(lm) = resp
+            .headers()
+            .get(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+        {
+            headers.push(("last-modified", lm.to_string()));
+        }
+        if req.is_head() {
+            return Response {
+                status: 200,
+                headers,
+                body: sized_empty(found.size),
+                close: false,
+            };
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let (stats, timeout) = (self.stats.clone(), self.timeout);
+        tokio::spawn(
+            async move {
+                let mut resp = resp;
+                let mut h = Sha256::new();
+                let mut held: Option<Bytes> = None;
+                let mut n = 0u64;
+                loop {
+                    match tokio::time::timeout(timeout, resp.chunk()).await {
+                        Ok(Ok(Some(c))) => {
+                            stats.mirror_bytes(c.len() as u64);
+                            n += c.len() as u64;
+                            h.update(&c);
+                            if let Some(prev) = held.replace(c) {
+                                if tx.send(Ok(prev)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(Ok(None)) => break,
+                        _ => {
+                            let _ = tx.send(Err(())).await;
+                            return;
+                        }
+                    }
+                }
+                let good = n == found.size && <[u8; 32]>::from(h.finalize()) == found.sha256;
+                match held {
+                    Some(last) if good => {
+                        let _ = tx.send(Ok(last)).await;
+                    }
+                    _ => {
+                        if !good {
+                            stats.corrupt();
+                            tracing::warn!(
+                                "mirror sent bytes that do not match the index's SHA256"
+                            );
+                        }
+                        let _ = tx.send(Err(())).await;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Response {
+            status: 200,
+            headers,
+            body: Body::Stream {
+                rx,
+                len: Some(found.size),
+            },
+            close: false,
+        }
     }
 
     /// Streams a file from the mirror without keeping it.

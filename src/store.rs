@@ -60,6 +60,9 @@ pub struct Store {
     total: AtomicU64,
     limit: u64,
     seq: AtomicU64,
+    /// Until when (Unix seconds) new pieces are not written, after a write
+    /// failed (disk full): requests are served by verified pass-through.
+    degraded_until: std::sync::atomic::AtomicI64,
     /// Pieces that some registered torrent lists, for pruning decisions.
     referenced: Box<dyn Fn(&str) -> bool + Send + Sync>,
 }
@@ -86,12 +89,20 @@ impl Store {
         for d in [data_dir, &store_dir, &index_dir] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        if tmp_dir.exists() {
-            fs::remove_dir_all(&tmp_dir)
-                .with_context(|| format!("cannot empty {}", tmp_dir.display()))?;
-        }
+        // Empty tmp/ rather than delete it: it may be a mountpoint.
         fs::create_dir_all(&tmp_dir)
             .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
+        let entries =
+            fs::read_dir(&tmp_dir).with_context(|| format!("cannot read {}", tmp_dir.display()))?;
+        for entry in entries {
+            let p = entry?.path();
+            let res = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            res.with_context(|| format!("cannot remove {}", p.display()))?;
+        }
         let (db, mut loaded) = Db::open(&data_dir.join("state.db"))?;
         let mut map = HashMap::with_capacity(loaded.pieces.len());
         let mut total = 0;
@@ -133,6 +144,7 @@ impl Store {
             total: AtomicU64::new(total),
             limit,
             seq: AtomicU64::new(0),
+            degraded_until: std::sync::atomic::AtomicI64::new(0),
             referenced,
         };
         Ok((Arc::new(store), loaded))
@@ -198,6 +210,31 @@ impl Store {
         for (p, t) in changed {
             self.db.touch(&p, t);
         }
+    }
+
+    /// Whether a new piece of `size` bytes should be written: false while
+    /// a recent write failed, or when `tmp/` has less than `size` plus a
+    /// margin free. The caller then streams the piece through, verified,
+    /// without storing it.
+    pub fn can_store(&self, size: u64) -> bool {
+        if now() < self.degraded_until.load(Ordering::Relaxed) {
+            return false;
+        }
+        match rustix::fs::statvfs(&self.tmp_dir) {
+            Ok(st) => {
+                // Headroom for indexes and the database: 64 MiB, or a tenth
+                // of a small filesystem.
+                let total = st.f_blocks.saturating_mul(st.f_frsize);
+                let margin = (64u64 << 20).min(total / 10);
+                st.f_bavail.saturating_mul(st.f_frsize) >= size.saturating_add(margin)
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Records a failed write: stop storing new pieces for a minute.
+    pub fn note_write_failure(&self) {
+        self.degraded_until.store(now() + 60, Ordering::Relaxed);
     }
 
     /// A new file under `tmp/`.

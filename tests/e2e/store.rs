@@ -168,3 +168,78 @@ fn sources_command_rewrites_and_reverts() {
         out.stdout
     );
 }
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_keeps_serving_verified_packages() {
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let mut daemon = Daemon::start(&[mirror.port()]);
+    daemon.stop(Duration::from_secs(10));
+    // The whole data folder on a 16 MiB filesystem: indexes fit, bigpkg
+    // (54.5 MB) does not.
+    let out = run_with_timeout(
+        {
+            let mut c = Command::new("mount");
+            c.args(["-t", "tmpfs", "-o", "size=16M", "tmpfs"])
+                .arg(&daemon.data_dir);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.success(),
+        "this test mounts a small tmpfs and needs root: {}",
+        out.combined()
+    );
+    let _mount = Mount(daemon.data_dir.clone());
+    daemon.restart();
+
+    let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
+    let big = repo.big();
+    apt.update_and_fetch(repo, &[&big.name, "small", "tiny"], "full disk");
+    let st = daemon.status_json();
+    assert!(
+        !st["torrents"].as_array().unwrap().is_empty(),
+        "indexes still fit: {st:#}"
+    );
+    assert!(
+        !daemon.data_dir.join("store").join(&big.pool_path).exists(),
+        "bigpkg cannot have been stored"
+    );
+    assert!(
+        daemon
+            .data_dir
+            .join("store")
+            .join(&repo.package("small").pool_path)
+            .exists(),
+        "small was stored"
+    );
+    // Not stored, yet checked: a corrupt bigpkg is refused as before.
+    mirror.set_pool_fault(Some(crate::support::mirror::Fault::Corrupt));
+    let again = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
+    let out = again.update();
+    again.assert_update_verified(&out, "update 2");
+    let out = again.download_only(&[&big.name]);
+    assert!(
+        !out.success(),
+        "a corrupt bigpkg reached apt as good\n{}",
+        out.combined()
+    );
+    assert!(!again
+        .archives()
+        .join(crate::support::apt::deb_name_in_archives(
+            &big.file_name,
+            &big.version
+        ))
+        .exists());
+    assert!(daemon.is_running(), "the daemon survived the full disk");
+}
