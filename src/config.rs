@@ -65,6 +65,19 @@ pub fn print_completions(shell: clap_complete::Shell) {
     clap_complete::generate(shell, &mut cmd, "debtorrent", &mut std::io::stdout());
 }
 
+/// The data folder, shared by `serve` and `import`.
+#[derive(Args, Debug, Clone)]
+pub struct DataDir {
+    /// Folder for the state database, the package store and cached indexes.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "DEBTORRENT_DATA_DIR",
+        default_value = "debtorrent-data"
+    )]
+    pub data_dir: PathBuf,
+}
+
 /// Options of `debtorrent serve`.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -80,14 +93,8 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:9988"
     )]
     pub listen: SocketAddr,
-    /// Folder for the state database, the package store and cached indexes.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "DEBTORRENT_DATA_DIR",
-        default_value = "debtorrent-data"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataDir,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(
         long,
@@ -173,14 +180,8 @@ pub struct SourcesArgs {
 pub struct ImportArgs {
     /// Folder of .deb files to import.
     pub dir: PathBuf,
-    /// The daemon's data folder.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "DEBTORRENT_DATA_DIR",
-        default_value = "debtorrent-data"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataDir,
 }
 
 /// Parses `123`, `64K`, `512M`, `20G`, `1T` (powers of 1024).

@@ -100,7 +100,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::default());
     let reg2 = registry.clone();
     let (store, loaded) = store::Store::open(
-        &args.data_dir,
+        &args.data.data_dir,
         args.cache_size,
         Box::new(move |p| reg2.referenced(p)),
     )?;
@@ -150,7 +150,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     // Torrents of the previous run load in the background; pool requests
     // wait for them (a fraction of a second) so nothing is fetched twice.
-    let data_dir = args.data_dir.clone();
+    let data_dir = args.data.data_dir.clone();
     let (reg3, db) = (registry.clone(), store.db().clone());
     tokio::spawn(async move {
         let rows = loaded.torrents;
@@ -173,7 +173,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     println!("debtorrent listening on http://{addr}");
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "serving apt");
+    tracing::info!(%addr, data_dir = %args.data.data_dir.display(), "serving apt");
     let limit = Arc::new(tokio::sync::Semaphore::new(args.max_connections.max(1)));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -370,7 +370,7 @@ fn import(args: &ImportArgs) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::default());
     let reg2 = registry.clone();
     let (store, loaded) = store::Store::open(
-        &args.data_dir,
+        &args.data.data_dir,
         u64::MAX,
         Box::new(move |p| reg2.referenced(p)),
     )?;
@@ -378,7 +378,7 @@ fn import(args: &ImportArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(reload_torrents(
-        &args.data_dir,
+        &args.data.data_dir,
         loaded.torrents,
         &registry,
         store.db(),
@@ -395,7 +395,7 @@ fn import(args: &ImportArgs) -> anyhow::Result<()> {
     if by_hash.is_empty() {
         bail!(
             "no torrents registered in {}: run `apt-get update` through the daemon first",
-            args.data_dir.display()
+            args.data.data_dir.display()
         );
     }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&args.dir)

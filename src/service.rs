@@ -336,6 +336,36 @@ fn file_body(path: &Path, start: u64, end: u64) -> Body {
     }
 }
 
+/// The status for a request to the mirror that got no response at all.
+fn send_failure(e: &reqwest::Error) -> Failure {
+    if e.is_timeout() {
+        Failure::Timeout
+    } else {
+        Failure::Unreachable
+    }
+}
+
+/// The mirror's headers worth passing on, under our names.
+fn copy_headers(
+    from: &reqwest::header::HeaderMap,
+    names: &[(reqwest::header::HeaderName, &'static str)],
+) -> Vec<(&'static str, String)> {
+    names
+        .iter()
+        .filter_map(|(name, key)| Some((*key, from.get(name)?.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// A response to HEAD: the headers and the length, no body.
+fn head_response(status: u16, headers: Vec<(&'static str, String)>, len: u64) -> Response {
+    Response {
+        status,
+        headers,
+        body: sized_empty(len),
+        close: false,
+    }
+}
+
 fn failure_response(f: Failure) -> Response {
     let msg = match f {
         Failure::Status(s) => format!("the mirror answered {s}"),
@@ -431,8 +461,7 @@ impl Service {
     ) -> Response {
         let resp = match self.client.get(u.url()).send().await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return failure_response(Failure::Timeout),
-            Err(_) => return failure_response(Failure::Unreachable),
+            Err(e) => return failure_response(send_failure(&e)),
         };
         let status = resp.status().as_u16();
         if status != 200 {
@@ -441,24 +470,14 @@ impl Service {
         if resp.content_length().is_some_and(|n| n != found.size) {
             return failure_response(Failure::Corrupt);
         }
-        let mut headers = vec![
-            ("content-type", content_type(&u.path).to_string()),
-            ("etag", etag_of(&found.sha256)),
-        ];
-        if let Some(lm) = resp
-            .headers()
-            .get(reqwest::header::LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-        {
-            headers.push(("last-modified", lm.to_string()));
-        }
+        let mut headers = copy_headers(
+            resp.headers(),
+            &[(reqwest::header::LAST_MODIFIED, "last-modified")],
+        );
+        headers.push(("content-type", content_type(&u.path).to_string()));
+        headers.push(("etag", etag_of(&found.sha256)));
         if req.is_head() {
-            return Response {
-                status: 200,
-                headers,
-                body: sized_empty(found.size),
-                close: false,
-            };
+            return head_response(200, headers, found.size);
         }
         let (tx, rx) = mpsc::channel(8);
         let (stats, timeout) = (self.stats.clone(), self.timeout);
@@ -526,30 +545,23 @@ impl Service {
         }
         let resp = match rb.send().await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return failure_response(Failure::Timeout),
-            Err(_) => return failure_response(Failure::Unreachable),
+            Err(e) => return failure_response(send_failure(&e)),
         };
         let status = resp.status().as_u16();
-        let mut headers = Vec::new();
-        for (name, key) in [
-            (reqwest::header::CONTENT_TYPE, "content-type"),
-            (reqwest::header::LAST_MODIFIED, "last-modified"),
-            (reqwest::header::ETAG, "etag"),
-            (reqwest::header::CONTENT_RANGE, "content-range"),
-            (reqwest::header::ACCEPT_RANGES, "accept-ranges"),
-        ] {
-            if let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
-                headers.push((key, v.to_string()));
-            }
-        }
+        use reqwest::header::{ACCEPT_RANGES, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED};
+        let headers = copy_headers(
+            resp.headers(),
+            &[
+                (CONTENT_TYPE, "content-type"),
+                (LAST_MODIFIED, "last-modified"),
+                (ETAG, "etag"),
+                (CONTENT_RANGE, "content-range"),
+                (ACCEPT_RANGES, "accept-ranges"),
+            ],
+        );
         let len = resp.content_length();
         if status == 304 || req.is_head() {
-            return Response {
-                status,
-                headers,
-                body: sized_empty(len.unwrap_or(0)),
-                close: false,
-            };
+            return head_response(status, headers, len.unwrap_or(0));
         }
         let (tx, rx) = mpsc::channel(8);
         let stats = self.stats.clone();
@@ -594,11 +606,7 @@ impl Service {
         let resp = match rb.send().await {
             Ok(r) => r,
             Err(e) => {
-                let f = if e.is_timeout() {
-                    Failure::Timeout
-                } else {
-                    Failure::Unreachable
-                };
+                let f = send_failure(&e);
                 tracing::info!(failure = ?f, "mirror failed; trying the last good copy");
                 return self.cached_index(req, &cache, failure_response(f));
             }
@@ -607,21 +615,14 @@ impl Service {
         match status {
             200 => {}
             304 => {
-                let mut headers = Vec::new();
-                for (name, key) in [
-                    (reqwest::header::LAST_MODIFIED, "last-modified"),
-                    (reqwest::header::ETAG, "etag"),
-                ] {
-                    if let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
-                        headers.push((key, v.to_string()));
-                    }
-                }
-                return Response {
-                    status: 304,
-                    headers,
-                    body: Body::Empty,
-                    close: false,
-                };
+                let headers = copy_headers(
+                    resp.headers(),
+                    &[
+                        (reqwest::header::LAST_MODIFIED, "last-modified"),
+                        (reqwest::header::ETAG, "etag"),
+                    ],
+                );
+                return head_response(304, headers, 0);
             }
             400..=499 => return Response::text(status, format!("the mirror answered {status}")),
             _ => {
@@ -634,29 +635,20 @@ impl Service {
             }
         }
         let len = resp.content_length();
-        let last_modified = resp
-            .headers()
-            .get(reqwest::header::LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut headers = vec![("content-type", content_type(rel).to_string())];
-        if let Some(lm) = &last_modified {
-            headers.push(("last-modified", lm.clone()));
-        }
-        if let Some(e) = resp
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-        {
-            headers.push(("etag", e.to_string()));
-        }
+        let mut headers = copy_headers(
+            resp.headers(),
+            &[
+                (reqwest::header::LAST_MODIFIED, "last-modified"),
+                (reqwest::header::ETAG, "etag"),
+            ],
+        );
+        let last_modified = headers
+            .iter()
+            .find(|(k, _)| *k == "last-modified")
+            .map(|(_, v)| v.clone());
+        headers.push(("content-type", content_type(rel).to_string()));
         if req.is_head() {
-            return Response {
-                status: 200,
-                headers,
-                body: sized_empty(len.unwrap_or(0)),
-                close: false,
-            };
+            return head_response(200, headers, len.unwrap_or(0));
         }
         let (tx, rx) = mpsc::channel(8);
         let job = IndexJob {
