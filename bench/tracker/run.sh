@@ -32,6 +32,8 @@ BIN=$root/target/release/debtorrent-tracker
 LOAD=$root/target/release/examples/udp_load
 
 work=$(mktemp -d)
+# opentracker drops privileges (to nobody) before reading its whitelist.
+chmod 755 "$work"
 PID=
 cleanup() {
     if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill -KILL "$PID" 2>/dev/null || true; fi
@@ -40,6 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$LOAD" hashes "$TORRENTS" > "$work/hashes.txt"
+chmod 644 "$work/hashes.txt"
 HZ=$(getconf CLK_TCK)
 
 free_port() {
@@ -48,9 +51,15 @@ t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", p)); print(p)'
 }
 
-probe_url() { # a `stopped` announce for a peer that is not there: changes nothing
-    local h; h=$(head -1 "$work/hashes.txt" | sed 's/../%&/g')
-    echo "http://$1/announce?info_hash=$h&peer_id=-PROBE-0000000000000&port=9&left=0&event=stopped"
+# probe HOST:PORT: announce a peer for the last torrent, check that it was
+# accepted (opentracker answers `stopped` even for torrents it refuses, so
+# the probe must be a real announce), then remove it again.
+probe() {
+    local h url
+    h=$(tail -1 "$work/hashes.txt" | sed 's/../%&/g')
+    url="http://$1/announce?info_hash=$h&peer_id=-PROBE-0000000000000&port=9&left=0"
+    curl -s --max-time 1 "$url&event=started" 2>/dev/null | grep -q '^d8:complete' || return 1
+    curl -s --max-time 1 "$url&event=stopped" >/dev/null 2>&1
 }
 
 start_ours() {
@@ -73,7 +82,7 @@ start_opentracker() {
     UDP=127.0.0.1:$p
     # opentracker loads its whitelist in the background: wait for it.
     for _ in $(seq 100); do
-        if curl -s --max-time 1 "$(probe_url "$HTTP")" 2>/dev/null | grep -q '^d8:complete'; then return; fi
+        if probe "$HTTP"; then return; fi
         sleep 0.1
     done
     echo "opentracker did not accept the whitelisted torrent" >&2; exit 1
@@ -87,52 +96,74 @@ stop_tracker() {
     PID=
 }
 
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# bench NAME: fills, measures memory, then RUNS x (HTTP, UDP).
-bench() {
-    local name=$1 rss0 rss1
-    rss0=$(rss_kb)
-    taskset -c 1 "$LOAD" fill "$UDP" "$TORRENTS" "$PEERS"
+# fill NAME PID UDP: load the 100,000 peers, record RSS before and after.
+fill() {
+    local rss0 rss1
+    rss0=$(rss_kb "$2")
+    taskset -c 1 "$LOAD" fill "$3" "$TORRENTS" "$PEERS" >/dev/null
     sleep 0.5
-    rss1=$(rss_kb)
-    echo "$name rss_before_kb=$rss0 rss_after_kb=$rss1" >&2
-    echo "$rss0 $rss1" > "$work/$name.mem"
-    : > "$work/$name.http"; : > "$work/$name.udp"
-    for r in $(seq "$RUNS"); do
-        local t0 t1 out rps
-        t0=$(cpu_ticks)
-        out=$(taskset -c 1 env BENCH_HASHES="$work/hashes.txt" BENCH_PEERS="$PEERS" \
-            wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECS}s" --timeout 2s -s "$here/announce.lua" "http://$HTTP/announce")
-        t1=$(cpu_ticks)
-        if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "$name: HTTP errors" >&2; exit 1; fi
-        rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
-        echo "$rps $(( t1 - t0 ))" >> "$work/$name.http"
-        echo "$name run $r http announces/s=$rps cpu_ticks=$(( t1 - t0 ))" >&2
-
-        t0=$(cpu_ticks)
-        out=$(taskset -c 1 "$LOAD" load "$UDP" "$TORRENTS" "$PEERS" "$SECS")
-        t1=$(cpu_ticks)
-        rps=$(echo "$out" | sed -n 's/announces_per_sec=//p')
-        echo "$rps $(( t1 - t0 ))" >> "$work/$name.udp"
-        echo "$name run $r udp announces/s=$rps cpu_ticks=$(( t1 - t0 ))" >&2
-    done
+    rss1=$(rss_kb "$2")
+    echo "$1 rss_before_kb=$rss0 rss_after_kb=$rss1" >&2
+    echo "$rss0 $rss1" > "$work/$1.mem"
 }
 
+# run_http NAME PID HTTP / run_udp NAME PID UDP: one timed run; appends
+# "announces/s tracker-cpu-ticks" to $work/NAME.{http,udp}.
+run_http() {
+    local t0 t1 out rps
+    t0=$(cpu_ticks "$2")
+    out=$(taskset -c 1 env BENCH_HASHES="$work/hashes.txt" BENCH_PEERS="$PEERS" \
+        wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECS}s" --timeout 2s -s "$here/announce.lua" "http://$3/announce")
+    t1=$(cpu_ticks "$2")
+    if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "$1: HTTP errors" >&2; exit 1; fi
+    rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+    echo "$rps $(( t1 - t0 ))" >> "$work/$1.http"
+    echo "$1 http announces/s=$rps cpu_ticks=$(( t1 - t0 ))" >&2
+}
+run_udp() {
+    local t0 t1 out rps
+    t0=$(cpu_ticks "$2")
+    out=$(taskset -c 1 "$LOAD" load "$3" "$TORRENTS" "$PEERS" "$SECS")
+    t1=$(cpu_ticks "$2")
+    rps=$(echo "$out" | sed -n 's/announces_per_sec=//p')
+    echo "$rps $(( t1 - t0 ))" >> "$work/$1.udp"
+    echo "$1 udp announces/s=$rps cpu_ticks=$(( t1 - t0 ))" >&2
+}
+
+# Both trackers run at the same time, both pinned to core 0 (each idle
+# while the other is measured), and their runs are interleaved, so that
+# whatever else the machine is doing affects both alike.
 start_ours
-# Sanity: the probe is accepted, nothing is stored by it.
-curl -s --max-time 2 "$(probe_url "$HTTP")" | grep -q '^d8:complete' || { echo "ours refused the probe" >&2; exit 1; }
-bench ours
-stats=$(curl -s --max-time 5 "http://$HTTP/stats.json")
+OURS_PID=$PID OURS_HTTP=$HTTP OURS_UDP=$UDP
+probe "$OURS_HTTP" || { echo "ours refused the probe" >&2; exit 1; }
+start_opentracker
+OT_PID=$PID OT_HTTP=$HTTP OT_UDP=$UDP
+PID=
+cleanup() {
+    for p in ${OURS_PID:-} ${OT_PID:-}; do kill -KILL "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+
+fill ours "$OURS_PID" "$OURS_UDP"
+fill opentracker "$OT_PID" "$OT_UDP"
+: > "$work/ours.http"; : > "$work/ours.udp"; : > "$work/opentracker.http"; : > "$work/opentracker.udp"
+for r in $(seq "$RUNS"); do
+    echo "run $r/$RUNS" >&2
+    run_http ours "$OURS_PID" "$OURS_HTTP"
+    run_http opentracker "$OT_PID" "$OT_HTTP"
+    run_udp ours "$OURS_PID" "$OURS_UDP"
+    run_udp opentracker "$OT_PID" "$OT_UDP"
+done
+stats=$(curl -s --max-time 5 "http://$OURS_HTTP/stats.json")
 ours_peers=$(echo "$stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["peers"])')
 ours_failures=$(echo "$stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["http_failures"])')
-stop_tracker
-
-start_opentracker
-bench opentracker
-stop_tracker
+# opentracker must have accepted the announces too: its peers are listed.
+probe "$OT_HTTP" || { echo "opentracker refused the probe after the runs" >&2; exit 1; }
+PID=$OURS_PID; stop_tracker
+PID=$OT_PID; stop_tracker
 
 report() {
     python3 - "$work" "$RUNS" "$SECS" "$PEERS" "$HZ" "$ours_peers" "$ours_failures" <<'PY'
@@ -155,7 +186,7 @@ for name in ("ours", "opentracker"):
     r0, r1 = map(int, open(f"{work}/{name}.mem").read().split())
     print(f"{name:12} RSS {r0 / 1024:6.1f} MB empty, {r1 / 1024:6.1f} MB with {peers:,} peers: "
           f"{(r1 - r0) * 1024 / peers:5.1f} bytes/peer (delta), {r1 * 1024 / peers:5.1f} bytes/peer (total)")
-print(f"ours: {ours_peers} peers stored after the runs, {failures} HTTP failures")
+print(f"ours: {ours_peers} peers stored after the runs, {failures} HTTP failures; load average now: {open('/proc/loadavg').read().split()[0]}")
 PY
 }
 report

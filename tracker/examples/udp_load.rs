@@ -102,7 +102,12 @@ fn tally(p: &[u8], ok: &mut u64, errors: &mut u64) {
             }
             *errors += 1;
         }
-        _ => {}
+        other => {
+            if *errors == 0 {
+                eprintln!("udp_load: unexpected answer: {other:?}");
+            }
+            *errors += 1;
+        }
     }
 }
 

@@ -20,6 +20,6 @@ pub mod types;
 pub mod udp_proto;
 pub mod udp_server;
 
-pub use client::{ClientError, TrackerClient};
-pub use http_proto::{AnnounceParams, AnnounceResponse, ScrapeEntry};
+pub use client::{ClientConfig, ClientError, TrackerClient};
+pub use http_proto::{AnnounceParams, AnnounceResponse, ResponseError, ScrapeEntry};
 pub use types::{Event, InfoHash, PeerId};

@@ -300,6 +300,12 @@ fn update<const N: usize>(
             if !room {
                 return Update::Refused;
             }
+            // Grow by a quarter instead of doubling: most swarms are small
+            // and long-lived, and doubling would leave a third of the peer
+            // memory unused on average. Still amortised O(1).
+            if peers.len() == peers.capacity() {
+                peers.reserve_exact((peers.len() / 4).max(2));
+            }
             peers.insert(
                 i,
                 Peer {
@@ -467,6 +473,12 @@ impl PeerTable {
                 let before = s.len();
                 s.v4.retain(|p| p.last_seen >= cutoff);
                 s.v6.retain(|p| p.last_seen >= cutoff);
+                if s.v4.capacity() > 2 * s.v4.len() + 4 {
+                    s.v4.shrink_to_fit();
+                }
+                if s.v6.capacity() > 2 * s.v6.len() + 4 {
+                    s.v6.shrink_to_fit();
+                }
                 removed += before - s.len();
                 s.seeders = (s.v4.iter().filter(|p| p.seeder).count()
                     + s.v6.iter().filter(|p| p.seeder).count()) as u32;

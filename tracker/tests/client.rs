@@ -157,15 +157,17 @@ fn start_opentracker(dir: &std::path::Path, hashes: &[InfoHash]) -> OpenTracker 
         std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
     });
     // opentracker loads its whitelist in a background thread: wait until
-    // the first listed torrent is accepted (a `stopped` announce for a peer
-    // that is not there changes no state).
+    // the first listed torrent is accepted. The probe must be a real
+    // announce (opentracker answers `stopped` even for refused torrents);
+    // its peer is removed again at once.
     let mut q = String::from("/announce?info_hash=");
     debtorrent_tracker::http_proto::percent_encode(&hashes[0].0, &mut q);
-    q.push_str("&peer_id=-PROBE-0000000000000&port=9&left=0&event=stopped");
+    q.push_str("&peer_id=-PROBE-0000000000000&port=9&left=0&event=");
     wait_until(10, "opentracker to load its whitelist", || {
-        let (_, body) = http_get(addr, &q);
-        !body.windows(7).any(|w| w == b"failure")
+        let (_, body) = http_get(addr, &format!("{q}started"));
+        body.starts_with(b"d8:complete")
     });
+    http_get(addr, &format!("{q}stopped"));
 
     OpenTracker {
         _guard: guard,

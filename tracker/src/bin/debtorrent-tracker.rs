@@ -18,6 +18,9 @@ const HOUSEKEEPING: Duration = Duration::from_secs(5);
 const STATE_FILE: &str = "state.sqlite";
 
 fn main() -> Result<()> {
+    if let Some(done) = generate(std::env::args_os().skip(1).collect()) {
+        return done;
+    }
     let cfg = Options::load(std::env::args_os())?;
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
         .with_context(|| format!("bad --log filter {:?}", cfg.log))?;
@@ -30,6 +33,48 @@ fn main() -> Result<()> {
         .thread_name("tracker")
         .build()?;
     rt.block_on(run(cfg))
+}
+
+/// Hidden packaging helpers, from the same definitions as `--help` (they are
+/// not options, so they appear in neither `--help` nor the man page):
+/// `--generate-man DIR` writes debtorrent-tracker.1 into DIR;
+/// `--generate-completions bash|zsh|fish|elvish|powershell` prints a script.
+fn generate(args: Vec<std::ffi::OsString>) -> Option<Result<()>> {
+    use clap::CommandFactory as _;
+    let [flag, value] = args.as_slice() else {
+        return None;
+    };
+    match flag.to_str()? {
+        "--generate-man" => {
+            let dir = std::path::PathBuf::from(value);
+            Some(
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| clap_mangen::generate_to(Options::command(), &dir))
+                    .with_context(|| format!("cannot write the man page to {}", dir.display())),
+            )
+        }
+        "--generate-completions" => {
+            let shell = value
+                .to_str()
+                .and_then(|s| s.parse::<clap_complete::Shell>().ok());
+            Some(match shell {
+                Some(shell) => {
+                    let name = "debtorrent-tracker";
+                    clap_complete::generate(
+                        shell,
+                        &mut Options::command(),
+                        name,
+                        &mut std::io::stdout(),
+                    );
+                    Ok(())
+                }
+                None => Err(anyhow::anyhow!(
+                    "unknown shell {value:?} (bash, zsh, fish, elvish, powershell)"
+                )),
+            })
+        }
+        _ => None,
+    }
 }
 
 fn policy(cfg: &Config) -> Result<Policy> {
