@@ -146,6 +146,10 @@ pub struct ServeArgs {
         default_value = "512"
     )]
     pub max_connections: usize,
+    /// Also trust the CA certificates in this PEM file for HTTPS mirrors
+    /// (e.g. an organisation's internal CA); the system store is always used.
+    #[arg(long, value_name = "FILE", env = "DEBTORRENT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Options of `debtorrent sources`.
@@ -303,7 +307,14 @@ pub fn reference() -> String {
             (_, true) => "[]".to_string(),
             (Some(d), false) if d.parse::<u64>().is_ok() => d.clone(),
             (Some(d), false) => format!("{d:?}"),
-            (None, false) => "\"\"".to_string(),
+            (None, false) => {
+                // No default: show the kind of value expected.
+                let name = arg
+                    .get_value_names()
+                    .and_then(|v| v.first())
+                    .map_or_else(|| "VALUE".to_string(), |n| n.to_string());
+                format!("{name:?}")
+            }
         };
         s.push_str(&format!("#{long} = {value}\n"));
     }

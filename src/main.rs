@@ -105,7 +105,20 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Box::new(move |p| reg2.referenced(p)),
     )?;
     let stats = status::Stats::new(&loaded.counters);
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder();
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --ca-file {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-file {}: not PEM certificates", path.display()))?;
+        if certs.is_empty() {
+            bail!("--ca-file {}: no certificate found", path.display());
+        }
+        for c in certs {
+            client = client.add_root_certificate(c);
+        }
+    }
+    let client = client
         .connect_timeout(Duration::from_secs(args.connect_timeout))
         .read_timeout(Duration::from_secs(args.upstream_timeout))
         .no_proxy()

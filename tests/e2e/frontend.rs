@@ -116,10 +116,51 @@ fn proxy_mode_two_clients() {
 }
 
 #[test]
-fn status_json_is_json() {
+fn status_pages_count_what_apt_got() {
     let repo = repo();
     let mirror = Mirror::start(&repo.root);
     let daemon = Daemon::start(&[mirror.port()]);
+    let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
+    apt.update_and_fetch(repo, &["small", "tiny"], "status");
+    let small = repo.package("small");
     let v = daemon.status_json();
-    assert!(v.is_object() || v.is_array(), "/status.json: {v}");
+    let to_apt = v["bytes_to_apt"].as_u64().unwrap_or(0);
+    let from_mirror = v["bytes_from_mirror"].as_u64().unwrap_or(0);
+    assert!(to_apt >= small.size, "bytes_to_apt counts packages: {v:#}");
+    assert!(
+        from_mirror >= small.size,
+        "bytes_from_mirror counts packages: {v:#}"
+    );
+    assert!(
+        v["cache_bytes"].as_u64().unwrap_or(0) >= small.size,
+        "{v:#}"
+    );
+    let torrents = v["torrents"].as_array().cloned().unwrap_or_default();
+    assert!(
+        torrents
+            .iter()
+            .any(|t| t["index_path"] == "dists/stable/main/binary-amd64/Packages"),
+        "the Packages torrent is listed: {v:#}"
+    );
+    let metrics = crate::support::http_get(daemon.addr(), "/metrics", &[]);
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("debtorrent_bytes_to_apt_total "))
+        .unwrap_or_else(|| panic!("no bytes_to_apt counter in /metrics:\n{text}"));
+    let n: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    assert!(n >= small.size, "{line}");
+    assert!(text.contains("debtorrent_torrents "), "{text}");
+    let html = crate::support::http_get(daemon.addr(), "/", &[]);
+    assert_eq!(html.status, 200);
+    let page = String::from_utf8_lossy(&html.body);
+    assert!(
+        page.contains("<h2>Torrents</h2>") && page.contains("binary-amd64/Packages"),
+        "{page}"
+    );
 }

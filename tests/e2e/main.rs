@@ -8,6 +8,7 @@ mod support;
 mod baseline;
 mod faults;
 mod frontend;
+mod https;
 mod raw;
 mod restart;
 mod store;
