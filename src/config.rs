@@ -30,7 +30,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon that apt talks to.
     Serve(ServeArgs),
-    /// Print apt sources rewritten to go through the daemon.
+    /// Rewrite apt sources to go through the daemon (print, or --apply).
     Sources(SourcesArgs),
     /// Add verified .deb files from a directory (e.g. /var/cache/apt/archives) to the store.
     Import(ImportArgs),
