@@ -8,7 +8,7 @@ use crate::support::apt::{check_debs, AptClient, Mode};
 use crate::support::daemon::Daemon;
 use crate::support::mirror::{Fault, Mirror};
 use crate::support::repo::repo;
-use crate::support::{http_get, sha256_hex};
+use crate::support::{http_get, sha256_hex, updated, Updated};
 
 #[test]
 fn mirror_down_serves_cached_copies() {
@@ -125,12 +125,12 @@ fn corrupt_pool_bytes_are_never_stored_or_served() {
 
 #[test]
 fn mirror_error_statuses_reach_apt() {
-    let repo = repo();
-    let mirror = Mirror::start(&repo.root);
-    let daemon = Daemon::start(&[mirror.port()]);
-    let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
-    let out = apt.update();
-    apt.assert_update_verified(&out, "update");
+    let Updated {
+        repo,
+        mirror,
+        daemon,
+        apt,
+    } = updated();
 
     for (code, pkg) in [(404u16, "fill0"), (500, "fill1"), (503, "fill2")] {
         mirror.set_pool_fault(Some(Fault::Status(code)));
@@ -195,12 +195,12 @@ fn mirror_error_statuses_reach_apt() {
 
 #[test]
 fn stalled_mirror_fails_cleanly_and_recovers() {
-    let repo = repo();
-    let mirror = Mirror::start(&repo.root);
-    let daemon = Daemon::start(&[mirror.port()]);
-    let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
-    let out = apt.update();
-    apt.assert_update_verified(&out, "update");
+    let Updated {
+        repo,
+        mirror,
+        daemon: _daemon,
+        apt,
+    } = updated();
 
     mirror.set_pool_fault(Some(Fault::Stall));
     let out = apt.download_only(&["fill4"]);

@@ -9,7 +9,7 @@ use crate::support::apt::{AptClient, Mode};
 use crate::support::daemon::Daemon;
 use crate::support::mirror::{Fault, Mirror};
 use crate::support::repo::repo;
-use crate::support::{raw_exchange, sha256_hex, RawConn};
+use crate::support::{raw_exchange, sha256_hex, updated, RawConn, Updated};
 
 #[test]
 fn pipelined_requests_answered_in_order() {
@@ -346,12 +346,12 @@ fn range_if_range_ims_and_head_on_a_cached_package() {
 
 #[test]
 fn concurrent_requests_share_one_upstream_download() {
-    let repo = repo();
-    let mirror = Mirror::start(&repo.root);
-    let daemon = Daemon::start(&[mirror.port()]);
-    let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
-    let out = apt.update();
-    apt.assert_update_verified(&out, "update");
+    let Updated {
+        repo,
+        mirror,
+        daemon,
+        apt: _apt,
+    } = updated();
 
     // `small` (53 KB) takes about a second at 50 KB/s; four clients ask at once.
     let p = repo.package("small");

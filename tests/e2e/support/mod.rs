@@ -445,3 +445,28 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// The usual start of a test: a mirror of the shared repository, a daemon
+/// allowed to reach it, and an apt client in URL-prefix mode that has run a
+/// verified `apt-get update` through the daemon.
+pub struct Updated {
+    pub repo: &'static repo::Repo,
+    pub mirror: mirror::Mirror,
+    pub daemon: daemon::Daemon,
+    pub apt: apt::AptClient,
+}
+
+pub fn updated() -> Updated {
+    let repo = repo::repo();
+    let mirror = mirror::Mirror::start(&repo.root);
+    let daemon = daemon::Daemon::start(&[mirror.port()]);
+    let apt = apt::AptClient::new(repo, &mirror, apt::Mode::Prefix(daemon.addr()));
+    let out = apt.update();
+    apt.assert_update_verified(&out, "update");
+    Updated {
+        repo,
+        mirror,
+        daemon,
+        apt,
+    }
+}
