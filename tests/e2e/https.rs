@@ -12,6 +12,8 @@ use crate::support::mirror::Mirror;
 use crate::support::repo::repo;
 use crate::support::{require_tool, run_ok, wait_until};
 
+/// nginx runs as one process (`master_process off`), so killing it leaves
+/// no orphaned worker holding the port.
 struct Nginx(Child);
 
 impl Drop for Nginx {
@@ -88,7 +90,7 @@ fn https_only_mirror_through_the_prefix() {
     std::fs::write(
         &conf,
         format!(
-            "daemon off; user root; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+            "daemon off; master_process off; user root; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 64; }}\n\
              http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
                fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
