@@ -127,19 +127,9 @@ fn strip_clearsign(text: &str) -> &str {
     }
 }
 
-/// Decodes `N` bytes of hex.
+/// Decodes `N` bytes of hex (the workspace's one hex decoder).
 pub fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let b = s.as_bytes();
-    if b.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-        let hi = char::from(pair[0]).to_digit(16)?;
-        let lo = char::from(pair[1]).to_digit(16)?;
-        *o = u8::try_from(hi << 4 | lo).ok()?;
-    }
-    Some(out)
+    debtorrent_gen::decode_hex(s.as_bytes())
 }
 
 /// Which kind of index a Release-relative name is, if it is one the daemon

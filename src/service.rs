@@ -253,8 +253,7 @@ impl Validators {
 }
 
 fn etag_of(sha: &[u8; 32]) -> String {
-    let hex: String = sha[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"sha256-{hex}\"")
+    format!("\"sha256-{}\"", debtorrent_gen::encode_hex(&sha[..12]))
 }
 
 /// Answers from a body of `size` bytes with validators: 304, 416, 206 or

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod decompress;
+mod hex;
 mod metainfo;
 mod parse;
 mod torrent;
@@ -26,6 +27,7 @@ mod torrent;
 use std::io::Read;
 
 pub use decompress::{Compression, IndexReader, DEFAULT_MAX_SIZE};
+pub use hex::{decode_hex, encode_hex};
 pub use metainfo::{read_metainfo, write_metainfo, Metainfo};
 pub use parse::{check_hash, check_path, check_size, DropReason, IndexKind, Report};
 pub use torrent::{sha256_hex, InfoHash, Piece, Torrent};

@@ -485,24 +485,7 @@ pub fn check_size(s: &[u8]) -> Result<u64, DropReason> {
 
 /// Section 2: exactly 64 hex digits, either case, decoded to 32 bytes.
 pub fn check_hash(s: &[u8]) -> Result<[u8; 32], DropReason> {
-    if s.len() != 64 {
-        return Err(DropReason::BadHash);
-    }
-    let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        *o = (hex_val(pair[0]).ok_or(DropReason::BadHash)? << 4)
-            | hex_val(pair[1]).ok_or(DropReason::BadHash)?;
-    }
-    Ok(out)
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    crate::hex::decode_hex(s).ok_or(DropReason::BadHash)
 }
 
 #[cfg(test)]

@@ -22,31 +22,14 @@ pub struct InfoHash(pub [u8; 20]);
 impl InfoHash {
     /// Lower-case hex, 40 characters.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(40);
-        for b in self.0 {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 15)]));
-        }
-        s
+        crate::hex::encode_hex(&self.0)
     }
 
     /// Parses 40 hex digits (either case).
     pub fn from_hex(s: &str) -> Option<InfoHash> {
-        let b = s.as_bytes();
-        if b.len() != 40 {
-            return None;
-        }
-        let mut out = [0u8; 20];
-        for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-            let hi = char::from(pair[0]).to_digit(16)?;
-            let lo = char::from(pair[1]).to_digit(16)?;
-            *o = u8::try_from(hi << 4 | lo).ok()?;
-        }
-        Some(InfoHash(out))
+        crate::hex::decode_hex(s.as_bytes()).map(InfoHash)
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 impl fmt::Display for InfoHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -62,12 +45,7 @@ impl fmt::Debug for InfoHash {
 
 /// Hex of a SHA-256, for display.
 pub fn sha256_hex(h: &[u8; 32]) -> String {
-    let mut s = String::with_capacity(64);
-    for b in h {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    s
+    crate::hex::encode_hex(h)
 }
 
 /// One piece, which is one file of the archive.

@@ -6,6 +6,8 @@ use debtorrent_gen::{build_from_bytes, Options};
 use proptest::prelude::*;
 use std::io::Write;
 
+mod common;
+
 #[derive(Clone, Debug)]
 struct Entry {
     path: String,
@@ -127,29 +129,10 @@ fn every_compression_gives_the_same_torrent() {
     ))
     .unwrap();
     let want = hash_of(&plain);
-    for (name, data) in compressed_variants(&plain) {
+    for (name, data) in common::compressed(&plain) {
         let built =
             build_from_bytes(&data, &Options::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(built.compression.name(), name);
         assert_eq!(built.torrent.info_hash().to_hex(), want, "{name}");
     }
-}
-
-/// The test input compressed in every format debtorrent-gen reads.
-pub fn compressed_variants(plain: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(plain).unwrap();
-    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
-    bz.write_all(plain).unwrap();
-    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
-    xz.write_all(plain).unwrap();
-    let mut lz = lz4_flex::frame::FrameEncoder::new(Vec::new());
-    lz.write_all(plain).unwrap();
-    vec![
-        ("gzip", gz.finish().unwrap()),
-        ("bzip2", bz.finish().unwrap()),
-        ("xz", xz.finish().unwrap()),
-        ("lz4", lz.finish().unwrap()),
-        ("zstd", zstd::encode_all(plain, 3).unwrap()),
-    ]
 }
