@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::parser::ValueSource;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Download Debian packages from peers over BitTorrent, with the mirror as fallback.
 #[derive(Parser, Debug)]
@@ -150,6 +150,128 @@ pub struct ServeArgs {
     /// (e.g. an organisation's internal CA); the system store is always used.
     #[arg(long, value_name = "FILE", env = "DEBTORRENT_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Address for BitTorrent: peers connect here over TCP, and the DHT uses
+    /// the same port over UDP. Port 0 picks a free port.
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        env = "DEBTORRENT_PEER_ADDR",
+        default_value = "0.0.0.0:6881"
+    )]
+    pub peer_addr: SocketAddr,
+    /// DHT bootstrap nodes, replacing the public routers
+    /// (router.bittorrent.com:6881, dht.transmissionbt.com:6881,
+    /// dht.libtorrent.org:25401); `none` starts with an empty table (the
+    /// first node of a private DHT). Giving a list runs the node in server
+    /// mode, which a private DHT needs.
+    #[arg(long, value_name = "HOST:PORT[,...]", env = "DEBTORRENT_DHT_BOOTSTRAP")]
+    pub dht_bootstrap: Option<String>,
+    /// No DHT (peers then come from trackers, LAN discovery and PEX).
+    #[arg(long, env = "DEBTORRENT_NO_DHT", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", value_name = "BOOL")]
+    pub no_dht: bool,
+    /// No BEP 14 local service discovery (multicast on the LAN).
+    #[arg(long, env = "DEBTORRENT_NO_LSD", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", value_name = "BOOL")]
+    pub no_lsd: bool,
+    /// A BitTorrent tracker to announce to (http:// or udp://; repeatable).
+    #[arg(
+        long = "tracker",
+        value_name = "URL",
+        env = "DEBTORRENT_TRACKER",
+        value_delimiter = ','
+    )]
+    pub tracker: Vec<String>,
+    /// No BitTorrent at all: no peer port, no discovery, every package from
+    /// the mirror (a verifying cache).
+    #[arg(long, env = "DEBTORRENT_NO_PEERS", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", value_name = "BOOL")]
+    pub no_peers: bool,
+    /// How long apt may wait for a peer to turn up before the mirror starts
+    /// on a piece nobody has (e.g. 500ms, 1s, 2.5s).
+    #[arg(long, value_name = "DURATION", env = "DEBTORRENT_PEER_WAIT", default_value = "1s", value_parser = parse_millis)]
+    pub peer_wait: u64,
+    /// A peer with requests out that sends nothing for this long is
+    /// snubbed, and its blocks go to other peers or the mirror.
+    #[arg(long, value_name = "DURATION", env = "DEBTORRENT_STALL_TIMEOUT", default_value = "2s", value_parser = parse_millis)]
+    pub stall_timeout: u64,
+    /// Packages up to this size that take bytes from peers reach apt only
+    /// once verified, so a corrupt peer never shows apt a failed download.
+    /// Larger ones stream with the last byte held back.
+    #[arg(long, value_name = "SIZE", env = "DEBTORRENT_HOLD_WHOLE", default_value = "4M", value_parser = parse_size)]
+    pub hold_whole: u64,
+    /// Most peer connections in total.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DEBTORRENT_MAX_PEERS",
+        default_value = "200"
+    )]
+    pub max_peers: usize,
+    /// Most peer connections from one IP address.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DEBTORRENT_MAX_PEERS_PER_IP",
+        default_value = "2"
+    )]
+    pub max_peers_per_ip: usize,
+    /// Most peer connections per torrent.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DEBTORRENT_MAX_PEERS_PER_TORRENT",
+        default_value = "50"
+    )]
+    pub max_peers_per_torrent: usize,
+    /// Peers uploaded to at once per torrent (plus one optimistic unchoke).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DEBTORRENT_UPLOAD_SLOTS",
+        default_value = "8"
+    )]
+    pub upload_slots: usize,
+    /// Upload limit in bytes per second over all peers (K, M, G suffixes); 0 = none.
+    #[arg(long, value_name = "RATE", env = "DEBTORRENT_UPLOAD_RATE", default_value = "0", value_parser = parse_size)]
+    pub upload_rate: u64,
+    /// Upload nothing (every peer stays choked).
+    #[arg(long, env = "DEBTORRENT_NO_SEED", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", value_name = "BOOL")]
+    pub no_seed: bool,
+    /// How long a peer that sent corrupt data stays banned.
+    #[arg(long, value_name = "DURATION", env = "DEBTORRENT_BAN_TIME", default_value = "1h", value_parser = parse_millis)]
+    pub ban_time: u64,
+    /// Strikes (shares of failed pieces that could not be pinned on one
+    /// peer) before a ban.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DEBTORRENT_BAN_STRIKES",
+        default_value = "2"
+    )]
+    pub ban_strikes: u32,
+}
+
+/// Parses a duration into milliseconds: `500ms`, `2s`, `1.5s`, `10m`, `1h`,
+/// or a bare number of seconds.
+pub fn parse_millis(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        (s, 1000.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (e.g. 500ms, 2s, 1h)"))?;
+    if !v.is_finite() || v < 0.0 || v * mul > 1e15 {
+        return Err(format!("not a duration: {s:?}"));
+    }
+    Ok((v * mul).round() as u64)
 }
 
 /// Options of `debtorrent sources`.

@@ -1,19 +1,25 @@
-//! Fetching pieces from the mirror (the web seed), verified while they
-//! stream, shared by everyone who asks for the same piece at once.
+//! One piece being fetched: the assembly that every source writes into and
+//! every waiting apt reads from, verified before anything is released.
 //!
 //! One [`Download`] per piece in flight, whatever the number of apt clients
-//! waiting for it. One task writes the mirror's bytes to a file under
-//! `tmp/` and hashes them as they pass. Readers follow that file as it
-//! grows (through their own handle, with positioned reads) and send its
-//! bytes on to apt. The last byte of a piece is held back from every reader
-//! until the whole piece has matched its SHA-256. If it does not match, the
-//! readers' responses end short of their Content-Length, apt discards them,
-//! and the file is deleted: no unverified byte is stored, and none is ever
-//! delivered as a complete response.
+//! waiting for it and whatever the number of sources (peers and the
+//! mirror). Sources hand byte ranges to [`Download::put`] in any order. The
+//! bytes go to a file under `tmp/`; the SHA-256 runs over the contiguous
+//! prefix as it grows, always in order, from memory when the bytes just
+//! arrived and from the file (page cache) when they arrived out of order.
+//! Readers (apt responses) follow the file through positioned reads.
+//!
+//! What a reader may send (the invariant, see `docs/ARCHITECTURE.md`):
+//! never byte `size - 1` before the piece matched its SHA-256, and nothing
+//! at all of a piece of at most `hold_whole` bytes that took bytes from a
+//! peer. A corrupt peer then costs apt nothing for the common small
+//! package: the piece is fetched again while apt waits. A large piece streams
+//! and, if it fails, every response ends short of its Content-Length, so apt
+//! discards it.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +29,13 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::store::Store;
+
+/// The block size of the wire protocol; also the unit in which sources are
+/// recorded for penalties.
+pub const BLOCK: u64 = 16 * 1024;
+
+/// Source id of the mirror in [`Download::put`].
+pub const MIRROR: u32 = 0;
 
 /// Why a download failed; maps to the status apt gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,35 +67,329 @@ impl Failure {
 /// Where a download is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
-    /// Waiting for the mirror's response.
+    /// No source has started yet.
     Connecting,
-    /// Receiving; `written` bytes are in the file.
+    /// Receiving; readers may send up to `available` bytes.
     Streaming {
-        /// Bytes written so far.
-        written: u64,
+        /// Bytes readers may send now.
+        available: u64,
     },
-    /// Verified and in the store.
+    /// Verified (and stored, unless the store failed).
     Done,
     /// Failed; nothing was stored.
     Failed(Failure),
 }
 
+/// What [`Download::put`] did with a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Nothing new (already received, or the piece is over).
+    Duplicate,
+    /// `new` bytes were new.
+    Progress {
+        /// New bytes written.
+        new: u64,
+    },
+    /// The last missing bytes arrived and the whole piece was hashed.
+    Complete {
+        /// Whether the SHA-256 matched.
+        ok: bool,
+        /// New bytes written.
+        new: u64,
+    },
+}
+
+/// Mutable state of the assembly, under one mutex held for one put.
+struct Asm {
+    hasher: Sha256,
+    /// Bytes `[0, hashed)` are received and hashed.
+    hashed: u64,
+    /// Received ranges beyond the hashed prefix, sorted, disjoint, merged.
+    got: Vec<(u64, u64)>,
+    /// Source of each block (the last one that wrote into it).
+    block_src: Vec<u32>,
+    /// Bytes that came from peers.
+    peer_bytes: u64,
+    /// The hash has been computed (the piece is complete).
+    complete: bool,
+    /// Some reader already sent bytes of this piece.
+    sent_any: bool,
+}
+
 /// One piece being fetched.
 pub struct Download {
+    /// Archive-relative path (`pool/...`).
+    pub rel: String,
     /// Its size from the index.
     pub size: u64,
+    /// Its SHA-256 from the index.
+    pub sha256: [u8; 32],
+    /// The temporary file under `tmp/`.
+    tmp: PathBuf,
     file: std::fs::File,
+    hold_whole: u64,
+    state_tx: watch::Sender<State>,
     state: watch::Receiver<State>,
+    asm: Mutex<Asm>,
     /// The mirror's Last-Modified, once known.
     pub last_modified: Mutex<Option<i64>>,
 }
 
 impl Download {
-    /// Waits until the mirror has answered (or the download is over).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Asm> {
+        self.asm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Waits until a source has started (or the download is over).
     pub async fn started(&self) -> State {
         let mut rx = self.state.clone();
         let res = rx.wait_for(|s| *s != State::Connecting).await.map(|s| *s);
         res.unwrap_or(State::Failed(Failure::Local))
+    }
+
+    /// Waits for the final state.
+    pub async fn finished(&self) -> State {
+        let mut rx = self.state.clone();
+        let res = rx
+            .wait_for(|s| matches!(s, State::Done | State::Failed(_)))
+            .await
+            .map(|s| *s);
+        res.unwrap_or(State::Failed(Failure::Local))
+    }
+
+    /// Marks that a source started delivering (readers stop waiting for
+    /// the mirror's answer).
+    pub fn mark_started(&self) {
+        self.state_tx.send_if_modified(|s| {
+            if *s == State::Connecting {
+                *s = State::Streaming { available: 0 };
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Bytes `[0, n)` have been received and hashed.
+    pub fn contiguous(&self) -> u64 {
+        self.lock().hashed
+    }
+
+    /// Bytes that came from peers.
+    pub fn peer_bytes(&self) -> u64 {
+        self.lock().peer_bytes
+    }
+
+    /// Whether the range `[begin, end)` is already received.
+    pub fn has_range(&self, begin: u64, end: u64) -> bool {
+        let a = self.lock();
+        end <= a.hashed
+            || a.got
+                .iter()
+                .any(|&(s, e)| s <= begin.max(a.hashed) && end <= e)
+    }
+
+    fn available(&self, a: &Asm) -> u64 {
+        if a.peer_bytes > 0 && self.size <= self.hold_whole && !a.sent_any {
+            0
+        } else {
+            a.hashed.min(self.size.saturating_sub(1))
+        }
+    }
+
+    /// Writes the bytes of `[offset, offset + data.len())` that are not yet
+    /// received, from source `src` (a peer id, or [`MIRROR`]), and hashes
+    /// whatever became contiguous. The caller has checked that the range
+    /// lies inside the piece.
+    pub fn put(&self, offset: u64, data: &[u8], src: u32) -> std::io::Result<Put> {
+        let end = offset + data.len() as u64;
+        if end > self.size {
+            return Err(std::io::Error::other("range beyond the piece"));
+        }
+        let mut a = self.lock();
+        if a.complete {
+            return Ok(Put::Duplicate);
+        }
+        // The parts of the range nobody delivered yet.
+        let mut parts: Vec<(u64, u64)> = Vec::with_capacity(2);
+        let mut cur = offset.max(a.hashed);
+        for &(s, e) in &a.got {
+            if cur >= end {
+                break;
+            }
+            if e <= cur {
+                continue;
+            }
+            if s > cur {
+                parts.push((cur, s.min(end)));
+            }
+            cur = cur.max(e);
+        }
+        if cur < end {
+            parts.push((cur, end));
+        }
+        if parts.is_empty() {
+            return Ok(Put::Duplicate);
+        }
+        let mut new = 0;
+        for &(s, e) in &parts {
+            let slice = &data[(s - offset) as usize..(e - offset) as usize];
+            self.file.write_all_at(slice, s)?;
+            new += e - s;
+            let (b0, b1) = (s / BLOCK, (e - 1) / BLOCK);
+            for b in b0..=b1 {
+                if let Some(x) = a.block_src.get_mut(b as usize) {
+                    *x = src;
+                }
+            }
+            insert_range(&mut a.got, s, e);
+        }
+        if src != MIRROR {
+            a.peer_bytes += new;
+        }
+        // Hash what became contiguous: from `data` where we just wrote it,
+        // otherwise from the file.
+        let mut buf = Vec::new();
+        while let Some(&(s, e)) = a.got.first() {
+            if s > a.hashed {
+                break;
+            }
+            while a.hashed < e {
+                let h = a.hashed;
+                if let Some(&(ps, pe)) = parts.iter().find(|&&(ps, pe)| ps <= h && h < pe) {
+                    let upto = pe.min(e);
+                    let slice = &data[(h - offset) as usize..(upto - offset) as usize];
+                    debug_assert!(ps <= h);
+                    a.hasher.update(slice);
+                    a.hashed = upto;
+                } else {
+                    let n = (e - h).min(256 * 1024) as usize;
+                    buf.resize(n, 0);
+                    self.file.read_exact_at(&mut buf, h)?;
+                    a.hasher.update(&buf);
+                    a.hashed = h + n as u64;
+                }
+            }
+            a.got.remove(0);
+        }
+        let available = self.available(&a);
+        if a.hashed == self.size {
+            a.complete = true;
+            let digest: [u8; 32] = a.hasher.finalize_reset().into();
+            return Ok(Put::Complete {
+                ok: digest == self.sha256,
+                new,
+            });
+        }
+        drop(a);
+        self.state_tx.send_if_modified(|st| match st {
+            State::Connecting => {
+                *st = State::Streaming { available };
+                true
+            }
+            State::Streaming { available: old } if *old != available => {
+                *old = available;
+                true
+            }
+            _ => false,
+        });
+        Ok(Put::Progress { new })
+    }
+
+    /// After a failed hash: per block, its source and a digest of the bad
+    /// copy (for the smart ban), then everything is forgotten so the piece
+    /// can be fetched again. Returns `None` when a reader already sent
+    /// bytes of it: then the piece cannot be retried under the readers,
+    /// and the caller fails it.
+    pub fn reset_for_retry(&self) -> Option<Vec<(u32, [u8; 32])>> {
+        let mut a = self.lock();
+        if a.sent_any {
+            return None;
+        }
+        let mut blocks = Vec::with_capacity(a.block_src.len());
+        let mut buf = vec![0u8; BLOCK as usize];
+        for (b, &src) in a.block_src.iter().enumerate() {
+            let start = b as u64 * BLOCK;
+            let n = (self.size - start).min(BLOCK) as usize;
+            if self.file.read_exact_at(&mut buf[..n], start).is_err() {
+                return None;
+            }
+            blocks.push((src, Sha256::digest(&buf[..n]).into()));
+        }
+        a.hasher = Sha256::new();
+        a.hashed = 0;
+        a.got.clear();
+        a.peer_bytes = 0;
+        a.complete = false;
+        a.block_src.iter_mut().for_each(|s| *s = MIRROR);
+        drop(a);
+        self.state_tx
+            .send_replace(State::Streaming { available: 0 });
+        Some(blocks)
+    }
+
+    /// Per-block digests of the complete (verified) copy.
+    pub fn block_digests(&self) -> Vec<[u8; 32]> {
+        let blocks = self.size.div_ceil(BLOCK);
+        let mut out = Vec::with_capacity(blocks as usize);
+        let mut buf = vec![0u8; BLOCK as usize];
+        for b in 0..blocks {
+            let start = b * BLOCK;
+            let n = (self.size - start).min(BLOCK) as usize;
+            if self.file.read_exact_at(&mut buf[..n], start).is_err() {
+                return Vec::new();
+            }
+            out.push(Sha256::digest(&buf[..n]).into());
+        }
+        out
+    }
+
+    /// The piece is verified: fsync, move it into the store, then release
+    /// the last byte. A failed commit (disk full at fsync) costs only the
+    /// cached copy: readers still get the verified piece. Returns whether
+    /// it was stored.
+    pub async fn commit(self: &Arc<Self>, store: &Arc<Store>) -> bool {
+        let (dl, store2) = (self.clone(), store.clone());
+        let last_modified = self.last_modified.lock().ok().and_then(|g| *g);
+        let committed = tokio::task::spawn_blocking(move || {
+            let res = dl.file.sync_all().and_then(|()| {
+                store2.commit_piece(&dl.tmp, &dl.rel, dl.sha256, dl.size, last_modified)
+            });
+            if res.is_err() {
+                let _ = std::fs::remove_file(&dl.tmp);
+                store2.note_write_failure();
+            }
+            res
+        })
+        .await;
+        let _ = self.state_tx.send(State::Done);
+        match committed {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "verified piece served but not stored");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "verified piece served but not stored");
+                false
+            }
+        }
+    }
+
+    /// The piece failed for good: readers' responses end short, and the
+    /// temporary file goes.
+    pub fn fail(&self, f: Failure) {
+        if matches!(self.state(), State::Done | State::Failed(_)) {
+            return;
+        }
+        let _ = std::fs::remove_file(&self.tmp);
+        tracing::warn!(piece = %self.rel, failure = ?f, "download failed; nothing stored");
+        let _ = self.state_tx.send(State::Failed(f));
     }
 
     /// Streams bytes `[start, end)` of the piece into a channel, as they
@@ -99,13 +406,17 @@ impl Download {
                     let s = *state.borrow_and_update();
                     let available = match s {
                         State::Connecting => 0,
-                        State::Streaming { written } => written.min(dl.size.saturating_sub(1)),
+                        State::Streaming { available } => available,
                         State::Done => dl.size,
                         State::Failed(_) => {
                             let _ = tx.send(Err(())).await;
                             return;
                         }
                     };
+                    if pos < available.min(end) {
+                        // From here on the piece cannot be retried silently.
+                        dl.lock().sent_any = true;
+                    }
                     while pos < available.min(end) {
                         let want =
                             usize::try_from((available.min(end) - pos).min(buf.len() as u64))
@@ -130,7 +441,7 @@ impl Download {
                         return;
                     }
                     if state.changed().await.is_err() {
-                        // The task is gone: only a final state counts.
+                        // The download is gone: only a final state counts.
                         if *state.borrow() != State::Done {
                             let _ = tx.send(Err(())).await;
                             return;
@@ -144,32 +455,37 @@ impl Download {
     }
 }
 
+/// Adds `[s, e)` to a sorted list of disjoint ranges, merging neighbours.
+fn insert_range(v: &mut Vec<(u64, u64)>, s: u64, e: u64) {
+    let i = v.partition_point(|&(_, pe)| pe < s);
+    let mut j = i;
+    let (mut ns, mut ne) = (s, e);
+    while j < v.len() && v[j].0 <= ne {
+        ns = ns.min(v[j].0);
+        ne = ne.max(v[j].1);
+        j += 1;
+    }
+    v.splice(i..j, [(ns, ne)]);
+}
+
 /// In-flight downloads by (archive-relative path, SHA-256).
 type Inflight = HashMap<(String, [u8; 32]), Arc<Download>>;
 
-/// Downloads in flight, by piece.
+/// Downloads in flight, by piece: everyone asking for the same piece at
+/// once shares one.
 pub struct Downloads {
     inflight: Mutex<Inflight>,
     store: Arc<Store>,
-    client: reqwest::Client,
-    timeout: Duration,
-    stats: Arc<crate::status::Stats>,
+    hold_whole: u64,
 }
 
 impl Downloads {
     /// A download manager.
-    pub fn new(
-        store: Arc<Store>,
-        client: reqwest::Client,
-        timeout: Duration,
-        stats: Arc<crate::status::Stats>,
-    ) -> Self {
+    pub fn new(store: Arc<Store>, hold_whole: u64) -> Self {
         Downloads {
             inflight: Mutex::new(HashMap::new()),
             store,
-            client,
-            timeout,
-            stats,
+            hold_whole,
         }
     }
 
@@ -177,151 +493,194 @@ impl Downloads {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins the download of piece `rel` or starts it from `url`.
-    pub fn get_or_start(
+    /// Joins the download of piece `rel`, or creates it. The bool is true
+    /// when it was created: the caller then starts its sources.
+    pub fn get_or_create(
         self: &Arc<Self>,
         rel: &str,
         sha256: [u8; 32],
         size: u64,
-        url: String,
-    ) -> Result<Arc<Download>, Failure> {
+    ) -> Result<(Arc<Download>, bool), Failure> {
         let key = (rel.to_string(), sha256);
         let mut map = self.lock();
         if let Some(d) = map.get(&key) {
-            return Ok(d.clone());
+            return Ok((d.clone(), false));
         }
         let (tmp, file) = self.store.temp_file().map_err(|e| {
             tracing::error!(error = %e, "cannot create a temporary file");
             Failure::Local
         })?;
-        let reader_file = file.try_clone().map_err(|_| Failure::Local)?;
         let (tx, rx) = watch::channel(State::Connecting);
+        let blocks = usize::try_from(size.div_ceil(BLOCK)).map_err(|_| Failure::Local)?;
         let dl = Arc::new(Download {
+            rel: rel.to_string(),
             size,
-            file: reader_file,
+            sha256,
+            tmp,
+            file,
+            hold_whole: self.hold_whole,
+            state_tx: tx,
             state: rx,
+            asm: Mutex::new(Asm {
+                hasher: Sha256::new(),
+                hashed: 0,
+                got: Vec::new(),
+                block_src: vec![MIRROR; blocks],
+                peer_bytes: 0,
+                complete: false,
+                sent_any: false,
+            }),
             last_modified: Mutex::new(None),
         });
         map.insert(key.clone(), dl.clone());
         drop(map);
-        let this = self.clone();
-        let dl2 = dl.clone();
-        let span = tracing::info_span!("download", piece = %rel);
-        tokio::spawn(
-            async move {
-                let outcome = this
-                    .run(&dl2, &tx, file, &tmp, &key.0, sha256, size, &url)
-                    .await;
-                match outcome {
-                    Ok(()) => {
-                        let _ = tx.send(State::Done);
-                    }
-                    Err(f) => {
-                        let _ = std::fs::remove_file(&tmp);
-                        tracing::warn!(failure = ?f, %url, "download failed; nothing stored");
-                        let _ = tx.send(State::Failed(f));
-                    }
-                }
-                this.lock().remove(&key);
-            }
-            .instrument(span),
-        );
-        Ok(dl)
+        // Forget it once it is over, so the next request starts afresh
+        // (after a failure) or finds the piece in the store.
+        let (this, dl2) = (self.clone(), dl.clone());
+        tokio::spawn(async move {
+            dl2.finished().await;
+            this.lock().remove(&key);
+        });
+        Ok((dl, true))
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run(
-        &self,
-        dl: &Download,
-        tx: &watch::Sender<State>,
-        file: std::fs::File,
-        tmp: &Path,
-        rel: &str,
-        sha256: [u8; 32],
-        size: u64,
-        url: &str,
-    ) -> Result<(), Failure> {
-        let resp = match self.client.get(url).send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => return Err(Failure::Timeout),
-            Err(e) => {
-                tracing::debug!(error = %e, "mirror unreachable");
-                return Err(Failure::Unreachable);
-            }
-        };
-        let status = resp.status().as_u16();
-        if status != 200 {
-            return Err(Failure::Status(status));
-        }
-        if resp.content_length().is_some_and(|n| n != size) {
-            tracing::warn!(announced = ?resp.content_length(), expected = size, "mirror announces the wrong size");
-            return Err(Failure::Corrupt);
-        }
-        let last_modified = resp
-            .headers()
-            .get(reqwest::header::LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs() as i64);
-        if let Ok(mut lm) = dl.last_modified.lock() {
-            *lm = last_modified;
-        }
-        let _ = tx.send(State::Streaming { written: 0 });
-        let mut resp = resp;
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
-        loop {
-            let chunk = match tokio::time::timeout(self.timeout, resp.chunk()).await {
-                Err(_) => return Err(Failure::Timeout),
-                Ok(Err(_)) => return Err(Failure::Unreachable),
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(c))) => c,
-            };
-            if written + chunk.len() as u64 > size {
-                return Err(Failure::Corrupt);
-            }
-            hasher.update(&chunk);
-            // A positioned write to the page cache: fast enough to do on the
-            // runtime thread, and a full disk surfaces here as an error.
-            if let Err(e) = file.write_all_at(&chunk, written) {
-                tracing::error!(error = %e, "cannot write a download");
-                self.store.note_write_failure();
-                return Err(Failure::Local);
-            }
-            written += chunk.len() as u64;
-            self.stats.mirror_bytes(chunk.len() as u64);
-            let _ = tx.send(State::Streaming { written });
-        }
-        if written != size {
+/// Fetches `[from, to)` of a piece from the mirror into `dl` (the web
+/// seed). A whole-piece range is a plain GET; a part uses HTTP Range and
+/// needs a `206` with a matching `Content-Range` (a `200` is read from the
+/// start and the bytes before `from` are skipped). Returns the last
+/// [`Put`] (so the caller sees `Complete`) or why it failed. `stop` ends it
+/// early at a chunk boundary.
+#[allow(clippy::too_many_arguments)]
+pub async fn mirror_range(
+    client: &reqwest::Client,
+    url: &str,
+    dl: &Download,
+    from: u64,
+    to: u64,
+    timeout: Duration,
+    mut on_bytes: impl FnMut(u64),
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Put, Failure> {
+    let whole = from == 0 && to == dl.size;
+    let mut req = client.get(url);
+    if !whole {
+        req = req.header(reqwest::header::RANGE, format!("bytes={}-{}", from, to - 1));
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Err(Failure::Timeout),
+        Err(e) => {
+            tracing::debug!(error = %e, "mirror unreachable");
             return Err(Failure::Unreachable);
         }
-        if <[u8; 32]>::from(hasher.finalize()) != sha256 {
-            tracing::warn!("mirror sent bytes that do not match the index's SHA256");
-            self.stats.corrupt();
-            return Err(Failure::Corrupt);
-        }
-        // Verified: from here on, readers get the piece whatever happens to
-        // the store. A failed commit (disk full at fsync, a store on another
-        // filesystem) costs only the cached copy.
-        let store = self.store.clone();
-        let (tmp, rel) = (tmp.to_path_buf(), rel.to_string());
-        let committed = tokio::task::spawn_blocking(move || {
-            let res = file
-                .sync_all()
-                .and_then(|()| store.commit_piece(&tmp, &rel, sha256, size, last_modified));
-            if res.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-                store.note_write_failure();
+    };
+    let status = resp.status().as_u16();
+    let mut skip = 0u64;
+    match status {
+        200 => {
+            if resp.content_length().is_some_and(|n| n != dl.size) {
+                tracing::warn!(announced = ?resp.content_length(), expected = dl.size, "mirror announces the wrong size");
+                return Err(Failure::Corrupt);
             }
-            res
-        })
-        .await;
-        match committed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "verified piece served but not stored"),
-            Err(e) => tracing::error!(error = %e, "verified piece served but not stored"),
+            skip = from;
         }
-        Ok(())
+        206 if !whole => {
+            let cr = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if cr != format!("bytes {}-{}/{}", from, to - 1, dl.size) {
+                tracing::warn!(content_range = cr, "mirror answered a different range");
+                return Err(Failure::Corrupt);
+            }
+        }
+        s => return Err(Failure::Status(s)),
+    }
+    let last_modified = resp
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64);
+    if let Ok(mut lm) = dl.last_modified.lock() {
+        if lm.is_none() {
+            *lm = last_modified;
+        }
+    }
+    dl.mark_started();
+    let mut resp = resp;
+    let mut pos = from;
+    let mut last = Put::Duplicate;
+    loop {
+        if *stop.borrow() {
+            return Ok(last);
+        }
+        let chunk = match tokio::time::timeout(timeout, resp.chunk()).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Err(_)) => return Err(Failure::Unreachable),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(c))) => c,
+        };
+        on_bytes(chunk.len() as u64);
+        let mut c: &[u8] = &chunk;
+        if skip > 0 {
+            let n = (skip as usize).min(c.len());
+            c = &c[n..];
+            skip -= n as u64;
+        }
+        if c.is_empty() {
+            continue;
+        }
+        if pos + c.len() as u64 > to {
+            if status == 200 && pos < to {
+                // A plain GET past our range: keep only what we asked for.
+                c = &c[..(to - pos) as usize];
+            } else if status == 200 {
+                return Ok(last);
+            } else {
+                return Err(Failure::Corrupt);
+            }
+        }
+        last = match dl.put(pos, c, MIRROR) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write a download");
+                return Err(Failure::Local);
+            }
+        };
+        pos += c.len() as u64;
+        if matches!(last, Put::Complete { .. }) || pos >= to {
+            return Ok(last);
+        }
+    }
+    if pos != to {
+        return Err(Failure::Unreachable);
+    }
+    Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge() {
+        let cases: &[(&[(u64, u64)], (u64, u64), &[(u64, u64)])] = &[
+            (&[], (0, 5), &[(0, 5)]),
+            (&[(0, 5)], (5, 9), &[(0, 9)]),
+            (&[(10, 20)], (0, 5), &[(0, 5), (10, 20)]),
+            (&[(0, 5), (10, 20)], (5, 10), &[(0, 20)]),
+            (&[(0, 5), (10, 20), (30, 40)], (12, 35), &[(0, 5), (10, 40)]),
+            (&[(10, 20)], (25, 30), &[(10, 20), (25, 30)]),
+            (&[(10, 20)], (12, 15), &[(10, 20)]),
+        ];
+        for (before, (s, e), after) in cases {
+            let mut v = before.to_vec();
+            insert_range(&mut v, *s, *e);
+            assert_eq!(&v, after, "insert {s}..{e} into {before:?}");
+        }
     }
 }

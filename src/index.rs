@@ -48,9 +48,19 @@ struct Inner {
 }
 
 /// The registry.
-#[derive(Default)]
 pub struct Registry {
     inner: RwLock<Inner>,
+    /// Bumped on every registration, so the swarm can follow.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            inner: RwLock::default(),
+            generation: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Registry {
@@ -74,6 +84,28 @@ impl Registry {
         })
     }
 
+    /// Like [`Registry::find`], with the torrent and the piece index.
+    pub fn find_piece(&self, archive: &str, rel: &str) -> Option<(Arc<Registered>, u32, Found)> {
+        let inner = self.read();
+        inner.by_archive.get(archive)?.iter().find_map(|r| {
+            r.torrent.find(rel).map(|p| {
+                (
+                    r.clone(),
+                    p.index,
+                    Found {
+                        size: p.size,
+                        sha256: *p.sha256,
+                    },
+                )
+            })
+        })
+    }
+
+    /// Changes whenever a torrent is registered.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// Whether any torrent lists `rel` (for pruning).
     pub fn referenced(&self, rel: &str) -> bool {
         self.read()
@@ -94,6 +126,8 @@ impl Registry {
             .map(|i| list.remove(i));
         let new_hash = reg.torrent.info_hash();
         list.push(Arc::new(reg));
+        drop(inner);
+        self.generation.send_modify(|g| *g += 1);
         old.map(|o| o.torrent.info_hash())
             .filter(|h| *h != new_hash)
             .map(|h| h.to_hex())

@@ -20,6 +20,7 @@
 mod apply;
 mod config;
 mod db;
+mod discovery;
 mod fetch;
 mod http1;
 mod index;
@@ -29,6 +30,7 @@ mod service;
 mod sources;
 mod status;
 mod store;
+mod swarm;
 mod url;
 
 use std::path::{Path, PathBuf};
@@ -127,12 +129,11 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot build the HTTP client")?;
     let timeout = Duration::from_secs(args.upstream_timeout);
-    let downloads = Arc::new(fetch::Downloads::new(
-        store.clone(),
-        client.clone(),
-        timeout,
-        stats.clone(),
-    ));
+    let swarm = swarm::Swarm::start(
+        swarm_options(&args, &store, &stats, &client, timeout)?,
+        registry.clone(),
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -147,7 +148,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         policy: url_policy(&args),
         store: store.clone(),
         registry: registry.clone(),
-        downloads,
+        swarm: swarm.clone(),
         client,
         stats: stats.clone(),
         pages: status::Pages {
@@ -156,6 +157,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             store: store.clone(),
             cache_limit: args.cache_size,
             listen: format!("http://{addr}"),
+            swarm: Some(swarm.clone()),
         },
         timeout,
         loaded: loaded_rx,
@@ -216,10 +218,66 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    swarm.shutdown().await;
     stats.persist(store.db());
     store.flush_touches();
     store.db().flush();
     Ok(())
+}
+
+/// The swarm's options from `serve`'s.
+fn swarm_options(
+    args: &ServeArgs,
+    store: &Arc<store::Store>,
+    stats: &Arc<status::Stats>,
+    client: &reqwest::Client,
+    timeout: Duration,
+) -> anyhow::Result<swarm::Start> {
+    let bootstrap = match args.dht_bootstrap.as_deref().map(str::trim) {
+        None => None,
+        Some("none") | Some("") => Some(Vec::new()),
+        Some(list) => Some(
+            list.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
+    };
+    for t in &args.tracker {
+        if !(t.starts_with("http://") || t.starts_with("udp://")) {
+            bail!("--tracker {t}: only http:// and udp:// trackers are supported");
+        }
+    }
+    Ok(swarm::Start {
+        cfg: swarm::SwarmConfig {
+            peer_wait_ms: args.peer_wait,
+            stall_ms: args.stall_timeout.max(100),
+            max_peers: args.max_peers,
+            max_peers_per_ip: args.max_peers_per_ip.max(1),
+            max_peers_per_torrent: args.max_peers_per_torrent.max(1),
+            upload_slots: args.upload_slots,
+            upload_rate: args.upload_rate,
+            seed: !args.no_seed,
+            ban_ms: args.ban_time,
+            ban_strikes: args.ban_strikes.max(1),
+        },
+        peer_addr: args.peer_addr,
+        enabled: !args.no_peers,
+        discovery: Some(discovery::Config {
+            peer_addr: args.peer_addr,
+            dht: !args.no_dht,
+            dht_bootstrap: bootstrap,
+            dht_state: args.data.data_dir.join("dht-nodes"),
+            lsd: !args.no_lsd,
+            trackers: args.tracker.clone(),
+            peer_id: [0; 20],
+        }),
+        store: store.clone(),
+        stats: stats.clone(),
+        client: client.clone(),
+        timeout,
+        hold_whole: args.hold_whole,
+    })
 }
 
 async fn shutdown_signal() {

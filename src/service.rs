@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::db::TorrentRow;
-use crate::fetch::{Downloads, Failure, State};
+use crate::fetch::{Failure, State};
 use crate::http1::{Body, Handler, Request, Response};
 use crate::index::{self, Registered, Registry};
 use crate::release::{self, Release};
@@ -35,8 +35,8 @@ pub struct Service {
     pub store: Arc<Store>,
     /// Torrents and Releases.
     pub registry: Arc<Registry>,
-    /// Pieces in flight.
-    pub downloads: Arc<Downloads>,
+    /// The swarm: fetches pieces from peers and the mirror.
+    pub swarm: Arc<crate::swarm::Swarm>,
     /// The mirror client.
     pub client: reqwest::Client,
     /// Counters.
@@ -387,7 +387,7 @@ impl Service {
         let Some(archive) = u.archive_key() else {
             return self.pass_through(req, u).await;
         };
-        let Some(found) = self.registry.find(&archive, rel) else {
+        let Some((reg, index, found)) = self.registry.find_piece(&archive, rel) else {
             tracing::debug!("not listed by any torrent: passing through");
             return self.pass_through(req, u).await;
         };
@@ -417,10 +417,7 @@ impl Service {
             tracing::info!("store full or failing: verified pass-through");
             return self.verified_pass_through(req, u, found).await;
         }
-        let dl = match self
-            .downloads
-            .get_or_start(rel, found.sha256, found.size, u.url())
-        {
+        let dl = match self.swarm.fetch(&reg, index, u.url()).await {
             Ok(d) => d,
             Err(Failure::Local) => return self.verified_pass_through(req, u, found).await,
             Err(f) => return failure_response(f),

@@ -22,11 +22,14 @@ pub struct Stats {
     requests: Counter,
     store_hits: Counter,
     corrupt: Counter,
+    from_peers: Counter,
+    bans: Counter,
     cache_bytes: Gauge,
     torrents: Gauge,
     prom: PromRegistry,
     persisted_to_apt: AtomicU64,
     persisted_from_mirror: AtomicU64,
+    persisted_from_peers: AtomicU64,
 }
 
 impl Stats {
@@ -41,12 +44,18 @@ impl Stats {
             requests: Counter::default(),
             store_hits: Counter::default(),
             corrupt: Counter::default(),
+            from_peers: Counter::default(),
+            bans: Counter::default(),
             cache_bytes: Gauge::default(),
             torrents: Gauge::default(),
             prom: PromRegistry::default(),
             persisted_to_apt: AtomicU64::new(0),
             persisted_from_mirror: AtomicU64::new(0),
+            persisted_from_peers: AtomicU64::new(0),
         };
+        s.from_peers.inc_by(get("bytes_from_peers"));
+        s.persisted_from_peers
+            .store(s.from_peers.get(), Ordering::Relaxed);
         s.to_apt.inc_by(get("bytes_to_apt"));
         s.from_mirror.inc_by(get("bytes_from_mirror"));
         s.persisted_to_apt.store(s.to_apt.get(), Ordering::Relaxed);
@@ -61,6 +70,16 @@ impl Stats {
             "bytes_from_mirror",
             "Bytes received from mirrors",
             s.from_mirror.clone(),
+        );
+        prom.register(
+            "bytes_from_peers",
+            "Bytes received from peers",
+            s.from_peers.clone(),
+        );
+        prom.register(
+            "peer_bans",
+            "Peers banned for corrupt data or repeated protocol violations",
+            s.bans.clone(),
         );
         prom.register("requests", "Requests from apt", s.requests.clone());
         prom.register(
@@ -96,6 +115,16 @@ impl Stats {
         self.from_mirror.inc_by(n);
     }
 
+    /// New bytes from peers.
+    pub fn peer_bytes(&self, n: u64) {
+        self.from_peers.inc_by(n);
+    }
+
+    /// A peer was banned.
+    pub fn ban(&self) {
+        self.bans.inc();
+    }
+
     /// A request from apt.
     pub fn request(&self) {
         self.requests.inc();
@@ -120,6 +149,11 @@ impl Stats {
                 &self.from_mirror,
                 &self.persisted_from_mirror,
             ),
+            (
+                "bytes_from_peers",
+                &self.from_peers,
+                &self.persisted_from_peers,
+            ),
         ] {
             let now = counter.get();
             let before = persisted.swap(now, Ordering::Relaxed);
@@ -140,6 +174,8 @@ pub struct Pages {
     pub cache_limit: u64,
     /// Where apt reaches the daemon.
     pub listen: String,
+    /// The swarm (peers, uploads).
+    pub swarm: Option<Arc<crate::swarm::Swarm>>,
 }
 
 impl Pages {
@@ -151,7 +187,7 @@ impl Pages {
             .all()
             .iter()
             .map(|r| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "info_hash": r.torrent.info_hash().to_hex(),
                     "archive": r.archive,
                     "index_path": r.index_path,
@@ -159,10 +195,13 @@ impl Pages {
                     "total_bytes": r.torrent.total_size(),
                     "index_file": r.index_file.display().to_string(),
                     "registered_at": r.added,
-                    "peers": [],
-                    "bytes_from_peers": 0,
-                    "bytes_uploaded": 0,
-                })
+                });
+                if let (Some(w), Some(o)) = (&self.swarm, v.as_object_mut()) {
+                    if let Some(extra) = w.torrent_status(&r.torrent.info_hash().0).as_object() {
+                        o.extend(extra.clone());
+                    }
+                }
+                v
             })
             .collect();
         serde_json::json!({
@@ -174,8 +213,10 @@ impl Pages {
             "stored_pieces": self.store.piece_count(),
             "bytes_to_apt": s.to_apt.get(),
             "bytes_from_mirror": s.from_mirror.get(),
-            "bytes_from_peers": 0,
-            "bytes_uploaded": 0,
+            "bytes_from_peers": s.from_peers.get(),
+            "bytes_uploaded": self.swarm.as_ref().map_or(0, |w| w.uploaded()),
+            "bans": s.bans.get(),
+            "swarm": self.swarm.as_ref().map(|w| w.status()),
             "requests": s.requests.get(),
             "store_hits": s.store_hits.get(),
             "corrupt_downloads": s.corrupt.get(),

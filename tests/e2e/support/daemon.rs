@@ -74,6 +74,21 @@ impl Daemon {
             cmd.arg("--allow-port").arg(p.to_string());
         }
         cmd.args(&self.extra_args);
+        if !self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--peer-addr") || a.starts_with("--no-peers"))
+        {
+            // A lone test daemon: a private peer port on loopback, a DHT
+            // that never reaches the public routers, no multicast.
+            cmd.args([
+                "--peer-addr",
+                "127.0.0.1:0",
+                "--dht-bootstrap",
+                "none",
+                "--no-lsd",
+            ]);
+        }
         cmd.env_remove("http_proxy")
             .env_remove("https_proxy")
             .env_remove("HTTP_PROXY")

@@ -1,0 +1,350 @@
+//! The BitTorrent DHT through `mainline` 8 (see docs/swarm-design.md §2 for
+//! the measurements behind every choice here).
+//!
+//! - Server mode whenever a bootstrap list is given: a private DHT does not
+//!   form otherwise (M3).
+//! - Our own bootstrap list always: the crate's default also holds a node
+//!   that is not a BitTorrent router. Names are resolved here, with a time
+//!   limit, so the crate's blocking resolver never runs.
+//! - The routing table is saved (`to_bootstrap()`) only after
+//!   `bootstrapped()` has returned: a table saved earlier is empty (M5).
+//!   A seed node (`dht_bootstrap = Some(vec![])`) does not load the saved
+//!   table: any bootstrap node turns off the crate's rule that lets the
+//!   first node of a network learn the nodes that query it.
+//! - IPv4 only (the crate's limit).
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use mainline::async_dht::AsyncDht;
+use mainline::{Dht, Id};
+use tokio::time::Instant;
+
+use super::{Config, Emitter, Source};
+
+/// Routers used when no bootstrap list is configured.
+pub const PUBLIC_ROUTERS: [&str; 3] = [
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "dht.libtorrent.org:25401",
+];
+/// Per-request KRPC timeout (the crate's default is 2 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
+/// A lookup's time limit.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A torrent is announced again this often.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(15 * 60);
+/// The routing table is saved this often.
+pub const SAVE_EVERY: Duration = Duration::from_secs(10 * 60);
+/// Most saved nodes read back at start.
+const MAX_SAVED: usize = 500;
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The wait before retrying a failed announce (`failures` ≥ 1): 5 s,
+/// doubling, at most 5 min (a node that has just started often has an
+/// empty table for a moment).
+pub fn announce_retry(failures: u32) -> Duration {
+    Duration::from_secs(5u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(300))
+}
+
+#[derive(Default)]
+struct State {
+    nodes: AtomicUsize,
+    /// `bootstrapped()` has returned (successfully or not).
+    bootstrap_done: AtomicBool,
+    /// The routing table has held nodes.
+    bootstrapped: AtomicBool,
+    announced: Mutex<HashSet<[u8; 20]>>,
+}
+
+pub(crate) struct DhtNode {
+    dht: AsyncDht,
+    port: u16,
+    state: State,
+    save_path: PathBuf,
+}
+
+/// Read a saved routing table: one `ip:port` a line; bad lines skipped.
+pub fn load_nodes(path: &Path) -> Vec<SocketAddrV4> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .take(MAX_SAVED)
+        .collect()
+}
+
+/// Resolve `host:port` names to IPv4 addresses, each within
+/// [`RESOLVE_TIMEOUT`]; names that fail are logged and dropped.
+async fn resolve(names: &[String]) -> Vec<SocketAddrV4> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let name = name.clone();
+        set.spawn(async move {
+            if let Ok(a) = name.parse::<SocketAddrV4>() {
+                return (i, vec![a]);
+            }
+            let r = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name.as_str()));
+            let addrs: Vec<SocketAddrV4> = match r.await {
+                Ok(Ok(it)) => it
+                    .filter_map(|a| match a {
+                        SocketAddr::V4(a) => Some(a),
+                        SocketAddr::V6(_) => None,
+                    })
+                    .collect(),
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %name, error = %e, "DHT bootstrap node does not resolve");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!(node = %name, "DHT bootstrap node: name lookup timed out");
+                    Vec::new()
+                }
+            };
+            (i, addrs)
+        });
+    }
+    let mut out: Vec<(usize, Vec<SocketAddrV4>)> = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.extend(r.ok());
+    }
+    out.sort_by_key(|(i, _)| *i);
+    let mut seen = HashSet::new();
+    out.into_iter()
+        .flat_map(|(_, a)| a)
+        .filter(|a| seen.insert(*a))
+        .collect()
+}
+
+impl DhtNode {
+    /// Start the node; `Ok(None)` when the DHT is off or cannot run here
+    /// (IPv6). Only a failed bind is an error.
+    pub(crate) async fn start(cfg: &Config) -> anyhow::Result<Option<Arc<DhtNode>>> {
+        if !cfg.dht {
+            return Ok(None);
+        }
+        let SocketAddr::V4(bind) = cfg.peer_addr else {
+            tracing::warn!(peer_addr = %cfg.peer_addr, "DHT disabled: the mainline crate is IPv4 only");
+            return Ok(None);
+        };
+        let seed_node = cfg.dht_bootstrap.as_ref().is_some_and(|l| l.is_empty());
+        let names: Vec<String> = match &cfg.dht_bootstrap {
+            None => PUBLIC_ROUTERS.iter().map(|s| s.to_string()).collect(),
+            Some(l) => l.clone(),
+        };
+        let mut nodes = resolve(&names).await;
+        if !names.is_empty() && nodes.is_empty() {
+            tracing::warn!(
+                ?names,
+                "no DHT bootstrap node resolved; the DHT starts with only the saved table"
+            );
+        }
+        if !seed_node {
+            for a in load_nodes(&cfg.dht_state) {
+                if !nodes.contains(&a) && a != bind {
+                    nodes.push(a);
+                }
+            }
+        }
+        let server = cfg.dht_bootstrap.is_some();
+        let (ip, port) = (*bind.ip(), bind.port());
+        let list: Vec<String> = nodes.iter().map(|a| a.to_string()).collect();
+        tracing::info!(%bind, bootstrap = list.len(), server, "starting the DHT");
+        let dht = tokio::task::spawn_blocking(move || build(ip, port, server, &list))
+            .await?
+            .map_err(|e| anyhow::anyhow!("DHT: cannot bind UDP {bind}: {e}"))?;
+        Ok(Some(Arc::new(DhtNode {
+            dht: dht.as_async(),
+            port,
+            state: State::default(),
+            save_path: cfg.dht_state.clone(),
+        })))
+    }
+
+    /// Wait for the bootstrap, then keep the node count fresh and save the
+    /// table every [`SAVE_EVERY`]. Runs until aborted.
+    pub(crate) async fn maintain(self: Arc<Self>, seed_node: bool) {
+        let ok = tokio::time::timeout(Duration::from_secs(60), self.dht.bootstrapped())
+            .await
+            .unwrap_or(false);
+        self.state.bootstrap_done.store(true, Ordering::Relaxed);
+        self.state.bootstrapped.store(ok, Ordering::Relaxed);
+        if ok {
+            tracing::info!("DHT bootstrapped");
+        } else if !seed_node {
+            tracing::warn!("DHT could not bootstrap; lookups use whatever table it gets");
+        }
+        let mut last_save = Instant::now();
+        loop {
+            let n = self.refresh().await;
+            if n > 0 && last_save.elapsed() >= SAVE_EVERY {
+                self.save().await;
+                last_save = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Update the node count; returns it.
+    async fn refresh(&self) -> usize {
+        let n = self.dht.to_bootstrap().await.len();
+        self.state.nodes.store(n, Ordering::Relaxed);
+        if n > 0 {
+            self.state.bootstrapped.store(true, Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Save the routing table (atomically), unless the bootstrap has not
+    /// finished yet or the table is empty (that would erase a good file).
+    pub(crate) async fn save(&self) {
+        if !self.state.bootstrap_done.load(Ordering::Relaxed) {
+            return;
+        }
+        let nodes = self.dht.to_bootstrap().await;
+        if nodes.is_empty() {
+            return;
+        }
+        let mut text = nodes.join("\n");
+        text.push('\n');
+        let tmp = self.save_path.with_extension("tmp");
+        let r = async {
+            tokio::fs::write(&tmp, text).await?;
+            tokio::fs::rename(&tmp, &self.save_path).await
+        };
+        match r.await {
+            Ok(()) => {
+                tracing::debug!(nodes = nodes.len(), path = %self.save_path.display(), "DHT table saved")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.save_path.display(), "cannot save the DHT table")
+            }
+        }
+    }
+
+    /// Announce `ih` now and every [`ANNOUNCE_EVERY`] until aborted.
+    pub(crate) async fn announce_loop(self: Arc<Self>, ih: [u8; 20]) {
+        let id = Id::from_bytes(ih).expect("20 bytes");
+        let mut failures = 0u32;
+        loop {
+            let r = tokio::time::timeout(
+                Duration::from_secs(60),
+                self.dht.announce_peer(id, Some(self.port)),
+            )
+            .await;
+            let wait = match r {
+                Ok(Ok(_)) => {
+                    failures = 0;
+                    self.state.announced.lock().unwrap().insert(ih);
+                    ANNOUNCE_EVERY
+                }
+                Ok(Err(e)) => {
+                    failures += 1;
+                    tracing::debug!(error = %e, failures, "DHT announce failed");
+                    announce_retry(failures)
+                }
+                Err(_) => {
+                    failures += 1;
+                    tracing::debug!(failures, "DHT announce timed out");
+                    announce_retry(failures)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    pub(crate) fn forget(&self, ih: &[u8; 20]) {
+        self.state.announced.lock().unwrap().remove(ih);
+    }
+
+    /// `get_peers` until the query ends or [`LOOKUP_TIMEOUT`]; each new
+    /// address is sent at once.
+    pub(crate) async fn lookup(&self, ih: [u8; 20], emit: &Emitter) {
+        let id = Id::from_bytes(ih).expect("20 bytes");
+        let mut stream = self.dht.get_peers(id);
+        let deadline = Instant::now() + LOOKUP_TIMEOUT;
+        let mut seen = HashSet::new();
+        let mut found = 0usize;
+        while let Ok(Some(batch)) = tokio::time::timeout_at(deadline, stream.next()).await {
+            for a in batch {
+                if seen.insert(a) {
+                    found += 1;
+                    emit.peer(ih, SocketAddr::V4(a), Source::Dht).await;
+                }
+            }
+        }
+        tracing::debug!(found, "DHT lookup done");
+    }
+
+    pub(crate) fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "enabled": true,
+            "nodes": self.state.nodes.load(Ordering::Relaxed),
+            "bootstrapped": self.state.bootstrapped.load(Ordering::Relaxed),
+            "announced": self.state.announced.lock().unwrap().len(),
+        })
+    }
+}
+
+fn build(ip: Ipv4Addr, port: u16, server: bool, bootstrap: &[String]) -> std::io::Result<Dht> {
+    let mut b = Dht::builder();
+    b.bind_address(ip)
+        .port(port)
+        .request_timeout(REQUEST_TIMEOUT);
+    if server {
+        b.server_mode();
+    }
+    if bootstrap.is_empty() {
+        b.no_bootstrap();
+    } else {
+        // Only IP:port strings here: nothing for the crate to resolve.
+        b.bootstrap(bootstrap);
+    }
+    b.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedule() {
+        let r: Vec<u64> = (1..=9).map(|f| announce_retry(f).as_secs()).collect();
+        assert_eq!(r, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn saved_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dht-nodes");
+        assert!(load_nodes(&p).is_empty(), "missing file");
+        std::fs::write(&p, "1.2.3.4:5\n garbage\n[::1]:6\n 5.6.7.8:9 \n\n").unwrap();
+        assert_eq!(
+            load_nodes(&p),
+            vec![
+                "1.2.3.4:5".parse::<SocketAddrV4>().unwrap(),
+                "5.6.7.8:9".parse().unwrap()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn resolve_literals_and_failures() {
+        let names = vec![
+            "127.0.0.1:9".to_string(),
+            "127.0.0.1:9".to_string(),
+            "localhost:10".to_string(),
+            "[::1]:5".to_string(),
+        ];
+        let got = resolve(&names).await;
+        assert_eq!(got[0], "127.0.0.1:9".parse().unwrap());
+        assert!(got.iter().all(|a| a.ip().is_loopback()), "{got:?}");
+        assert!(got.len() <= 2, "{got:?}");
+    }
+}

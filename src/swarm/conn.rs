@@ -1,0 +1,684 @@
+//! One peer connection: the handshakes, then a reader task and a writer
+//! task around the pure codec (`wire.rs`).
+//!
+//! The reader decodes frames, checks every one against the limits and the
+//! torrent's piece lengths, writes block data straight into the piece's
+//! assembly (`fetch::Download::put`, which verifies) and tells the torrent
+//! task what happened, never handing it the data. The writer sends what the
+//! torrent task asks for and serves the peer's requests, reading **only
+//! from the store**: nothing that is still being assembled, and so nothing
+//! unverified, ever reaches another peer.
+//!
+//! Two tasks rather than one `select!` loop: a peer that stops reading must
+//! not stop us from reading its blocks (both sides blocked in a write would
+//! deadlock).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::rate::TokenBucket;
+use super::torrent::{Ev, Shared};
+use super::wire::{self, BlockRef, ExtHandshake, Handshake, Msg};
+use crate::fetch::{Download, Put};
+
+/// Time allowed for both handshakes.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence after which a peer is dropped (it must send keep-alives).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+const KEEPALIVE: Duration = Duration::from_secs(90);
+/// Requests a peer may have queued at us; we advertise it as `reqq`.
+pub const REQQ: usize = 250;
+/// Beyond this many queued requests the peer is dropped.
+const REQQ_DROP: usize = 500;
+/// The ids we give our extensions in our extended handshake.
+pub const OUR_PEX_ID: u8 = 1;
+/// See [`OUR_PEX_ID`].
+pub const OUR_WIP_ID: u8 = 2;
+
+/// What the torrent task (and the reader) tell a connection's writer.
+pub enum Out {
+    /// Request these blocks (registered as outstanding first).
+    Request(Vec<BlockRef>, Arc<Download>),
+    /// Cancel one of our requests.
+    Cancel(BlockRef),
+    Have(u32),
+    Choke,
+    Unchoke,
+    Interested,
+    NotInterested,
+    /// An extended message with the peer's id for that extension.
+    Extended(u8, Vec<u8>),
+    /// The peer asked for a block (validated by the reader).
+    Upload(BlockRef),
+    /// The peer cancelled a request.
+    CancelUpload(BlockRef),
+    /// Reject a request (BEP 6).
+    Reject(BlockRef),
+    Close,
+}
+
+/// State shared by the reader, the writer and the torrent task.
+#[derive(Default)]
+pub struct PeerShared {
+    /// Our requests at this peer: (piece, begin) -> (length, assembly).
+    pub outstanding: Mutex<HashMap<(u32, u32), (u32, Arc<Download>)>>,
+    /// Recently cancelled requests: a block may still arrive for them.
+    cancelled: Mutex<VecDeque<((u32, u32), Instant)>>,
+    /// We are choking the peer (no uploads).
+    pub am_choking: AtomicBool,
+    /// Bytes of blocks received from the peer.
+    pub down: AtomicU64,
+    /// Bytes of blocks sent to the peer.
+    pub up: AtomicU64,
+    /// Requests the peer has queued at us.
+    queued: AtomicU64,
+}
+
+impl PeerShared {
+    fn new() -> Self {
+        let s = PeerShared::default();
+        s.am_choking.store(true, Ordering::Relaxed);
+        s
+    }
+
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u32), (u32, Arc<Download>)>> {
+        self.outstanding.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a peer told us during the handshakes.
+pub struct Hello {
+    pub peer_id: [u8; 20],
+    pub fast: bool,
+    pub ext: ExtHandshake,
+    /// Its pieces: `None` = have-all.
+    pub bitfield: Option<Vec<u8>>,
+}
+
+/// A connection that finished its handshakes.
+pub struct Established {
+    pub addr: SocketAddr,
+    pub hello: Hello,
+    pub shared: Arc<PeerShared>,
+    pub tx: mpsc::Sender<Out>,
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+    rx: mpsc::Receiver<Out>,
+    buf: BytesMut,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("wire: {0}")]
+    Wire(#[from] wire::WireError),
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+}
+
+impl ConnError {
+    /// Whether this counts against the peer (a violation), rather than an
+    /// ordinary disconnect.
+    pub fn is_violation(&self) -> bool {
+        matches!(self, ConnError::Wire(_) | ConnError::Protocol(_))
+    }
+}
+
+/// Reads the 68-byte handshake.
+pub async fn read_handshake(s: &mut TcpStream) -> Result<Handshake, ConnError> {
+    let mut b = [0u8; 68];
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, s.read_exact(&mut b))
+        .await
+        .map_err(|_| ConnError::Timeout)??;
+    Ok(Handshake::decode(&b)?)
+}
+
+/// Both handshakes. `theirs` is the handshake already read (incoming
+/// connections: the listener read it to find the torrent).
+pub async fn establish(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    sh: &Shared,
+    theirs: Option<Handshake>,
+    our_bits: Vec<u8>,
+    have_count: u32,
+) -> Result<Established, ConnError> {
+    let ours = Handshake::new(sh.info_hash, sh.peer_id);
+    let fut = async {
+        s.write_all(&ours.encode()).await?;
+        let hs = match theirs {
+            Some(h) => h,
+            None => read_handshake(&mut s).await?,
+        };
+        if hs.info_hash != sh.info_hash {
+            return Err(ConnError::Protocol("handshake for another torrent"));
+        }
+        if hs.peer_id == sh.peer_id {
+            return Err(ConnError::Protocol("connected to ourselves"));
+        }
+        if !hs.extensions() {
+            return Err(ConnError::Protocol("peer lacks the extension protocol"));
+        }
+        // Our pieces first (BEP 3: the bitfield is the first message), then
+        // the extended handshake.
+        let mut out = BytesMut::new();
+        let n = sh.piece_count;
+        if hs.fast() && have_count == 0 {
+            wire::encode(&Msg::HaveNone, &mut out);
+        } else if hs.fast() && u64::from(have_count) * 9 < wire::bitfield_len(n) as u64 + 1 {
+            wire::encode(&Msg::HaveNone, &mut out);
+            for i in 0..n {
+                if wire::bitfield_get(&our_bits, i) {
+                    wire::encode(&Msg::Have(i), &mut out);
+                }
+            }
+        } else if have_count > 0 {
+            wire::encode(&Msg::Bitfield(&our_bits), &mut out);
+        }
+        let ext = ExtHandshake {
+            m: vec![
+                (wire::EXT_PEX.to_string(), OUR_PEX_ID),
+                (wire::EXT_WIP.to_string(), OUR_WIP_ID),
+            ],
+            p: Some(sh.listen_port),
+            v: Some(concat!("debtorrent ", env!("CARGO_PKG_VERSION")).to_string()),
+            reqq: Some(REQQ as u32),
+            debtorrent: Some(1),
+            yourip: None,
+        };
+        wire::encode(
+            &Msg::Extended {
+                id: 0,
+                payload: &ext.encode(),
+            },
+            &mut out,
+        );
+        s.write_all(&out).await?;
+        // Their pieces and extended handshake, in either order.
+        let lim = wire::Limits { piece_count: n };
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut bitfield: Option<Option<Vec<u8>>> = None;
+        let mut haves: Vec<u32> = Vec::new();
+        let mut their_ext = None;
+        while their_ext.is_none() {
+            let consumed = loop {
+                match wire::decode(&buf, &lim)? {
+                    Some((msg, used)) => {
+                        match msg {
+                            Msg::Bitfield(b) if bitfield.is_none() => {
+                                bitfield = Some(Some(b.to_vec()))
+                            }
+                            Msg::HaveAll if bitfield.is_none() => bitfield = Some(None),
+                            Msg::HaveNone if bitfield.is_none() => {
+                                bitfield = Some(Some(vec![0; wire::bitfield_len(n)]))
+                            }
+                            Msg::Have(i) if i < n => haves.push(i),
+                            Msg::Extended { id: 0, payload } => {
+                                their_ext = Some(ExtHandshake::decode(payload)?)
+                            }
+                            Msg::KeepAlive | Msg::Port(_) | Msg::Unknown { .. } => {}
+                            Msg::Extended { .. } => {}
+                            _ => {
+                                return Err(ConnError::Protocol(
+                                    "unexpected message before the extended handshake",
+                                ))
+                            }
+                        }
+                        break used;
+                    }
+                    None => {
+                        if s.read_buf(&mut buf).await? == 0 {
+                            return Err(ConnError::Protocol("closed during the handshake"));
+                        }
+                    }
+                }
+            };
+            buf.advance(consumed);
+        }
+        let ext = their_ext.ok_or(ConnError::Protocol("no extended handshake"))?;
+        if ext.debtorrent != Some(1) {
+            return Err(ConnError::Protocol(
+                "not a debtorrent peer (no \"debtorrent\": 1)",
+            ));
+        }
+        let mut bits = match bitfield {
+            Some(b) => b,
+            None => Some(vec![0; wire::bitfield_len(n)]),
+        };
+        if let Some(b) = bits.as_mut() {
+            for i in haves {
+                wire::bitfield_set(b, i);
+            }
+        }
+        Ok((hs, ext, bits, buf))
+    };
+    let (hs, ext, bitfield, buf) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .map_err(|_| ConnError::Timeout)??;
+    let _ = s.set_nodelay(true);
+    let (read, write) = s.into_split();
+    let (tx, rx) = mpsc::channel(1024);
+    Ok(Established {
+        addr,
+        hello: Hello {
+            peer_id: hs.peer_id,
+            fast: hs.fast(),
+            ext,
+            bitfield,
+        },
+        shared: Arc::new(PeerShared::new()),
+        tx,
+        read,
+        write,
+        rx,
+        buf,
+    })
+}
+
+impl Established {
+    /// Starts the reader and writer tasks of peer `key`.
+    pub fn run(self, key: u32, sh: Arc<Shared>) {
+        let span = tracing::info_span!("peer", addr = %self.addr, key);
+        let Established {
+            addr,
+            hello,
+            shared,
+            tx,
+            read,
+            write,
+            rx,
+            buf,
+        } = self;
+        let fast = hello.fast;
+        let their_ids = (
+            hello.ext.ext_id(wire::EXT_PEX),
+            hello.ext.ext_id(wire::EXT_WIP),
+        );
+        let _ = their_ids;
+        let (sh2, shared2) = (sh.clone(), shared.clone());
+        let writer = tokio::spawn(writer(write, rx, sh2, shared2, fast).instrument(span.clone()));
+        tokio::spawn(
+            async move {
+                let res = reader(read, buf, key, &sh, &shared, &tx, fast).await;
+                let violation = match &res {
+                    Err(e) if e.is_violation() => {
+                        tracing::info!(error = %e, "dropping peer");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "peer gone");
+                        false
+                    }
+                    Ok(()) => false,
+                };
+                let _ = tx.send(Out::Close).await;
+                let _ = writer.await;
+                let _ = sh
+                    .events
+                    .send(Ev::Down {
+                        key,
+                        addr,
+                        violation,
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reader(
+    mut read: OwnedReadHalf,
+    mut buf: BytesMut,
+    key: u32,
+    sh: &Shared,
+    shared: &PeerShared,
+    tx: &mpsc::Sender<Out>,
+    fast: bool,
+) -> Result<(), ConnError> {
+    let lim = wire::Limits {
+        piece_count: sh.piece_count,
+    };
+    buf.reserve(256 * 1024);
+    loop {
+        loop {
+            let Some((msg, used)) = wire::decode(&buf, &lim)? else {
+                break;
+            };
+            handle(msg, key, sh, shared, tx, fast).await?;
+            buf.advance(used);
+        }
+        if buf.capacity() - buf.len() < 32 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        let n = tokio::time::timeout(IDLE_TIMEOUT, read.read_buf(&mut buf))
+            .await
+            .map_err(|_| ConnError::Protocol("silent for too long"))??;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+async fn handle(
+    msg: Msg<'_>,
+    key: u32,
+    sh: &Shared,
+    shared: &PeerShared,
+    tx: &mpsc::Sender<Out>,
+    fast: bool,
+) -> Result<(), ConnError> {
+    let ev = |e: Ev| sh.events.send(e);
+    match msg {
+        Msg::KeepAlive | Msg::Port(_) | Msg::Suggest(_) | Msg::AllowedFast(_) => {}
+        Msg::Unknown { .. } => {}
+        Msg::Choke => {
+            // BEP 3: a choke discards our requests (BEP 6 peers reject them
+            // one by one instead; either way they are free again).
+            if !fast {
+                shared.outstanding().clear();
+            }
+            let _ = ev(Ev::Choked { key, choked: true }).await;
+        }
+        Msg::Unchoke => {
+            let _ = ev(Ev::Choked { key, choked: false }).await;
+        }
+        Msg::Interested => {
+            let _ = ev(Ev::Interest {
+                key,
+                interested: true,
+            })
+            .await;
+        }
+        Msg::NotInterested => {
+            let _ = ev(Ev::Interest {
+                key,
+                interested: false,
+            })
+            .await;
+        }
+        Msg::Have(i) => {
+            if i >= sh.piece_count {
+                return Err(ConnError::Protocol("HAVE beyond the last piece"));
+            }
+            let _ = ev(Ev::Have { key, piece: i }).await;
+        }
+        Msg::Bitfield(_) | Msg::HaveAll | Msg::HaveNone => {
+            return Err(ConnError::Protocol("bitfield after the handshake"));
+        }
+        Msg::Request(r) => {
+            if !sh.valid_block(r) {
+                return Err(ConnError::Protocol("request outside the piece"));
+            }
+            if shared.am_choking.load(Ordering::Relaxed) {
+                if fast {
+                    let _ = tx.send(Out::Reject(r)).await;
+                }
+                return Ok(());
+            }
+            let q = shared.queued.fetch_add(1, Ordering::Relaxed) as usize + 1;
+            if q > REQQ_DROP {
+                return Err(ConnError::Protocol("request flood"));
+            }
+            if q > REQQ {
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                if fast {
+                    let _ = tx.send(Out::Reject(r)).await;
+                }
+                return Ok(());
+            }
+            let _ = tx.send(Out::Upload(r)).await;
+        }
+        Msg::Cancel(r) => {
+            let _ = tx.send(Out::CancelUpload(r)).await;
+        }
+        Msg::Reject(r) => {
+            let known = shared.outstanding().remove(&(r.index, r.begin)).is_some();
+            if known {
+                let _ = ev(Ev::Rejected { key, req: r }).await;
+            }
+        }
+        Msg::Piece { index, begin, data } => {
+            let entry = shared.outstanding().remove(&(index, begin));
+            let Some((len, dl)) = entry else {
+                let recently = {
+                    let mut c = shared.cancelled.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    while c
+                        .front()
+                        .is_some_and(|(_, t)| now.duration_since(*t) > Duration::from_secs(10))
+                    {
+                        c.pop_front();
+                    }
+                    c.iter().any(|(k, _)| *k == (index, begin))
+                };
+                if recently {
+                    return Ok(());
+                }
+                return Err(ConnError::Protocol("a block we did not request"));
+            };
+            if data.len() as u32 != len {
+                return Err(ConnError::Protocol("a block of the wrong length"));
+            }
+            shared.down.fetch_add(u64::from(len), Ordering::Relaxed);
+            let put = dl.put(u64::from(begin), data, key);
+            let put = match put {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write a block");
+                    Put::Duplicate
+                }
+            };
+            let _ = ev(Ev::Block {
+                key,
+                piece: index,
+                begin,
+                len,
+                put,
+            })
+            .await;
+        }
+        Msg::Extended { id, payload } => match id {
+            0 => {} // a later extended handshake: nothing we need changes
+            OUR_PEX_ID => {
+                if let Ok(p) = wire::Pex::decode(payload) {
+                    let _ = ev(Ev::Pex {
+                        key,
+                        added: p.added,
+                    })
+                    .await;
+                }
+            }
+            OUR_WIP_ID => {
+                let w = wire::Wip::decode(payload)?;
+                let _ = ev(Ev::Wip { key, wip: w }).await;
+            }
+            _ => {}
+        },
+    }
+    Ok(())
+}
+
+async fn writer(
+    mut w: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Out>,
+    sh: Arc<Shared>,
+    shared: Arc<PeerShared>,
+    fast: bool,
+) {
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut uploads: VecDeque<BlockRef> = VecDeque::new();
+    let mut file: Option<(u32, std::fs::File)> = None;
+    let mut block = vec![0u8; wire::BLOCK as usize];
+    let mut last_write = Instant::now();
+    'outer: loop {
+        // Take every pending command without waiting.
+        loop {
+            let m = match rx.try_recv() {
+                Ok(m) => m,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
+            };
+            if !apply(m, &mut out, &mut uploads, &shared, fast) {
+                break 'outer;
+            }
+        }
+        // Serve a batch of uploads (only from the store).
+        let mut served = 0;
+        while served < 16 && out.len() < 256 * 1024 {
+            let Some(r) = uploads.pop_front() else { break };
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            if shared.am_choking.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Some(n) = sh.read_block(r, &mut file, &mut block) else {
+                if fast {
+                    wire::encode(&Msg::Reject(r), &mut out);
+                }
+                continue;
+            };
+            let wait = {
+                let mut tb = sh.upload_limit.lock().unwrap_or_else(|e| e.into_inner());
+                tb.take(n as u64, sh.now_ms())
+            };
+            if wait > 0 {
+                if !out.is_empty() && w.write_all(&out).await.is_err() {
+                    break 'outer;
+                }
+                out.clear();
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            wire::encode_piece_header(r.index, r.begin, n as u32, &mut out);
+            out.extend_from_slice(&block[..n]);
+            shared.up.fetch_add(n as u64, Ordering::Relaxed);
+            sh.uploaded.fetch_add(n as u64, Ordering::Relaxed);
+            served += 1;
+        }
+        if !out.is_empty() {
+            if w.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+            last_write = Instant::now();
+            continue;
+        }
+        if !uploads.is_empty() {
+            continue;
+        }
+        let idle = KEEPALIVE.saturating_sub(last_write.elapsed());
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => {
+                    if !apply(m, &mut out, &mut uploads, &shared, fast) {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep(idle) => {
+                wire::encode(&Msg::KeepAlive, &mut out);
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// Applies one command to the writer's state; false means close.
+fn apply(
+    m: Out,
+    out: &mut BytesMut,
+    uploads: &mut VecDeque<BlockRef>,
+    shared: &PeerShared,
+    fast: bool,
+) -> bool {
+    match m {
+        Out::Request(rs, dl) => {
+            let mut o = shared.outstanding();
+            for r in rs {
+                o.insert((r.index, r.begin), (r.length, dl.clone()));
+                wire::encode(&Msg::Request(r), out);
+            }
+        }
+        Out::Cancel(r) => {
+            if shared.outstanding().remove(&(r.index, r.begin)).is_some() {
+                shared
+                    .cancelled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(((r.index, r.begin), Instant::now()));
+                wire::encode(&Msg::Cancel(r), out);
+            }
+        }
+        Out::Have(i) => wire::encode(&Msg::Have(i), out),
+        Out::Choke => {
+            shared.am_choking.store(true, Ordering::Relaxed);
+            // BEP 3 drops the queue; BEP 6 peers are told, one by one.
+            for r in uploads.drain(..) {
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                if fast {
+                    wire::encode(&Msg::Reject(r), out);
+                }
+            }
+            wire::encode(&Msg::Choke, out);
+        }
+        Out::Unchoke => {
+            shared.am_choking.store(false, Ordering::Relaxed);
+            wire::encode(&Msg::Unchoke, out);
+        }
+        Out::Interested => wire::encode(&Msg::Interested, out),
+        Out::NotInterested => wire::encode(&Msg::NotInterested, out),
+        Out::Extended(id, payload) => wire::encode(
+            &Msg::Extended {
+                id,
+                payload: &payload,
+            },
+            out,
+        ),
+        Out::Upload(r) => uploads.push_back(r),
+        Out::CancelUpload(r) => {
+            let before = uploads.len();
+            uploads.retain(|x| *x != r);
+            let removed = before - uploads.len();
+            shared.queued.fetch_sub(removed as u64, Ordering::Relaxed);
+        }
+        Out::Reject(r) => wire::encode(&Msg::Reject(r), out),
+        Out::Close => return false,
+    }
+    true
+}
+
+/// Reads one block of a stored piece for upload.
+pub fn read_stored(
+    path: &std::path::Path,
+    r: BlockRef,
+    file: &mut Option<(u32, std::fs::File)>,
+    buf: &mut [u8],
+) -> Option<usize> {
+    if file.as_ref().is_none_or(|(i, _)| *i != r.index) {
+        *file = Some((r.index, std::fs::File::open(path).ok()?));
+    }
+    let (_, f) = file.as_ref()?;
+    let n = r.length as usize;
+    f.read_exact_at(buf.get_mut(..n)?, u64::from(r.begin))
+        .ok()?;
+    Some(n)
+}
+
+/// The upload limit shared by every connection.
+pub type UploadLimit = Mutex<TokenBucket>;

@@ -1,0 +1,460 @@
+//! The daemon as a BitTorrent peer: one task per registered torrent
+//! (`torrent.rs`), one reader and one writer task per connection
+//! (`conn.rs`), the listener, and the limits and bans that span torrents.
+//!
+//! Pure parts: `wire` (codec), `picker`, `choker`, `rate`, `ban`.
+//! `service.rs` calls [`Swarm::fetch`] for every pool file that is not in
+//! the store; the torrent task then decides which peers (and when the
+//! mirror) deliver it. See `docs/ARCHITECTURE.md` for the whole flow.
+
+pub mod ban;
+pub mod choker;
+pub mod conn;
+pub mod picker;
+pub mod rate;
+pub mod torrent;
+#[allow(dead_code)]
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::discovery::{self, Discovery};
+use crate::fetch::{Download, Downloads, Failure};
+use crate::index::{Registered, Registry};
+use crate::status::Stats;
+use crate::store::Store;
+use ban::Bans;
+use rate::TokenBucket;
+use torrent::{Ev, Handle};
+
+/// Swarm settings (from `debtorrent serve`'s options).
+#[derive(Clone, Debug)]
+pub struct SwarmConfig {
+    /// How long apt may wait for a peer before the mirror starts (ms).
+    pub peer_wait_ms: u64,
+    /// A peer with requests out and no block for this long is snubbed (ms).
+    pub stall_ms: u64,
+    /// Connections in total, per IP and per torrent.
+    pub max_peers: usize,
+    pub max_peers_per_ip: usize,
+    pub max_peers_per_torrent: usize,
+    /// Regular unchoke slots per torrent.
+    pub upload_slots: usize,
+    /// Upload limit in bytes/s (0 = none).
+    pub upload_rate: u64,
+    /// Whether we upload at all.
+    pub seed: bool,
+    pub ban_ms: u64,
+    pub ban_strikes: u32,
+}
+
+/// What every torrent task shares.
+pub struct Ctx {
+    pub cfg: SwarmConfig,
+    pub peer_id: [u8; 20],
+    /// Our BitTorrent address (TCP; the DHT uses the same port over UDP).
+    pub peer_addr: SocketAddr,
+    pub listen_port: u16,
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
+    pub client: reqwest::Client,
+    pub timeout: Duration,
+    pub discovery: Option<Arc<Discovery>>,
+    pub upload_limit: Arc<Mutex<TokenBucket>>,
+    bans: Mutex<Bans>,
+    conns: Mutex<HashMap<IpAddr, usize>>,
+    total: AtomicUsize,
+    /// Mirror rate estimate (bytes/s) and first-byte latency (ms).
+    mirror: Mutex<(u64, u64)>,
+    epoch: Instant,
+}
+
+impl Ctx {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether `ip` is banned.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        let now = self.now_ms();
+        self.bans
+            .lock()
+            .map(|mut b| b.is_banned(ip, now))
+            .unwrap_or(false)
+    }
+
+    /// Bans `ip` (proven to have sent corrupt data).
+    pub fn ban(&self, ip: IpAddr) {
+        let now = self.now_ms();
+        if let Ok(mut b) = self.bans.lock() {
+            b.ban(ip, now);
+        }
+        self.stats.ban();
+    }
+
+    /// A weighted strike; true when it led to a ban.
+    pub fn strike(&self, ip: IpAddr, weight: f64) -> bool {
+        let now = self.now_ms();
+        let banned = self
+            .bans
+            .lock()
+            .map(|mut b| b.strike(ip, weight, now))
+            .unwrap_or(false);
+        if banned {
+            self.stats.ban();
+        }
+        banned
+    }
+
+    /// A protocol violation; true when the IP is banned now.
+    pub fn violation(&self, ip: IpAddr) -> bool {
+        let now = self.now_ms();
+        self.bans
+            .lock()
+            .map(|mut b| b.violation(ip, now))
+            .unwrap_or(false)
+    }
+
+    /// Takes a connection slot for `ip` (total and per-IP limits, bans).
+    pub fn acquire_conn(&self, ip: IpAddr) -> bool {
+        if self.is_banned(ip) {
+            return false;
+        }
+        let Ok(mut c) = self.conns.lock() else {
+            return false;
+        };
+        let n = c.entry(ip).or_insert(0);
+        if *n >= self.cfg.max_peers_per_ip
+            || self.total.load(Ordering::Relaxed) >= self.cfg.max_peers
+        {
+            if *n == 0 {
+                c.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Gives a connection slot back.
+    pub fn release_conn(&self, ip: IpAddr) {
+        if let Ok(mut c) = self.conns.lock() {
+            if let Some(n) = c.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.remove(&ip);
+                }
+                self.total.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// The mirror's estimated rate (bytes/s).
+    pub fn mirror_rate(&self) -> u64 {
+        self.mirror_estimate().0
+    }
+
+    /// The mirror's estimated rate (bytes/s) and first-byte latency (ms).
+    pub fn mirror_estimate(&self) -> (u64, u64) {
+        self.mirror.lock().map(|m| *m).unwrap_or((10_000_000, 100))
+    }
+
+    /// Folds one finished mirror range into the estimate.
+    pub fn note_mirror_rate(&self, bytes: u64, ms: u64) {
+        let r = bytes.saturating_mul(1000) / ms.max(1);
+        if let Ok(mut m) = self.mirror.lock() {
+            m.0 = (m.0 * 3 + r) / 4;
+        }
+    }
+}
+
+/// The swarm: torrent tasks by info hash, the listener, discovery.
+pub struct Swarm {
+    ctx: Arc<Ctx>,
+    torrents: Mutex<HashMap<[u8; 20], Handle>>,
+    downloads: Arc<Downloads>,
+}
+
+/// Options to start the swarm.
+pub struct Start {
+    pub cfg: SwarmConfig,
+    pub peer_addr: SocketAddr,
+    /// `None`: no BitTorrent at all (the mirror only).
+    pub enabled: bool,
+    pub discovery: Option<discovery::Config>,
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
+    pub client: reqwest::Client,
+    pub timeout: Duration,
+    pub hold_whole: u64,
+}
+
+/// A fresh peer id: client prefix (Azureus style) and random bytes.
+fn new_peer_id() -> [u8; 20] {
+    let mut id = [0u8; 20];
+    let prefix = b"-DT0100-";
+    id[..prefix.len()].copy_from_slice(prefix);
+    for b in &mut id[prefix.len()..] {
+        *b = fastrand::alphanumeric() as u8;
+    }
+    id
+}
+
+impl Swarm {
+    /// Binds the peer port, starts discovery, and follows the registry:
+    /// a task per registered torrent.
+    pub async fn start(opts: Start, registry: Arc<Registry>) -> anyhow::Result<Arc<Swarm>> {
+        let peer_id = new_peer_id();
+        let (listener, peer_addr) = if opts.enabled {
+            let l = TcpListener::bind(opts.peer_addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen for peers on {}: {e}", opts.peer_addr)
+            })?;
+            let a = l.local_addr()?;
+            (Some(l), a)
+        } else {
+            (None, opts.peer_addr)
+        };
+        let (disc_tx, mut disc_rx) = mpsc::channel(1024);
+        let discovery = match (&opts.discovery, opts.enabled) {
+            (Some(cfg), true) => {
+                let mut cfg = cfg.clone();
+                cfg.peer_addr = peer_addr;
+                cfg.peer_id = peer_id;
+                Some(Arc::new(Discovery::start(cfg, disc_tx).await?))
+            }
+            _ => None,
+        };
+        let ctx = Arc::new(Ctx {
+            peer_id,
+            peer_addr,
+            listen_port: peer_addr.port(),
+            store: opts.store.clone(),
+            stats: opts.stats,
+            client: opts.client,
+            timeout: opts.timeout,
+            discovery,
+            upload_limit: Arc::new(Mutex::new(TokenBucket::new(
+                opts.cfg.upload_rate,
+                opts.cfg.upload_rate.max(256 * 1024),
+            ))),
+            bans: Mutex::new(Bans::new(opts.cfg.ban_ms, opts.cfg.ban_strikes, 10_000)),
+            conns: Mutex::new(HashMap::new()),
+            total: AtomicUsize::new(0),
+            mirror: Mutex::new((10_000_000, 100)),
+            epoch: Instant::now(),
+            cfg: opts.cfg,
+        });
+        let swarm = Arc::new(Swarm {
+            ctx,
+            torrents: Mutex::new(HashMap::new()),
+            downloads: Arc::new(Downloads::new(opts.store, opts.hold_whole)),
+        });
+        if opts.enabled {
+            tracing::info!(addr = %peer_addr, "listening for peers");
+        }
+        // Follow the registry.
+        let (s2, reg2) = (swarm.clone(), registry.clone());
+        tokio::spawn(async move {
+            let mut rx = reg2.subscribe();
+            loop {
+                s2.sync(&reg2);
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Route discovery results to their torrent.
+        let s3 = swarm.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = disc_rx.recv().await {
+                let (ih, ev) = match ev {
+                    discovery::Event::Peer {
+                        info_hash,
+                        addr,
+                        source,
+                    } => (info_hash, Ev::Found(addr, source)),
+                    discovery::Event::LookupDone { info_hash } => (info_hash, Ev::LookupDone),
+                };
+                if let Some(h) = s3.handle(&ih) {
+                    let _ = h.tx.send(ev).await;
+                }
+            }
+        });
+        if let Some(l) = listener {
+            let s4 = swarm.clone();
+            tokio::spawn(async move { s4.accept_loop(l).await });
+        }
+        Ok(swarm)
+    }
+
+    fn handle(&self, ih: &[u8; 20]) -> Option<Handle> {
+        self.torrents.lock().ok()?.get(ih).cloned()
+    }
+
+    /// Starts tasks for new registrations and stops those of torrents no
+    /// longer registered.
+    fn sync(&self, registry: &Registry) {
+        let all = registry.all();
+        let Ok(mut map) = self.torrents.lock() else {
+            return;
+        };
+        let current: HashMap<[u8; 20], Arc<Registered>> = all
+            .into_iter()
+            .map(|r| (r.torrent.info_hash().0, r))
+            .collect();
+        map.retain(|ih, h| {
+            let keep = current.contains_key(ih);
+            if !keep {
+                let _ = h.tx.try_send(Ev::Stop);
+            }
+            keep
+        });
+        for (ih, reg) in current {
+            map.entry(ih)
+                .or_insert_with(|| torrent::start(reg, self.ctx.clone()));
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, l: TcpListener) {
+        loop {
+            let (mut s, addr) = match l.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if !self.ctx.acquire_conn(addr.ip()) {
+                tracing::debug!(peer = %addr, "refused: banned or over the connection limits");
+                continue;
+            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                match conn::read_handshake(&mut s).await {
+                    Ok(hs) => match this.handle(&hs.info_hash) {
+                        Some(h) => {
+                            if h.tx.send(Ev::Incoming(s, addr, hs)).await.is_ok() {
+                                return;
+                            }
+                        }
+                        None => {
+                            tracing::debug!(peer = %addr, "handshake for a torrent we do not have")
+                        }
+                    },
+                    Err(e) => tracing::debug!(peer = %addr, error = %e, "bad handshake"),
+                }
+                this.ctx.release_conn(addr.ip());
+            });
+        }
+    }
+
+    /// The download of piece `index` of `reg` (joined if it is in flight),
+    /// for the pool file at `url`.
+    pub async fn fetch(
+        &self,
+        reg: &Arc<Registered>,
+        index: u32,
+        url: String,
+    ) -> Result<Arc<Download>, Failure> {
+        let p = reg.torrent.piece(index).ok_or(Failure::Local)?;
+        let (dl, created) = self.downloads.get_or_create(p.path, *p.sha256, p.size)?;
+        if created {
+            let ih = reg.torrent.info_hash().0;
+            let h = match self.handle(&ih) {
+                Some(h) => h,
+                None => {
+                    // Registered a moment ago: start its task now.
+                    let h = torrent::start(reg.clone(), self.ctx.clone());
+                    if let Ok(mut m) = self.torrents.lock() {
+                        m.entry(ih).or_insert(h).clone()
+                    } else {
+                        h
+                    }
+                }
+            };
+            if h.tx
+                .send(Ev::Want {
+                    piece: index,
+                    dl: dl.clone(),
+                    url,
+                })
+                .await
+                .is_err()
+            {
+                dl.fail(Failure::Local);
+            }
+        }
+        Ok(dl)
+    }
+
+    /// Per torrent: peers, discovery, bytes (for `/status.json`).
+    pub fn torrent_status(&self, ih: &[u8; 20]) -> serde_json::Value {
+        let Some(h) = self.handle(ih) else {
+            return serde_json::json!({});
+        };
+        let sh = &h.shared;
+        let mut v = sh
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| serde_json::json!({}));
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "bytes_from_peers".into(),
+                sh.from_peers.load(Ordering::Relaxed).into(),
+            );
+            o.insert(
+                "bytes_from_mirror".into(),
+                sh.from_mirror.load(Ordering::Relaxed).into(),
+            );
+            o.insert(
+                "bytes_uploaded".into(),
+                sh.uploaded.load(Ordering::Relaxed).into(),
+            );
+        }
+        v
+    }
+
+    /// Swarm-wide status.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "peer_addr": self.ctx.peer_addr.to_string(),
+            "peer_id": String::from_utf8_lossy(&self.ctx.peer_id),
+            "connections": self.ctx.connections(),
+            "discovery": self.ctx.discovery.as_ref().map(|d| d.status()),
+        })
+    }
+
+    /// Bytes uploaded over every torrent.
+    pub fn uploaded(&self) -> u64 {
+        self.torrents
+            .lock()
+            .map(|m| {
+                m.values()
+                    .map(|h| h.shared.uploaded.load(Ordering::Relaxed))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Saves discovery state (DHT routing table) before exit.
+    pub async fn shutdown(&self) {
+        if let Some(d) = &self.ctx.discovery {
+            d.shutdown().await;
+        }
+    }
+}

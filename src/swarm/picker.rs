@@ -1,0 +1,511 @@
+//! The piece picker: which block of which wanted piece each source fetches.
+//!
+//! Pure: no sockets, no clock (time comes in as milliseconds). The torrent
+//! task owns one `Picker` per torrent.
+//!
+//! Only pieces apt is waiting for are fetched, in the order apt asked
+//! ("jobs", by sequence number): a dt1 piece is a whole package, and apt
+//! wants nothing else. Within a piece a source takes the **lowest free
+//! blocks**, so several peers on one piece fill it front to back and the
+//! contiguous prefix (what streams to apt) grows smoothly. Once every block
+//! of a piece is requested, a source with room duplicates the oldest request
+//! of another source (endgame, per piece, because apt waits per piece).
+//! The mirror never takes single blocks: it takes a range to the end of the
+//! piece (see `torrent.rs` for when).
+
+/// A source: a peer's key inside its torrent task. 0 is the mirror.
+pub type Src = u32;
+
+/// Block size (dt1 rule: requests of at most 16 KiB).
+pub const BLOCK: u32 = 16 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blk {
+    Free,
+    /// Requested from `by` at `at` ms; `dup` when a second source has it too.
+    Req {
+        by: Src,
+        at: u64,
+        dup: Option<Src>,
+    },
+    /// The mirror's range covers it.
+    Mirror,
+    Got,
+}
+
+/// A block request: piece, offset, length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Req {
+    /// Piece index.
+    pub piece: u32,
+    /// Offset in the piece.
+    pub begin: u32,
+    /// Length (16 KiB except a piece's last block).
+    pub len: u32,
+}
+
+/// One wanted piece.
+#[derive(Debug)]
+struct Job {
+    piece: u32,
+    size: u64,
+    blocks: Vec<Blk>,
+    /// No free block below this index.
+    free_hint: usize,
+}
+
+impl Job {
+    fn req(&self, b: usize) -> Req {
+        let begin = b as u64 * u64::from(BLOCK);
+        Req {
+            piece: self.piece,
+            begin: begin as u32,
+            len: (self.size - begin).min(u64::from(BLOCK)) as u32,
+        }
+    }
+}
+
+/// The picker of one torrent.
+#[derive(Debug, Default)]
+pub struct Picker {
+    /// In apt's order.
+    jobs: Vec<Job>,
+}
+
+impl Picker {
+    /// apt wants `piece` of `size` bytes. Pieces beyond 64 TiB of blocks
+    /// are refused by the caller (the dt1 format caps sizes well below).
+    pub fn add(&mut self, piece: u32, size: u64) {
+        if self.jobs.iter().any(|j| j.piece == piece) {
+            return;
+        }
+        let n = size.div_ceil(u64::from(BLOCK)) as usize;
+        self.jobs.push(Job {
+            piece,
+            size,
+            blocks: vec![Blk::Free; n],
+            free_hint: 0,
+        });
+    }
+
+    /// The piece is over (verified, or failed for good).
+    pub fn remove(&mut self, piece: u32) {
+        self.jobs.retain(|j| j.piece != piece);
+    }
+
+    /// Forgets every block state of `piece` (a retry after a failed hash).
+    pub fn reset(&mut self, piece: u32) {
+        if let Some(j) = self.job(piece) {
+            j.blocks.iter_mut().for_each(|b| *b = Blk::Free);
+            j.free_hint = 0;
+        }
+    }
+
+    fn job(&mut self, piece: u32) -> Option<&mut Job> {
+        self.jobs.iter_mut().find(|j| j.piece == piece)
+    }
+
+    /// Wanted pieces in apt's order.
+    pub fn wanted(&self) -> impl Iterator<Item = u32> + '_ {
+        self.jobs.iter().map(|j| j.piece)
+    }
+
+    /// Whether `piece` is wanted.
+    pub fn is_wanted(&self, piece: u32) -> bool {
+        self.jobs.iter().any(|j| j.piece == piece)
+    }
+
+    /// Up to `room` requests for `src`, which holds the pieces for which
+    /// `has` is true. Fills from the first wanted piece on; endgame
+    /// duplicates only when no free block is left in that piece.
+    pub fn pick(&mut self, src: Src, has: impl Fn(u32) -> bool, room: usize, now: u64) -> Vec<Req> {
+        let mut out = Vec::new();
+        for j in &mut self.jobs {
+            if out.len() >= room {
+                break;
+            }
+            if !has(j.piece) {
+                continue;
+            }
+            let mut b = j.free_hint;
+            while b < j.blocks.len() && out.len() < room {
+                if j.blocks[b] == Blk::Free {
+                    j.blocks[b] = Blk::Req {
+                        by: src,
+                        at: now,
+                        dup: None,
+                    };
+                    out.push(j.req(b));
+                }
+                b += 1;
+            }
+            j.free_hint = j
+                .blocks
+                .iter()
+                .position(|x| *x == Blk::Free)
+                .unwrap_or(j.blocks.len());
+            if out.len() >= room || j.free_hint < j.blocks.len() {
+                continue;
+            }
+            // Endgame for this piece: duplicate the oldest requests of others.
+            let mut cand: Vec<(u64, usize)> = j
+                .blocks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, x)| match *x {
+                    Blk::Req { by, at, dup: None } if by != src => Some((at, i)),
+                    _ => None,
+                })
+                .collect();
+            cand.sort_unstable();
+            for (_, i) in cand.into_iter().take(room - out.len()) {
+                if let Blk::Req { dup, .. } = &mut j.blocks[i] {
+                    *dup = Some(src);
+                }
+                out.push(j.req(i));
+            }
+        }
+        out
+    }
+
+    /// A block arrived from `src`. Returns the other sources that had it
+    /// requested (to be cancelled there).
+    pub fn got(&mut self, piece: u32, begin: u32, src: Src) -> Vec<Src> {
+        let Some(j) = self.job(piece) else {
+            return Vec::new();
+        };
+        let b = (begin / BLOCK) as usize;
+        let Some(x) = j.blocks.get_mut(b) else {
+            return Vec::new();
+        };
+        let others = match *x {
+            Blk::Req { by, dup, .. } => [Some(by), dup]
+                .into_iter()
+                .flatten()
+                .filter(|&s| s != src)
+                .collect(),
+            _ => Vec::new(),
+        };
+        *x = Blk::Got;
+        others
+    }
+
+    /// Marks the blocks of `[from, to)` (byte offsets, block-aligned start)
+    /// as received, e.g. what the mirror delivered before it stopped.
+    pub fn got_range(&mut self, piece: u32, received: impl Fn(u64, u64) -> bool) {
+        if let Some(j) = self.job(piece) {
+            for b in 0..j.blocks.len() {
+                let r = j.req(b);
+                let (s, e) = (u64::from(r.begin), u64::from(r.begin) + u64::from(r.len));
+                if j.blocks[b] != Blk::Got && received(s, e) {
+                    j.blocks[b] = Blk::Got;
+                }
+            }
+        }
+    }
+
+    /// `src` is gone, choked us, or stalled: its requests become free
+    /// again (or stay with the duplicate source). Returns how many.
+    pub fn release(&mut self, src: Src) -> usize {
+        let mut n = 0;
+        for j in &mut self.jobs {
+            for (i, x) in j.blocks.iter_mut().enumerate() {
+                if let Blk::Req { by, at, dup } = *x {
+                    if by == src {
+                        *x = match dup {
+                            Some(d) => Blk::Req {
+                                by: d,
+                                at,
+                                dup: None,
+                            },
+                            None => Blk::Free,
+                        };
+                        n += 1;
+                        j.free_hint = j.free_hint.min(i);
+                    } else if dup == Some(src) {
+                        *x = Blk::Req { by, at, dup: None };
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// One request of `src` was rejected: the block is free again.
+    pub fn rejected(&mut self, r: Req, src: Src) {
+        if let Some(j) = self.job(r.piece) {
+            let b = (r.begin / BLOCK) as usize;
+            if let Some(x) = j.blocks.get_mut(b) {
+                if let Blk::Req { by, at, dup } = *x {
+                    if by == src {
+                        *x = dup.map_or(Blk::Free, |d| Blk::Req {
+                            by: d,
+                            at,
+                            dup: None,
+                        });
+                        j.free_hint = j.free_hint.min(b);
+                    } else if dup == Some(src) {
+                        *x = Blk::Req { by, at, dup: None };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the mirror every free block from block `from_block` to the end
+    /// of `piece`. Returns the byte range it should fetch: from the first
+    /// block it took to the end (blocks still requested from peers inside
+    /// that range are fetched twice; the first copy wins). `None` when no
+    /// block was free.
+    pub fn mirror_take(&mut self, piece: u32, from_block: usize) -> Option<(u64, u64)> {
+        let j = self.job(piece)?;
+        let mut first = None;
+        for b in from_block..j.blocks.len() {
+            if j.blocks[b] == Blk::Free {
+                j.blocks[b] = Blk::Mirror;
+                first.get_or_insert(b);
+            }
+        }
+        j.free_hint = j
+            .blocks
+            .iter()
+            .position(|x| *x == Blk::Free)
+            .unwrap_or(j.blocks.len());
+        first.map(|b| (b as u64 * u64::from(BLOCK), j.size))
+    }
+
+    /// The mirror stopped (failed or was cut back): its blocks that were
+    /// not received become free.
+    pub fn mirror_stopped(&mut self, piece: u32, received: impl Fn(u64, u64) -> bool) {
+        if let Some(j) = self.job(piece) {
+            for b in 0..j.blocks.len() {
+                if j.blocks[b] == Blk::Mirror {
+                    let r = j.req(b);
+                    let (s, e) = (u64::from(r.begin), u64::from(r.begin) + u64::from(r.len));
+                    j.blocks[b] = if received(s, e) { Blk::Got } else { Blk::Free };
+                }
+            }
+            j.free_hint = j
+                .blocks
+                .iter()
+                .position(|x| *x == Blk::Free)
+                .unwrap_or(j.blocks.len());
+        }
+    }
+
+    /// The first block after the last one requested from a peer: where a
+    /// tail for the mirror may start without duplicating peer requests.
+    pub fn tail_start(&self, piece: u32) -> Option<usize> {
+        let j = self.jobs.iter().find(|j| j.piece == piece)?;
+        let last_req = j
+            .blocks
+            .iter()
+            .rposition(|x| matches!(x, Blk::Req { .. } | Blk::Got));
+        Some(last_req.map_or(0, |i| i + 1))
+    }
+
+    /// (free, requested from peers, with the mirror) block counts.
+    pub fn counts(&self, piece: u32) -> (usize, usize, usize) {
+        let Some(j) = self.jobs.iter().find(|j| j.piece == piece) else {
+            return (0, 0, 0);
+        };
+        j.blocks.iter().fold((0, 0, 0), |(f, r, m), x| match x {
+            Blk::Free => (f + 1, r, m),
+            Blk::Req { .. } => (f, r + 1, m),
+            Blk::Mirror => (f, r, m + 1),
+            Blk::Got => (f, r, m),
+        })
+    }
+
+    /// Whether `src` has a request outstanding on `piece`.
+    pub fn requested_from(&self, piece: u32, src: Src) -> bool {
+        self.jobs.iter().any(|j| {
+            j.piece == piece
+                && j.blocks.iter().any(
+                    |x| matches!(*x, Blk::Req { by, dup, .. } if by == src || dup == Some(src)),
+                )
+        })
+    }
+}
+
+/// Rule (b): should the mirror take the tail of a piece because the peers
+/// are slower than the mirror would be? `rest` bytes remain, the peers on
+/// it deliver `peer_rate` B/s, the mirror is estimated at `mirror_rate` B/s
+/// with `latency_ms` to its first byte. Returns the byte offset (from the
+/// start of the remaining part) where the mirror's tail should begin, so
+/// both finish together, or `None` when the peers are faster.
+pub fn mirror_tail(rest: u64, peer_rate: u64, mirror_rate: u64, latency_ms: u64) -> Option<u64> {
+    if rest == 0 || mirror_rate == 0 {
+        return None;
+    }
+    // Time for the mirror alone vs the peers alone, in ms.
+    let t_mirror = latency_ms + rest.saturating_mul(1000) / mirror_rate;
+    let t_peers = if peer_rate == 0 {
+        u64::MAX
+    } else {
+        rest.saturating_mul(1000) / peer_rate
+    };
+    if t_mirror >= t_peers {
+        return None;
+    }
+    // Peers keep the front: split so that both end together (ignoring the
+    // latency, which only favours the peers).
+    let front =
+        (rest as u128 * peer_rate as u128 / (peer_rate as u128 + mirror_rate as u128)) as u64;
+    Some(front)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: u64 = BLOCK as u64;
+
+    fn reqs(v: &[Req]) -> Vec<(u32, u32, u32)> {
+        v.iter().map(|r| (r.piece, r.begin, r.len)).collect()
+    }
+
+    #[test]
+    fn picks_in_apt_order_lowest_block_first_and_short_last_block() {
+        let mut p = Picker::default();
+        p.add(7, 2 * K + 100);
+        p.add(3, 50);
+        let got = p.pick(1, |_| true, 10, 0);
+        assert_eq!(
+            reqs(&got),
+            vec![
+                (7, 0, BLOCK),
+                (7, BLOCK, BLOCK),
+                (7, 2 * BLOCK, 100),
+                (3, 0, 50)
+            ]
+        );
+        // Nothing free any more; a second peer duplicates (endgame),
+        // oldest first, at most once per block.
+        let dup = p.pick(2, |_| true, 2, 5);
+        assert_eq!(reqs(&dup), vec![(7, 0, BLOCK), (7, BLOCK, BLOCK)]);
+        let dup2 = p.pick(2, |_| true, 10, 6);
+        assert_eq!(reqs(&dup2), vec![(7, 2 * BLOCK, 100), (3, 0, 50)]);
+        assert!(p.pick(3, |_| true, 10, 7).is_empty(), "two copies at most");
+    }
+
+    #[test]
+    fn skips_pieces_the_source_lacks_and_respects_room() {
+        let mut p = Picker::default();
+        p.add(1, 3 * K);
+        p.add(2, 3 * K);
+        let got = p.pick(1, |i| i == 2, 2, 0);
+        assert_eq!(reqs(&got), vec![(2, 0, BLOCK), (2, BLOCK, BLOCK)]);
+        let got = p.pick(2, |_| true, 4, 0);
+        assert_eq!(
+            reqs(&got),
+            vec![
+                (1, 0, BLOCK),
+                (1, BLOCK, BLOCK),
+                (1, 2 * BLOCK, BLOCK),
+                (2, 2 * BLOCK, BLOCK)
+            ]
+        );
+    }
+
+    #[test]
+    fn got_returns_duplicates_to_cancel() {
+        let mut p = Picker::default();
+        p.add(1, K);
+        p.pick(1, |_| true, 1, 0);
+        p.pick(2, |_| true, 1, 0);
+        assert_eq!(p.got(1, 0, 2), vec![1]);
+        assert_eq!(p.counts(1), (0, 0, 0));
+        assert!(p.got(9, 0, 2).is_empty(), "unknown piece");
+        assert!(p.got(1, 99 * BLOCK, 2).is_empty(), "beyond the piece");
+    }
+
+    #[test]
+    fn release_frees_or_hands_over_to_the_duplicate() {
+        let mut p = Picker::default();
+        p.add(1, 2 * K);
+        p.pick(1, |_| true, 2, 0);
+        p.pick(2, |_| true, 1, 0); // duplicates block 0
+        assert_eq!(p.release(1), 2);
+        assert_eq!(p.counts(1), (1, 1, 0));
+        assert!(p.requested_from(1, 2));
+        assert!(!p.requested_from(1, 1));
+        let again = p.pick(3, |_| true, 5, 1);
+        assert_eq!(reqs(&again), vec![(1, BLOCK, BLOCK), (1, 0, BLOCK)]);
+    }
+
+    #[test]
+    fn rejected_block_is_free_again() {
+        let mut p = Picker::default();
+        p.add(1, 2 * K);
+        let r = p.pick(1, |_| true, 2, 0);
+        p.rejected(r[1], 1);
+        assert_eq!(p.counts(1), (1, 1, 0));
+        p.rejected(r[0], 9); // not its request: no change
+        assert_eq!(p.counts(1), (1, 1, 0));
+    }
+
+    #[test]
+    fn mirror_takes_free_blocks_to_the_end_and_gives_back_what_it_missed() {
+        let mut p = Picker::default();
+        p.add(1, 4 * K + 10);
+        p.pick(1, |_| true, 2, 0);
+        assert_eq!(p.tail_start(1), Some(2));
+        assert_eq!(p.mirror_take(1, 0), Some((2 * K, 4 * K + 10)));
+        assert_eq!(p.counts(1), (0, 2, 3));
+        assert_eq!(p.mirror_take(1, 0), None, "nothing free");
+        assert!(
+            p.pick(2, |_| true, 10, 0).len() == 2,
+            "endgame only on peer blocks"
+        );
+        // The mirror delivered block 2 and stopped.
+        p.mirror_stopped(1, |s, _| s == 2 * K);
+        assert_eq!(p.counts(1), (2, 2, 0));
+    }
+
+    #[test]
+    fn got_range_marks_received_blocks() {
+        let mut p = Picker::default();
+        p.add(1, 3 * K);
+        p.got_range(1, |s, e| s == 0 && e == K);
+        assert_eq!(p.counts(1), (2, 0, 0));
+        let r = p.pick(1, |_| true, 5, 0);
+        assert_eq!(reqs(&r), vec![(1, BLOCK, BLOCK), (1, 2 * BLOCK, BLOCK)]);
+    }
+
+    #[test]
+    fn reset_and_remove() {
+        let mut p = Picker::default();
+        p.add(1, 2 * K);
+        p.add(1, 2 * K); // twice: one job
+        assert_eq!(p.wanted().collect::<Vec<_>>(), vec![1]);
+        p.pick(1, |_| true, 2, 0);
+        p.got(1, 0, 1);
+        p.reset(1);
+        assert_eq!(p.counts(1), (2, 0, 0));
+        p.remove(1);
+        assert!(!p.is_wanted(1));
+    }
+
+    #[test]
+    fn mirror_tail_rule() {
+        let m = 1_000_000u64; // 1 MB
+                              // (rest, peer rate, mirror rate, latency) -> split
+        let cases = [
+            (10 * m, 100 * m, 10 * m, 100, None),    // peers 10x faster
+            (10 * m, 0, 10 * m, 100, Some(0)),       // no peer delivers: all to the mirror
+            (10 * m, m, 10 * m, 100, Some(909_090)), // peers 10x slower: they keep ~1/11
+            (10 * m, 10 * m, 10 * m, 100, None),     // equal: latency favours peers
+            (0, m, m, 0, None),
+            (10 * m, m, 0, 0, None), // no mirror rate known
+        ];
+        for (rest, pr, mr, lat, want) in cases {
+            assert_eq!(
+                mirror_tail(rest, pr, mr, lat),
+                want,
+                "{rest} {pr} {mr} {lat}"
+            );
+        }
+    }
+}
