@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon that apt talks to.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Rewrite apt sources to go through the daemon (print, or --apply).
     Sources(SourcesArgs),
     /// Add verified .deb files from a directory (e.g. /var/cache/apt/archives) to the store.
@@ -451,7 +451,7 @@ mod tests {
         let mut v: Vec<std::ffi::OsString> = vec!["debtorrent".into(), "serve".into()];
         v.extend(args.iter().map(Into::into));
         match parse_from(v)?.command {
-            Command::Serve(s) => Ok(s),
+            Command::Serve(s) => Ok(*s),
             other => panic!("{other:?}"),
         }
     }

@@ -666,6 +666,138 @@ pub async fn mirror_range(
 mod tests {
     use super::*;
 
+    fn download(data: &[u8], hold_whole: u64) -> (tempfile::TempDir, Download) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join("piece");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .expect("tmp file");
+        let (tx, rx) = watch::channel(State::Connecting);
+        let size = data.len() as u64;
+        let dl = Download {
+            rel: "pool/x.deb".into(),
+            size,
+            sha256: Sha256::digest(data).into(),
+            tmp,
+            file,
+            hold_whole,
+            state_tx: tx,
+            state: rx,
+            asm: Mutex::new(Asm {
+                hasher: Sha256::new(),
+                hashed: 0,
+                got: Vec::new(),
+                block_src: vec![MIRROR; size.div_ceil(BLOCK) as usize],
+                peer_bytes: 0,
+                complete: false,
+                sent_any: false,
+            }),
+            last_modified: Mutex::new(None),
+        };
+        (dir, dl)
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn blocks_in_any_order_verify_and_readers_see_only_the_contiguous_prefix() {
+        let d = data(5 * BLOCK as usize + 123);
+        let (_dir, dl) = download(&d, 0);
+        let b = BLOCK as usize;
+        // (offset, len, source, expected put, available afterwards)
+        let steps: &[(usize, usize, u32, Put, u64)] = &[
+            (2 * b, b, 7, Put::Progress { new: b as u64 }, 0),
+            (0, b, 7, Put::Progress { new: b as u64 }, b as u64),
+            (0, b, 8, Put::Duplicate, b as u64),
+            (b, b, 8, Put::Progress { new: b as u64 }, 3 * b as u64),
+            // The mirror overlaps what peers sent: only new bytes count.
+            (
+                2 * b,
+                3 * b,
+                MIRROR,
+                Put::Progress { new: 2 * b as u64 },
+                5 * b as u64,
+            ),
+            // The last byte is held back until the hash matched.
+            (
+                5 * b,
+                123,
+                9,
+                Put::Complete { ok: true, new: 123 },
+                5 * b as u64,
+            ),
+        ];
+        for &(off, len, src, want, avail) in steps {
+            let got = dl.put(off as u64, &d[off..off + len], src).expect("put");
+            assert_eq!(got, want, "put {off}+{len} from {src}");
+            if !matches!(got, Put::Complete { .. }) {
+                assert_eq!(dl.state(), State::Streaming { available: avail });
+            }
+        }
+        assert_eq!(dl.peer_bytes(), 3 * BLOCK + 123);
+    }
+
+    #[test]
+    fn a_corrupt_block_fails_the_hash_and_a_retry_starts_clean() {
+        let d = data(3 * BLOCK as usize);
+        let (_dir, dl) = download(&d, 1 << 20);
+        let mut bad = d.clone();
+        bad[BLOCK as usize + 5] ^= 0xff;
+        let b = BLOCK as usize;
+        dl.put(0, &d[..b], 1).expect("put");
+        // Held whole: a piece that took peer bytes shows apt nothing yet.
+        assert_eq!(dl.state(), State::Streaming { available: 0 });
+        dl.put(b as u64, &bad[b..2 * b], 2).expect("put");
+        let last = dl.put(2 * b as u64, &d[2 * b..], 1).expect("put");
+        assert_eq!(
+            last,
+            Put::Complete {
+                ok: false,
+                new: BLOCK
+            }
+        );
+        let suspect = dl
+            .reset_for_retry()
+            .expect("nothing was sent, so it can retry");
+        assert_eq!(
+            suspect.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1, 2, 1]
+        );
+        assert_eq!(dl.contiguous(), 0);
+        let last = dl.put(0, &d, MIRROR).expect("put");
+        assert_eq!(
+            last,
+            Put::Complete {
+                ok: true,
+                new: 3 * BLOCK
+            }
+        );
+        let good = dl.block_digests();
+        let differs: Vec<usize> = (0..3).filter(|&i| suspect[i].1 != good[i]).collect();
+        assert_eq!(differs, vec![1], "only the corrupt block differs");
+    }
+
+    #[test]
+    fn streamed_pieces_cannot_be_retried_under_a_reader() {
+        let d = data(2 * BLOCK as usize);
+        let (_dir, dl) = download(&d, 0);
+        dl.put(0, &d[..BLOCK as usize], 1).expect("put");
+        dl.lock().sent_any = true;
+        assert!(dl.reset_for_retry().is_none());
+    }
+
+    #[test]
+    fn ranges_beyond_the_piece_are_refused() {
+        let d = data(100);
+        let (_dir, dl) = download(&d, 0);
+        assert!(dl.put(90, &d[..20], 1).is_err());
+    }
+
     #[test]
     fn ranges_merge() {
         let cases: &[(&[(u64, u64)], (u64, u64), &[(u64, u64)])] = &[

@@ -73,18 +73,7 @@ impl Registry {
     }
 
     /// The piece at `rel` (e.g. `pool/main/h/hello/x.deb`) in any torrent
-    /// of `archive`.
-    pub fn find(&self, archive: &str, rel: &str) -> Option<Found> {
-        let inner = self.read();
-        inner.by_archive.get(archive)?.iter().find_map(|r| {
-            r.torrent.find(rel).map(|p| Found {
-                size: p.size,
-                sha256: *p.sha256,
-            })
-        })
-    }
-
-    /// Like [`Registry::find`], with the torrent and the piece index.
+    /// of `archive`: the torrent, the piece index, its size and hash.
     pub fn find_piece(&self, archive: &str, rel: &str) -> Option<(Arc<Registered>, u32, Found)> {
         let inner = self.read();
         inner.by_archive.get(archive)?.iter().find_map(|r| {

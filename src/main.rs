@@ -55,7 +55,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let res = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Sources(args) => print_sources(&args),
         Command::Import(args) => import(&args),
         Command::ConfigReference => {

@@ -22,10 +22,6 @@ pub struct PeerSample {
     pub interested: bool,
     /// Bytes/s the peer sends us.
     pub down_rate: u64,
-    /// Bytes/s we send the peer. Not used by the current policy (libtorrent's
-    /// "fastest upload" seeding mode would use it); kept so the torrent task
-    /// passes one snapshot to the choker and the status page alike.
-    pub up_rate: u64,
     /// Bytes we sent the peer recently (e.g. a decaying counter or the last minute).
     pub uploaded_recent: u64,
     /// The peer has sent us nothing for a while although we have requests out.
@@ -156,7 +152,6 @@ mod tests {
                     id,
                     interested,
                     down_rate,
-                    up_rate: uploaded_recent / 10,
                     uploaded_recent,
                     snubbed,
                 },

@@ -27,7 +27,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::rate::TokenBucket;
 use super::torrent::{Ev, Shared};
 use super::wire::{self, BlockRef, ExtHandshake, Handshake, Msg};
 use crate::fetch::{Download, Put};
@@ -68,11 +67,14 @@ pub enum Out {
     Close,
 }
 
+/// Our requests at a peer: (piece, begin) -> (length, assembly).
+pub type Outstanding = HashMap<(u32, u32), (u32, Arc<Download>)>;
+
 /// State shared by the reader, the writer and the torrent task.
 #[derive(Default)]
 pub struct PeerShared {
     /// Our requests at this peer: (piece, begin) -> (length, assembly).
-    pub outstanding: Mutex<HashMap<(u32, u32), (u32, Arc<Download>)>>,
+    pub outstanding: Mutex<Outstanding>,
     /// Recently cancelled requests: a block may still arrive for them.
     cancelled: Mutex<VecDeque<((u32, u32), Instant)>>,
     /// We are choking the peer (no uploads).
@@ -92,7 +94,7 @@ impl PeerShared {
         s
     }
 
-    fn outstanding(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u32), (u32, Arc<Download>)>> {
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, Outstanding> {
         self.outstanding.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -357,10 +359,7 @@ async fn reader(
     };
     buf.reserve(256 * 1024);
     loop {
-        loop {
-            let Some((msg, used)) = wire::decode(&buf, &lim)? else {
-                break;
-            };
+        while let Some((msg, used)) = wire::decode(&buf, &lim)? {
             handle(msg, key, sh, shared, tx, fast).await?;
             buf.advance(used);
         }
@@ -498,11 +497,7 @@ async fn handle(
             0 => {} // a later extended handshake: nothing we need changes
             OUR_PEX_ID => {
                 if let Ok(p) = wire::Pex::decode(payload) {
-                    let _ = ev(Ev::Pex {
-                        key,
-                        added: p.added,
-                    })
-                    .await;
+                    let _ = ev(Ev::Pex { added: p.added }).await;
                 }
             }
             OUR_WIP_ID => {
@@ -679,6 +674,3 @@ pub fn read_stored(
         .ok()?;
     Some(n)
 }
-
-/// The upload limit shared by every connection.
-pub type UploadLimit = Mutex<TokenBucket>;

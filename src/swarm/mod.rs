@@ -157,6 +157,18 @@ impl Ctx {
         }
     }
 
+    /// Bans in force now.
+    pub fn bans_active(&self) -> usize {
+        let now = self.now_ms();
+        self.bans
+            .lock()
+            .map(|mut b| {
+                b.expire(now);
+                b.banned_count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.total.load(Ordering::Relaxed)
@@ -435,6 +447,7 @@ impl Swarm {
             "peer_addr": self.ctx.peer_addr.to_string(),
             "peer_id": String::from_utf8_lossy(&self.ctx.peer_id),
             "connections": self.ctx.connections(),
+            "bans_active": self.ctx.bans_active(),
             "discovery": self.ctx.discovery.as_ref().map(|d| d.status()),
         })
     }

@@ -190,6 +190,7 @@ impl Picker {
         others
     }
 
+    #[cfg(test)]
     /// Marks the blocks of `[from, to)` (byte offsets, block-aligned start)
     /// as received, e.g. what the mirror delivered before it stopped.
     pub fn got_range(&mut self, piece: u32, received: impl Fn(u64, u64) -> bool) {
@@ -318,6 +319,7 @@ impl Picker {
         })
     }
 
+    #[cfg(test)]
     /// Whether `src` has a request outstanding on `piece`.
     pub fn requested_from(&self, piece: u32, src: Src) -> bool {
         self.jobs.iter().any(|j| {
@@ -341,11 +343,10 @@ pub fn mirror_tail(rest: u64, peer_rate: u64, mirror_rate: u64, latency_ms: u64)
     }
     // Time for the mirror alone vs the peers alone, in ms.
     let t_mirror = latency_ms + rest.saturating_mul(1000) / mirror_rate;
-    let t_peers = if peer_rate == 0 {
-        u64::MAX
-    } else {
-        rest.saturating_mul(1000) / peer_rate
-    };
+    let t_peers = rest
+        .saturating_mul(1000)
+        .checked_div(peer_rate)
+        .unwrap_or(u64::MAX);
     if t_mirror >= t_peers {
         return None;
     }

@@ -58,6 +58,7 @@ impl Rate {
     }
 
     /// All bytes ever added.
+    #[cfg(test)]
     pub fn total(&self) -> u64 {
         self.total
     }

@@ -81,7 +81,6 @@ pub enum Ev {
         put: Put,
     },
     Pex {
-        key: u32,
         added: Vec<SocketAddr>,
     },
     Wip {
@@ -231,6 +230,9 @@ struct Job {
     peers_since: Option<u64>,
     committing: bool,
     wip_sent: bool,
+    /// Mirror attempts that failed, and when the next may start (ms).
+    mirror_failures: u8,
+    mirror_not_before: u64,
     /// Peers that delivered blocks: key -> IP (they may be gone by the
     /// time the smart ban runs).
     contributors: HashMap<u32, IpAddr>,
@@ -254,6 +256,9 @@ pub struct Torrent {
     last_choke: u64,
     last_pex: u64,
     last_holding: u64,
+    last_snapshot: u64,
+    /// Bytes of the pieces we hold (for trackers' `left`).
+    held_bytes: u64,
 }
 
 /// Starts the task of a registered torrent.
@@ -299,6 +304,8 @@ pub fn start(reg: Arc<Registered>, ctx: Arc<Ctx>) -> Handle {
         last_choke: 0,
         last_pex: 0,
         last_holding: 0,
+        last_snapshot: 0,
+        held_bytes: 0,
     };
     let span = tracing::info_span!("torrent", ih = %reg.torrent.info_hash().to_hex()[..12].to_string(), index = %reg.index_path);
     tokio::spawn(t.run().instrument(span));
@@ -332,8 +339,22 @@ impl Torrent {
         if let Ok(bits) = tokio::task::spawn_blocking(move || holding(&reg, &store)).await {
             self.have_count = count_bits(&bits);
             self.have = bits;
+            self.held_bytes = self.bytes_of(&self.have);
         }
         if let Some(d) = &self.ctx.discovery {
+            d.set_totals(
+                self.sh.info_hash,
+                crate::discovery::Totals {
+                    uploaded: 0,
+                    downloaded: 0,
+                    left: self
+                        .sh
+                        .reg
+                        .torrent
+                        .total_size()
+                        .saturating_sub(self.held_bytes),
+                },
+            );
             d.announce(self.sh.info_hash);
             d.lookup(self.sh.info_hash);
         }
@@ -356,6 +377,7 @@ impl Torrent {
             if let Some(m) = &j.mirror {
                 let _ = m.stop.send(true);
             }
+            j.dl.fail(Failure::Unreachable);
         }
         if let Some(d) = &self.ctx.discovery {
             d.forget(self.sh.info_hash);
@@ -399,7 +421,7 @@ impl Torrent {
                         p.last_progress = now;
                     }
                 }
-                if choked && !self.peers.get(&key).is_some_and(|p| p.inflight > 0) {
+                if choked && self.peers.get(&key).is_none_or(|p| p.inflight == 0) {
                     self.picker.release(key);
                 }
                 self.drive_all(now);
@@ -443,7 +465,7 @@ impl Torrent {
                 len,
                 put,
             } => self.block(key, piece, begin, len, put, now),
-            Ev::Pex { key: _, added } => {
+            Ev::Pex { added } => {
                 for a in added.into_iter().take(50) {
                     self.found(a, Source::Pex);
                 }
@@ -482,6 +504,7 @@ impl Torrent {
                     .filter(|&i| wire::bitfield_get(&bits, i) && !wire::bitfield_get(&self.have, i))
                     .collect();
                 self.have_count = count_bits(&bits);
+                self.held_bytes = self.bytes_of(&bits);
                 self.have = bits;
                 for i in fresh {
                     self.broadcast_have(i);
@@ -495,9 +518,23 @@ impl Torrent {
         }
     }
 
+    fn bytes_of(&self, bits: &[u8]) -> u64 {
+        self.sh
+            .reg
+            .torrent
+            .pieces()
+            .filter(|p| wire::bitfield_get(bits, p.index))
+            .map(|p| p.size)
+            .sum()
+    }
+
     fn want(&mut self, piece: u32, dl: Arc<Download>, url: String, now: u64) {
-        if self.jobs.contains_key(&piece) {
-            return;
+        if let Some(j) = self.jobs.get(&piece) {
+            if Arc::ptr_eq(&j.dl, &dl) {
+                return;
+            }
+            // A new download of a piece whose old one is over.
+            self.end_job(piece);
         }
         let size = dl.size;
         let jitter_cap = self.ctx.cfg.peer_wait_ms.min(250);
@@ -523,6 +560,8 @@ impl Torrent {
                 peers_since: None,
                 committing: false,
                 wip_sent: false,
+                mirror_failures: 0,
+                mirror_not_before: 0,
                 contributors: HashMap::new(),
             },
         );
@@ -719,7 +758,8 @@ impl Torrent {
         // A queue sized to the link: about 200 ms of its rate, at least 32
         // blocks, at most what it accepts.
         let depth = ((p.rate.per_sec(now) / 5 / u64::from(wire::BLOCK)) as usize)
-            .clamp(32, p.reqq.max(1).min(250));
+            .max(32)
+            .min(p.reqq.clamp(1, 250));
         if p.inflight >= depth {
             return;
         }
@@ -851,7 +891,7 @@ impl Torrent {
         } else {
             job.jitter_at
         };
-        if now >= deadline {
+        if now >= deadline.max(job.mirror_not_before) {
             self.start_mirror(piece, 0, now);
         }
     }
@@ -964,8 +1004,10 @@ impl Torrent {
             }
             Err(f) => {
                 self.picker.mirror_stopped(piece, |s, e| dl.has_range(s, e));
+                job.mirror_failures += 1;
+                job.mirror_not_before = now + (1000u64 << job.mirror_failures.min(5));
                 let holders = self.peers.values().any(|p| p.has(piece));
-                if holders && f != Failure::Local {
+                if holders && f != Failure::Local && job.mirror_failures < 4 {
                     tracing::info!(piece, failure = ?f, "mirror failed; peers go on");
                     self.drive(piece, now);
                 } else {
@@ -1130,6 +1172,7 @@ impl Torrent {
         if stored && !wire::bitfield_get(&self.have, piece) {
             wire::bitfield_set(&mut self.have, piece);
             self.have_count += 1;
+            self.held_bytes += self.sh.reg.torrent.piece(piece).map_or(0, |p| p.size);
             self.broadcast_have(piece);
         }
     }
@@ -1156,7 +1199,6 @@ impl Torrent {
                 id: u64::from(k),
                 interested: p.interested,
                 down_rate: p.rate.per_sec(now),
-                up_rate: p.up_rate.per_sec(now),
                 uploaded_recent: p.up_rate.per_sec(now),
                 snubbed: p.snub_until > now,
             })
@@ -1263,10 +1305,16 @@ impl Torrent {
                 let _ = tx.blocking_send(Ev::Holding(bits));
             });
         }
-        if now % 1000 < 100 {
+        if now.saturating_sub(self.last_snapshot) >= 1000 {
+            self.last_snapshot = now;
             self.snapshot(now);
             if let Some(d) = &self.ctx.discovery {
-                let left: u64 = 0;
+                let left = self
+                    .sh
+                    .reg
+                    .torrent
+                    .total_size()
+                    .saturating_sub(self.held_bytes);
                 d.set_totals(
                     self.sh.info_hash,
                     crate::discovery::Totals {
