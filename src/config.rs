@@ -229,7 +229,7 @@ pub struct ServeArgs {
         default_value = "8"
     )]
     pub upload_slots: usize,
-    /// Upload limit in bytes per second over all peers (K, M, G suffixes); 0 = none.
+    /// Upload limit in bytes per second over all peers (K, M, G suffixes); 0 means no limit.
     #[arg(long, value_name = "RATE", env = "DEBTORRENT_UPLOAD_RATE", default_value = "0", value_parser = parse_size)]
     pub upload_rate: u64,
     /// Upload nothing (every peer stays choked).

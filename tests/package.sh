@@ -257,7 +257,8 @@ run_daemon() { # run_daemon NAME PATH-TO-FETCH PATTERN-IN-PAGE command...
 }
 check "daemon runs with the packaged config, serves /status.json, stops on SIGTERM" \
     run_daemon debtorrent /status.json '"version"' \
-    "$R/usr/bin/debtorrent" serve --config "$conf" --data-dir "$WORK/data" --listen 127.0.0.1:0
+    "$R/usr/bin/debtorrent" serve --config "$conf" --data-dir "$WORK/data" --listen 127.0.0.1:0 \
+    --peer-addr 127.0.0.1:0 --dht-bootstrap none --no-lsd
 check "daemon created its data folder" test -f "$WORK/data/state.db"
 check "tracker runs with the packaged config, serves /stats.json, stops on SIGTERM" \
     run_daemon debtorrent-tracker /stats.json 'peers' \
