@@ -45,11 +45,17 @@ pub const SAVE_EVERY: Duration = Duration::from_secs(10 * 60);
 const MAX_SAVED: usize = 500;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The wait before retrying a failed announce (`failures` ≥ 1): 5 s,
-/// doubling, at most 5 min (a node that has just started often has an
-/// empty table for a moment).
+/// The wait before retrying a failed announce (`failures` ≥ 1): every
+/// second for the first 10 tries, then doubling from 2 s, at most 5 min.
+/// A node that has just started often has an empty table for a moment, and
+/// the first node of a private DHT has one until the others join: its
+/// announce should land as soon as they do, since the others look it up
+/// when their apt asks for a package.
 pub fn announce_retry(failures: u32) -> Duration {
-    Duration::from_secs(5u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(300))
+    if failures <= 10 {
+        return Duration::from_secs(1);
+    }
+    Duration::from_secs(2u64 << (failures - 11).min(8)).min(Duration::from_secs(300))
 }
 
 #[derive(Default)]
@@ -241,7 +247,11 @@ impl DhtNode {
             let wait = match r {
                 Ok(Ok(_)) => {
                     failures = 0;
-                    self.state.announced.lock().unwrap().insert(ih);
+                    self.state
+                        .announced
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(ih);
                     ANNOUNCE_EVERY
                 }
                 Ok(Err(e)) => {
@@ -260,7 +270,11 @@ impl DhtNode {
     }
 
     pub(crate) fn forget(&self, ih: &[u8; 20]) {
-        self.state.announced.lock().unwrap().remove(ih);
+        self.state
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(ih);
     }
 
     /// `get_peers` until the query ends or [`LOOKUP_TIMEOUT`]; each new
@@ -287,7 +301,7 @@ impl DhtNode {
             "enabled": true,
             "nodes": self.state.nodes.load(Ordering::Relaxed),
             "bootstrapped": self.state.bootstrapped.load(Ordering::Relaxed),
-            "announced": self.state.announced.lock().unwrap().len(),
+            "announced": self.state.announced.lock().unwrap_or_else(|e| e.into_inner()).len(),
         })
     }
 }
@@ -315,8 +329,11 @@ mod tests {
 
     #[test]
     fn retry_schedule() {
-        let r: Vec<u64> = (1..=9).map(|f| announce_retry(f).as_secs()).collect();
-        assert_eq!(r, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        let r: Vec<u64> = (1..=20).map(|f| announce_retry(f).as_secs()).collect();
+        assert_eq!(
+            r,
+            [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+        );
     }
 
     #[test]

@@ -181,12 +181,17 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for t in self.torrents.get_mut().unwrap().values() {
+        for t in self
+            .torrents
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             t.tasks.iter().for_each(JoinHandle::abort);
         }
         self.background
             .get_mut()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .for_each(JoinHandle::abort);
     }
@@ -251,7 +256,7 @@ impl Discovery {
         if i.shut.load(Ordering::Relaxed) {
             return;
         }
-        let mut torrents = i.torrents.lock().unwrap();
+        let mut torrents = i.torrents.lock().unwrap_or_else(|e| e.into_inner());
         let t = torrents.entry(info_hash).or_default();
         if t.announced {
             return;
@@ -280,7 +285,7 @@ impl Discovery {
     pub fn forget(&self, info_hash: [u8; 20]) {
         let i = &self.inner;
         {
-            let mut torrents = i.torrents.lock().unwrap();
+            let mut torrents = i.torrents.lock().unwrap_or_else(|e| e.into_inner());
             let Some(t) = torrents.get_mut(&info_hash) else {
                 return;
             };
@@ -313,7 +318,7 @@ impl Discovery {
         let gate = if i.shut.load(Ordering::Relaxed) {
             Gate::DoneNow
         } else {
-            let mut torrents = i.torrents.lock().unwrap();
+            let mut torrents = i.torrents.lock().unwrap_or_else(|e| e.into_inner());
             torrents
                 .entry(info_hash)
                 .or_default()
@@ -356,7 +361,12 @@ impl Discovery {
         if i.shut.swap(true, Ordering::Relaxed) {
             return;
         }
-        for t in i.torrents.lock().unwrap().values_mut() {
+        for t in i
+            .torrents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values_mut()
+        {
             t.tasks.drain(..).for_each(|h| h.abort());
         }
         let save = async {
@@ -373,7 +383,7 @@ impl Discovery {
         }
         i.background
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .drain(..)
             .for_each(|h| h.abort());
     }
@@ -398,7 +408,7 @@ async fn run_lookup(i: Arc<Inner>, ih: [u8; 20]) {
     let n = i
         .torrents
         .lock()
-        .unwrap()
+        .unwrap_or_else(|e| e.into_inner())
         .get_mut(&ih)
         .map_or(1, |t| t.gate.finish());
     for _ in 0..n {

@@ -78,7 +78,10 @@ impl Trackers {
     }
 
     pub(crate) fn set_totals(&self, ih: [u8; 20], t: Totals) {
-        self.totals.lock().unwrap().insert(ih, t);
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ih, t);
     }
 
     async fn announce_once(
@@ -93,7 +96,7 @@ impl Trackers {
         let t = self
             .totals
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .get(&ih)
             .copied()
             .unwrap_or(Totals {
@@ -113,7 +116,7 @@ impl Trackers {
         };
         let r = self.client.announce(&self.urls[i], &params).await;
         {
-            let mut st = self.status[i].lock().unwrap();
+            let mut st = self.status[i].lock().unwrap_or_else(|e| e.into_inner());
             match &r {
                 Ok(resp) => {
                     st.last_error = None;
@@ -125,10 +128,17 @@ impl Trackers {
         }
         let resp = r?;
         if event == TEvent::Started {
-            self.started.lock().unwrap().insert((ih, i));
+            self.started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((ih, i));
         }
         if event == TEvent::Stopped {
-            self.status[i].lock().unwrap().peers.remove(&ih);
+            self.status[i]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .peers
+                .remove(&ih);
         } else {
             for addr in resp.peers {
                 emit.peer(ih, addr, Source::Tracker).await;
@@ -182,7 +192,7 @@ impl Trackers {
     /// got its `started`. Unbounded: the caller sets the time limit.
     pub(crate) async fn stopped(self: &Arc<Self>, ih: Option<[u8; 20]>, emit: &Emitter) {
         let pairs: Vec<_> = {
-            let mut started = self.started.lock().unwrap();
+            let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
             let pairs: Vec<_> = started
                 .iter()
                 .filter(|(h, _)| ih.is_none_or(|x| x == *h))
@@ -210,7 +220,7 @@ impl Trackers {
             .iter()
             .zip(&self.status)
             .map(|(url, st)| {
-                let st = st.lock().unwrap();
+                let st = st.lock().unwrap_or_else(|e| e.into_inner());
                 serde_json::json!({
                     "url": url,
                     "last_error": st.last_error,
