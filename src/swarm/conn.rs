@@ -118,6 +118,11 @@ pub struct Established {
     write: OwnedWriteHalf,
     rx: mpsc::Receiver<Out>,
     buf: BytesMut,
+    /// We dialled it.
+    pub outgoing: bool,
+    /// Its bitfield did not come before its extended handshake: one may
+    /// still come as its next message.
+    late_bits: bool,
 }
 
 /// Why a connection ended.
@@ -258,6 +263,7 @@ pub async fn establish(
                 "not a debtorrent peer (no \"debtorrent\": 1)",
             ));
         }
+        let late = bitfield.is_none();
         let mut bits = match bitfield {
             Some(b) => b,
             None => Some(vec![0; wire::bitfield_len(n)]),
@@ -267,9 +273,9 @@ pub async fn establish(
                 wire::bitfield_set(b, i);
             }
         }
-        Ok((hs, ext, bits, buf))
+        Ok((hs, ext, bits, buf, late))
     };
-    let (hs, ext, bitfield, buf) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+    let (hs, ext, bitfield, buf, late_bits) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
         .map_err(|_| ConnError::Timeout)??;
     let _ = s.set_nodelay(true);
@@ -289,6 +295,8 @@ pub async fn establish(
         write,
         rx,
         buf,
+        outgoing: theirs.is_none(),
+        late_bits,
     })
 }
 
@@ -305,6 +313,8 @@ impl Established {
             write,
             rx,
             buf,
+            outgoing: _,
+            late_bits,
         } = self;
         let fast = hello.fast;
         let their_ids = (
@@ -316,7 +326,7 @@ impl Established {
         let writer = tokio::spawn(writer(write, rx, sh2, shared2, fast).instrument(span.clone()));
         tokio::spawn(
             async move {
-                let res = reader(read, buf, key, &sh, &shared, &tx, fast).await;
+                let res = reader(read, buf, key, &sh, &shared, &tx, fast, late_bits).await;
                 let violation = match &res {
                     Err(e) if e.is_violation() => {
                         tracing::info!(error = %e, "dropping peer");
@@ -353,6 +363,7 @@ async fn reader(
     shared: &PeerShared,
     tx: &mpsc::Sender<Out>,
     fast: bool,
+    mut late_bits: bool,
 ) -> Result<(), ConnError> {
     let lim = wire::Limits {
         piece_count: sh.piece_count,
@@ -360,7 +371,7 @@ async fn reader(
     buf.reserve(256 * 1024);
     loop {
         while let Some((msg, used)) = wire::decode(&buf, &lim)? {
-            handle(msg, key, sh, shared, tx, fast).await?;
+            handle(msg, key, sh, shared, tx, fast, &mut late_bits).await?;
             buf.advance(used);
         }
         if buf.capacity() - buf.len() < 32 * 1024 {
@@ -382,8 +393,11 @@ async fn handle(
     shared: &PeerShared,
     tx: &mpsc::Sender<Out>,
     fast: bool,
+    late_bits: &mut bool,
 ) -> Result<(), ConnError> {
     let ev = |e: Ev| sh.events.send(e);
+    // Only the first message after the handshakes may be a late bitfield.
+    let first = std::mem::replace(late_bits, false);
     match msg {
         Msg::KeepAlive | Msg::Port(_) | Msg::Suggest(_) | Msg::AllowedFast(_) => {}
         Msg::Unknown { .. } => {}
@@ -418,6 +432,17 @@ async fn handle(
             }
             let _ = ev(Ev::Have { key, piece: i }).await;
         }
+        Msg::Bitfield(b) if first => {
+            let _ = ev(Ev::Bits {
+                key,
+                bits: Some(b.to_vec()),
+            })
+            .await;
+        }
+        Msg::HaveAll if first => {
+            let _ = ev(Ev::Bits { key, bits: None }).await;
+        }
+        Msg::HaveNone if first => {}
         Msg::Bitfield(_) | Msg::HaveAll | Msg::HaveNone => {
             return Err(ConnError::Protocol("bitfield after the handshake"));
         }

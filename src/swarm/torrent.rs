@@ -69,6 +69,11 @@ pub enum Ev {
         key: u32,
         piece: u32,
     },
+    /// A bitfield that came after the extended handshake (`None`: all).
+    Bits {
+        key: u32,
+        bits: Option<Vec<u8>>,
+    },
     Rejected {
         key: u32,
         req: BlockRef,
@@ -178,6 +183,7 @@ struct Peer {
     listen: SocketAddr,
     ip: IpAddr,
     peer_id: [u8; 20],
+    outgoing: bool,
     client: String,
     tx: mpsc::Sender<Out>,
     shared: Arc<PeerShared>,
@@ -444,6 +450,21 @@ impl Torrent {
                     self.drive(piece, now);
                 }
             }
+            Ev::Bits { key, bits } => {
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.bits = match (bits, p.bits.take()) {
+                        (None, _) | (_, None) => None,
+                        (Some(mut new), Some(old)) => {
+                            for (a, b) in new.iter_mut().zip(old) {
+                                *a |= b;
+                            }
+                            Some(new)
+                        }
+                    };
+                }
+                self.update_interest(key);
+                self.drive_all(now);
+            }
             Ev::Rejected { key, req } => {
                 if let Some(p) = self.peers.get_mut(&key) {
                     p.inflight = p.inflight.saturating_sub(1);
@@ -667,12 +688,32 @@ impl Torrent {
     fn up(&mut self, est: Established, sent: Vec<u8>, now: u64) {
         let addr = est.addr;
         self.connecting.remove(&addr);
-        if self.ctx.is_banned(addr.ip())
-            || self.peers.values().any(|p| p.peer_id == est.hello.peer_id)
-        {
-            // Banned meanwhile, or the same peer connected both ways.
+        if self.ctx.is_banned(addr.ip()) {
             self.ctx.release_conn(addr.ip());
             return;
+        }
+        // The same peer connected both ways at once: both sides keep the
+        // connection dialled by the lower peer id, so they agree.
+        let twin = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.peer_id == est.hello.peer_id)
+            .map(|(&k, p)| (k, p.outgoing));
+        if let Some((k, old_outgoing)) = twin {
+            let dialler_of = |outgoing: bool| {
+                if outgoing {
+                    self.sh.peer_id
+                } else {
+                    est.hello.peer_id
+                }
+            };
+            if old_outgoing == est.outgoing || dialler_of(old_outgoing) < dialler_of(est.outgoing) {
+                self.ctx.release_conn(addr.ip());
+                return;
+            }
+            if let Some(p) = self.peers.get(&k) {
+                let _ = p.tx.try_send(Out::Close);
+            }
         }
         let key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1).max(1);
@@ -681,6 +722,7 @@ impl Torrent {
             listen,
             ip: addr.ip(),
             peer_id: est.hello.peer_id,
+            outgoing: est.outgoing,
             client: est.hello.ext.v.clone().unwrap_or_default(),
             tx: est.tx.clone(),
             shared: est.shared.clone(),
