@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use mainline::async_dht::AsyncDht;
-use mainline::{Dht, Id};
+use mainline::{Dht, Id, RequestFilter, RequestSpecific, ServerSettings};
 use tokio::time::Instant;
 
 use super::{Config, Emitter, Source};
@@ -73,6 +73,7 @@ pub(crate) struct DhtNode {
     port: u16,
     state: State,
     save_path: PathBuf,
+    watch: AnnounceWatch,
 }
 
 /// Read a saved routing table: one `ip:port` a line; bad lines skipped.
@@ -162,7 +163,9 @@ impl DhtNode {
         let (ip, port) = (*bind.ip(), bind.port());
         let list: Vec<String> = nodes.iter().map(|a| a.to_string()).collect();
         tracing::info!(%bind, bootstrap = list.len(), server, "starting the DHT");
-        let dht = tokio::task::spawn_blocking(move || build(ip, port, server, &list))
+        let watch = AnnounceWatch::default();
+        let w2 = watch.clone();
+        let dht = tokio::task::spawn_blocking(move || build(ip, port, server, &list, w2))
             .await?
             .map_err(|e| anyhow::anyhow!("DHT: cannot bind UDP {bind}: {e}"))?;
         Ok(Some(Arc::new(DhtNode {
@@ -170,6 +173,7 @@ impl DhtNode {
             port,
             state: State::default(),
             save_path: cfg.dht_state.clone(),
+            watch,
         })))
     }
 
@@ -238,6 +242,7 @@ impl DhtNode {
     pub(crate) async fn announce_loop(self: Arc<Self>, ih: [u8; 20]) {
         let id = Id::from_bytes(ih).expect("20 bytes");
         let mut failures = 0u32;
+        let mut announced = 0u32;
         loop {
             let r = tokio::time::timeout(
                 Duration::from_secs(60),
@@ -247,12 +252,19 @@ impl DhtNode {
             let wait = match r {
                 Ok(Ok(_)) => {
                     failures = 0;
+                    announced += 1;
                     self.state
                         .announced
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(ih);
-                    ANNOUNCE_EVERY
+                    // Soon again at first: in a small or new DHT the
+                    // closest nodes change as nodes join.
+                    match announced {
+                        1 => Duration::from_secs(10),
+                        2 => Duration::from_secs(60),
+                        _ => ANNOUNCE_EVERY,
+                    }
                 }
                 Ok(Err(e)) => {
                     failures += 1;
@@ -285,6 +297,13 @@ impl DhtNode {
         let deadline = Instant::now() + LOOKUP_TIMEOUT;
         let mut seen = HashSet::new();
         let mut found = 0usize;
+        // Announces made to this very node first (see `AnnounceWatch`).
+        for a in self.watch.peers(&ih) {
+            if seen.insert(a) {
+                found += 1;
+                emit.peer(ih, SocketAddr::V4(a), Source::Dht).await;
+            }
+        }
         while let Ok(Some(batch)) = tokio::time::timeout_at(deadline, stream.next()).await {
             for a in batch {
                 if seen.insert(a) {
@@ -306,11 +325,108 @@ impl DhtNode {
     }
 }
 
-fn build(ip: Ipv4Addr, port: u16, server: bool, bootstrap: &[String]) -> std::io::Result<Dht> {
+/// Announces other nodes made to *this* node, by info hash.
+///
+/// Why: a DHT node never queries itself, so an announce stored only here
+/// (in a private DHT of two or three nodes, the usual case is that the
+/// closest node to an info hash is the one looking it up) would never be
+/// found by our own lookups. mainline 8.0.1 offers no read access to its
+/// peer store; its request filter sees every incoming request, so we keep
+/// our own copy from there. Bounded: 2,000 info hashes, 50 addresses each,
+/// entries older than 30 min ignored. The requests are seen before the
+/// crate checks their token, so an entry is only a candidate to dial, which
+/// the BitTorrent handshake then checks, never trusted data.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AnnounceWatch {
+    seen: Arc<Mutex<std::collections::HashMap<[u8; 20], Vec<(SocketAddrV4, Instant)>>>>,
+}
+
+const WATCH_TTL: Duration = Duration::from_secs(30 * 60);
+
+impl AnnounceWatch {
+    fn record(&self, ih: [u8; 20], addr: SocketAddrV4) {
+        let mut m = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= 2000 && !m.contains_key(&ih) {
+            let now = Instant::now();
+            m.retain(|_, v| v.iter().any(|(_, t)| now.duration_since(*t) < WATCH_TTL));
+            if m.len() >= 2000 {
+                return;
+            }
+        }
+        let v = m.entry(ih).or_default();
+        v.retain(|(a, _)| *a != addr);
+        if v.len() >= 50 {
+            v.remove(0);
+        }
+        v.push((addr, Instant::now()));
+    }
+
+    /// Addresses announced to us for `ih` in the last 30 min.
+    pub(crate) fn peers(&self, ih: &[u8; 20]) -> Vec<SocketAddrV4> {
+        let m = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        m.get(ih)
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, t)| now.duration_since(*t) < WATCH_TTL)
+                    .map(|(a, _)| *a)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// `(info_hash, port, implied_port)` of an `announce_peer` request, read
+/// from the request's `Debug` text: the crate exports neither the request
+/// enum nor the announce arguments, only their `Debug` (see
+/// [`AnnounceWatch`]). Anything unexpected gives `None`.
+pub(crate) fn parse_announce(debug: &str) -> Option<([u8; 20], u16, bool)> {
+    let rest = debug.split_once("AnnouncePeer(")?.1;
+    let hex = rest.split_once("info_hash: Id(")?.1.get(..40)?;
+    let ih = crate::discovery::unhex20(hex)?;
+    let port: u16 = rest
+        .split_once("port: ")?
+        .1
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let implied = rest
+        .split_once("implied_port: ")
+        .is_some_and(|(_, r)| r.starts_with("Some(true)"));
+    Some((ih, port, implied))
+}
+
+impl RequestFilter for AnnounceWatch {
+    fn allow_request(&self, request: &RequestSpecific, from: SocketAddrV4) -> bool {
+        let text = format!("{request:?}");
+        if let Some((ih, port, implied)) = parse_announce(&text) {
+            let port = if implied || port == 0 {
+                from.port()
+            } else {
+                port
+            };
+            self.record(ih, SocketAddrV4::new(*from.ip(), port));
+        }
+        true
+    }
+}
+
+fn build(
+    ip: Ipv4Addr,
+    port: u16,
+    server: bool,
+    bootstrap: &[String],
+    watch: AnnounceWatch,
+) -> std::io::Result<Dht> {
     let mut b = Dht::builder();
     b.bind_address(ip)
         .port(port)
-        .request_timeout(REQUEST_TIMEOUT);
+        .request_timeout(REQUEST_TIMEOUT)
+        .server_settings(ServerSettings {
+            filter: Box::new(watch),
+            ..ServerSettings::default()
+        });
     if server {
         b.server_mode();
     }
@@ -326,6 +442,39 @@ fn build(ip: Ipv4Addr, port: u16, server: bool, bootstrap: &[String]) -> std::io
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announce_requests_are_read_from_their_debug_text() {
+        let ih = "0102030405060708090a0b0c0d0e0f1011121314";
+        let text = |port: &str, implied: &str| {
+            format!("RequestSpecific {{ requester_id: Id(aa), request_type: Put(PutRequest {{ token: [1, 2], put_request_type: AnnouncePeer(AnnouncePeerRequestArguments {{ info_hash: Id({ih}), port: {port}, implied_port: {implied} }}) }}) }}")
+        };
+        let want: [u8; 20] = std::array::from_fn(|i| i as u8 + 1);
+        assert_eq!(
+            parse_announce(&text("41000", "None")),
+            Some((want, 41000, false))
+        );
+        assert_eq!(
+            parse_announce(&text("0", "Some(true)")),
+            Some((want, 0, true))
+        );
+        assert_eq!(
+            parse_announce(&text("99999", "None")),
+            None,
+            "port out of range"
+        );
+        assert_eq!(
+            parse_announce("RequestSpecific { request_type: Ping }"),
+            None
+        );
+        assert_eq!(parse_announce("AnnouncePeer(x info_hash: Id(zz"), None);
+        let w = AnnounceWatch::default();
+        let a = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 7);
+        w.record(want, a);
+        w.record(want, a);
+        assert_eq!(w.peers(&want), vec![a]);
+        assert!(w.peers(&[0; 20]).is_empty());
+    }
 
     #[test]
     fn retry_schedule() {

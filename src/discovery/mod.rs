@@ -28,8 +28,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-/// At most one lookup per torrent this often.
-pub const LOOKUP_EVERY: Duration = Duration::from_secs(30);
+/// At most one lookup per torrent this often. Short, because a lookup
+/// runs only while apt waits on a piece no connected peer holds, and a
+/// lookup that missed a peer (an announce that landed a moment later)
+/// would otherwise send every package to the mirror for this long.
+pub const LOOKUP_EVERY: Duration = Duration::from_secs(5);
 /// Time allowed for [`Discovery::shutdown`].
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(2);
 /// Time allowed for the tracker part of a lookup.
@@ -86,9 +89,14 @@ pub struct Totals {
     pub left: u64,
 }
 
-/// Lower-case hex of a hash.
+/// Lower-case hex of a hash (the workspace's one hex encoder).
 pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    debtorrent_gen::encode_hex(b)
+}
+
+/// A 20-byte hash from 40 hex digits.
+pub(crate) fn unhex20(s: &str) -> Option<[u8; 20]> {
+    debtorrent_gen::decode_hex::<20>(s.as_bytes())
 }
 
 /// Sends events, dropping our own address and unusable ones.
@@ -309,7 +317,7 @@ impl Discovery {
     }
 
     /// Look for peers now (DHT `get_peers`, tracker announce, LSD
-    /// `BT-SEARCH`), at most once per torrent per 30 s: a call within that
+    /// `BT-SEARCH`), at most once per torrent per [`LOOKUP_EVERY`]: a call within that
     /// window gets its `LookupDone` after the running or last lookup.
     /// Results come through the events channel. DHT lookups time out after
     /// 10 s, tracker announces too.
@@ -429,9 +437,9 @@ mod tests {
         assert_eq!(g.request(s(1)), Gate::Join);
         assert_eq!(g.request(s(2)), Gate::Join);
         assert_eq!(g.finish(), 3);
-        assert_eq!(g.request(s(5)), Gate::DoneNow);
-        assert_eq!(g.request(s(29)), Gate::DoneNow);
-        assert_eq!(g.request(s(30)), Gate::Start);
+        assert_eq!(g.request(s(3)), Gate::DoneNow);
+        assert_eq!(g.request(s(4)), Gate::DoneNow);
+        assert_eq!(g.request(s(5)), Gate::Start);
         assert_eq!(g.finish(), 1);
         assert_eq!(g.finish(), 1, "a stray finish sends its own done");
     }
@@ -545,7 +553,7 @@ mod tests {
         })
         .await;
         assert!(matches!(done, Some(Event::LookupDone { info_hash }) if info_hash == ih));
-        // a second call within 30 s: LookupDone only
+        // a second call at once: LookupDone only
         n3.lookup(ih);
         let e = tokio::time::timeout(Duration::from_secs(2), rx3.recv()).await;
         assert!(matches!(e, Ok(Some(Event::LookupDone { .. }))), "{e:?}");

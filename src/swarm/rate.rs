@@ -20,6 +20,8 @@
 pub struct Rate {
     window_ms: u64,
     last_ms: u64,
+    /// When the first bytes came.
+    first_ms: Option<u64>,
     total: u64,
     /// Bytes per millisecond as of `last_ms`.
     per_ms: f64,
@@ -31,6 +33,7 @@ impl Rate {
         Rate {
             window_ms: window_ms.max(1),
             last_ms: 0,
+            first_ms: None,
             total: 0,
             per_ms: 0.0,
         }
@@ -44,6 +47,7 @@ impl Rate {
     /// Records `bytes` that arrived (or left) at `now_ms`.
     pub fn add(&mut self, bytes: u64, now_ms: u64) {
         let now_ms = now_ms.max(self.last_ms);
+        self.first_ms.get_or_insert(now_ms);
         // Continuous EWMA: an impulse of `bytes` adds bytes/window to the rate;
         // the mean over a steady stream is then exactly the stream's rate.
         self.per_ms = self.decayed(now_ms) + bytes as f64 / self.window_ms as f64;
@@ -55,6 +59,19 @@ impl Rate {
     pub fn per_sec(&self, now_ms: u64) -> u64 {
         // `as` saturates and maps NaN to 0, which is what we want here.
         (self.decayed(now_ms) * 1000.0).round() as u64
+    }
+
+    /// The rate for decisions that cannot wait three windows (the mirror
+    /// rules, the request queue depth): during the first window, the plain
+    /// average since the first bytes (over at least 100 ms); the EWMA after.
+    pub fn estimate(&self, now_ms: u64) -> u64 {
+        match self.first_ms {
+            Some(first) if now_ms.saturating_sub(first) < self.window_ms => {
+                let ms = now_ms.saturating_sub(first).max(100);
+                self.total.saturating_mul(1000) / ms
+            }
+            _ => self.per_sec(now_ms),
+        }
     }
 
     /// All bytes ever added.
@@ -147,6 +164,22 @@ mod tests {
             );
             assert_eq!(r.total(), chunk * len.div_ceil(every), "{name}: total");
         }
+    }
+
+    #[test]
+    fn estimate_is_the_average_during_the_first_window() {
+        let mut r = Rate::new(5000);
+        assert_eq!(r.estimate(0), 0);
+        // 10 MB/s for one second: the estimate is right at once, while the
+        // EWMA still shows a fraction of it.
+        for t in 1..=100u64 {
+            r.add(100_000, 1000 + t * 10);
+        }
+        let e = r.estimate(2000);
+        assert!((9_000_000..=11_000_000).contains(&e), "{e}");
+        assert!(r.per_sec(2000) < 3_000_000);
+        // After the window, the estimate is the EWMA.
+        assert_eq!(r.estimate(1000 + 60_000), r.per_sec(1000 + 60_000));
     }
 
     #[test]

@@ -263,6 +263,7 @@ pub struct Torrent {
     last_pex: u64,
     last_holding: u64,
     last_snapshot: u64,
+    last_lookup: u64,
     /// Bytes of the pieces we hold (for trackers' `left`).
     held_bytes: u64,
 }
@@ -311,6 +312,7 @@ pub fn start(reg: Arc<Registered>, ctx: Arc<Ctx>) -> Handle {
         last_pex: 0,
         last_holding: 0,
         last_snapshot: 0,
+        last_lookup: 0,
         held_bytes: 0,
     };
     let span = tracing::info_span!("torrent", ih = %reg.torrent.info_hash().to_hex()[..12].to_string(), index = %reg.index_path);
@@ -769,6 +771,7 @@ impl Torrent {
         }
         self.peers.insert(key, peer);
         est.run(key, self.sh.clone());
+        self.pex_on_connect(key);
         self.update_interest(key);
         self.choke_round(now);
         self.drive_all(now);
@@ -799,8 +802,8 @@ impl Torrent {
         }
         // A queue sized to the link: about 200 ms of its rate, at least 32
         // blocks, at most what it accepts.
-        let depth = ((p.rate.per_sec(now) / 5 / u64::from(wire::BLOCK)) as usize)
-            .max(32)
+        let depth = ((p.rate.estimate(now) / 5 / u64::from(wire::BLOCK)) as usize)
+            .max(64)
             .min(p.reqq.clamp(1, 250));
         if p.inflight >= depth {
             return;
@@ -934,7 +937,7 @@ impl Torrent {
             job.jitter_at
         };
         if now >= deadline.max(job.mirror_not_before) {
-            self.start_mirror(piece, 0, now);
+            let _ = self.start_mirror(piece, 0, now);
         }
     }
 
@@ -945,12 +948,14 @@ impl Torrent {
         }
     }
 
-    fn start_mirror(&mut self, piece: u32, from_block: usize, now: u64) {
+    /// Gives the mirror the free blocks of `piece` from `from_block` on;
+    /// false when there were none.
+    fn start_mirror(&mut self, piece: u32, from_block: usize, now: u64) -> bool {
         let Some(range) = self.picker.mirror_take(piece, from_block) else {
-            return;
+            return false;
         };
         let Some(job) = self.jobs.get_mut(&piece) else {
-            return;
+            return false;
         };
         job.force_mirror = false;
         job.gen += 1;
@@ -1006,6 +1011,7 @@ impl Torrent {
         if send_wip {
             self.send_wip(vec![piece], vec![]);
         }
+        true
     }
 
     fn send_wip(&self, add: Vec<u32>, done: Vec<u32>) {
@@ -1307,7 +1313,11 @@ impl Torrent {
                 continue;
             };
             let Some(since) = j.peers_since else { continue };
-            if j.mirror.is_some() || j.committing || now.saturating_sub(since) < 1000 {
+            if j.mirror.is_some()
+                || j.committing
+                || now.saturating_sub(since) < 1000
+                || now < j.mirror_not_before
+            {
                 continue;
             }
             let contiguous = j.dl.contiguous();
@@ -1316,20 +1326,42 @@ impl Torrent {
                 continue;
             }
             let (mr, lat) = self.ctx.mirror_estimate();
-            if let Some(front) = picker::mirror_tail(rest, j.peer_rate.per_sec(now), mr, lat) {
+            // The peers' rate on this piece since they started on it; the
+            // mirror must win clearly (by half) before it costs mirror bytes.
+            let peer_rate = j.peer_rate.estimate(now);
+            if let Some(front) = picker::mirror_tail(rest, peer_rate, mr * 2 / 3, lat) {
                 let at = ((contiguous + front) / u64::from(picker::BLOCK)) as usize;
                 let from = self.picker.tail_start(*piece).unwrap_or(0).max(at);
-                tracing::info!(
-                    piece,
-                    from_block = from,
-                    "peers slower than the mirror: it takes the tail"
-                );
-                self.start_mirror(*piece, from, now);
+                if self.start_mirror(*piece, from, now) {
+                    tracing::info!(
+                        piece,
+                        from_block = from,
+                        peer_rate,
+                        mirror_rate = mr,
+                        "peers slower than the mirror: it takes the tail"
+                    );
+                } else if let Some(j) = self.jobs.get_mut(piece) {
+                    // Nothing free at the tail: look again in a while.
+                    j.mirror_not_before = now + 1000;
+                }
             }
         }
         self.drive_all(now);
         if now.saturating_sub(self.last_choke) >= 10_000 {
             self.choke_round(now);
+        }
+        // Look for more peers while we have few: every 5 s while apt waits
+        // on a piece nobody connected holds, every minute otherwise.
+        if let Some(d) = &self.ctx.discovery {
+            let starving = self
+                .jobs
+                .keys()
+                .any(|&i| !self.peers.values().any(|p| p.has(i)));
+            let every = if starving { 5_000 } else { 60_000 };
+            if self.peers.len() < 4 && now.saturating_sub(self.last_lookup) >= every {
+                self.last_lookup = now;
+                d.lookup(self.sh.info_hash);
+            }
         }
         if now.saturating_sub(self.last_pex) >= 60_000 {
             self.last_pex = now;
@@ -1366,6 +1398,39 @@ impl Torrent {
                         left,
                     },
                 );
+            }
+        }
+    }
+
+    /// PEX at once when a peer connects: it learns our other peers, and
+    /// they learn it, so a swarm joins up within a round trip of the first
+    /// connection rather than at the next DHT lookup.
+    fn pex_on_connect(&self, key: u32) {
+        let Some(new) = self.peers.get(&key) else {
+            return;
+        };
+        let others: Vec<SocketAddr> = self
+            .peers
+            .iter()
+            .filter(|(&k, _)| k != key)
+            .map(|(_, p)| p.listen)
+            .take(50)
+            .collect();
+        if let (Some(id), false) = (new.pex_id, others.is_empty()) {
+            let msg = wire::Pex {
+                added: others,
+                dropped: vec![],
+            };
+            let _ = new.tx.try_send(Out::Extended(id, msg.encode()));
+        }
+        let about_new = wire::Pex {
+            added: vec![new.listen],
+            dropped: vec![],
+        }
+        .encode();
+        for (&k, p) in &self.peers {
+            if let (true, Some(id)) = (k != key, p.pex_id) {
+                let _ = p.tx.try_send(Out::Extended(id, about_new.clone()));
             }
         }
     }
