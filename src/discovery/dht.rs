@@ -338,8 +338,11 @@ impl DhtNode {
 /// the BitTorrent handshake then checks, never trusted data.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct AnnounceWatch {
-    seen: Arc<Mutex<std::collections::HashMap<[u8; 20], Vec<(SocketAddrV4, Instant)>>>>,
+    seen: Arc<Mutex<Announced>>,
 }
+
+/// Per info hash: who announced it to us, and when.
+type Announced = std::collections::HashMap<[u8; 20], Vec<(SocketAddrV4, Instant)>>;
 
 const WATCH_TTL: Duration = Duration::from_secs(30 * 60);
 

@@ -12,3 +12,4 @@ mod https;
 mod raw;
 mod restart;
 mod store;
+mod swarm;

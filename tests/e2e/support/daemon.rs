@@ -38,6 +38,42 @@ impl Daemon {
     }
 
     pub fn start_with_args(allow_ports: &[u16], extra_args: &[&str]) -> Daemon {
+        Daemon::start_listen("127.0.0.1:0", allow_ports, extra_args)
+    }
+
+    /// Starts a daemon whose apt front end listens on `ip` (any loopback
+    /// address, e.g. `127.0.0.12`) with a free port. For the swarm tests,
+    /// pass `--peer-addr IP:PORT` in `extra_args` as well, so peers and the
+    /// DHT use the same address (see [`Daemon::start_peer`]).
+    pub fn start_on(ip: &str, allow_ports: &[u16], extra_args: &[&str]) -> Daemon {
+        Daemon::start_listen(&format!("{ip}:0"), allow_ports, extra_args)
+    }
+
+    /// A swarm daemon on loopback address `ip`: the apt front end on
+    /// `ip:0`, peers and DHT on `ip:0` (TCP and UDP, the same free port),
+    /// no LSD, and the DHT bootstrapped from `dht_bootstrap` (`None`: an
+    /// empty table, the first node of a private DHT). Never the public
+    /// routers. `extra_args` come last.
+    pub fn start_peer(
+        ip: &str,
+        allow_ports: &[u16],
+        dht_bootstrap: Option<std::net::SocketAddr>,
+        extra_args: &[&str],
+    ) -> Daemon {
+        let peer_addr = format!("{ip}:0");
+        let boot = dht_bootstrap.map_or_else(|| "none".to_string(), |a| a.to_string());
+        let mut args: Vec<&str> = vec![
+            "--peer-addr",
+            &peer_addr,
+            "--dht-bootstrap",
+            &boot,
+            "--no-lsd",
+        ];
+        args.extend_from_slice(extra_args);
+        Daemon::start_on(ip, allow_ports, &args)
+    }
+
+    fn start_listen(listen: &str, allow_ports: &[u16], extra_args: &[&str]) -> Daemon {
         let tmp = tempfile::Builder::new()
             .prefix("dt-e2e-daemon.")
             .tempdir()
@@ -56,7 +92,7 @@ impl Daemon {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log,
         };
-        if let Err(e) = d.launch("127.0.0.1:0") {
+        if let Err(e) = d.launch(listen) {
             panic!("{e}\n---- daemon log:\n{}", d.log_text());
         }
         d
@@ -289,6 +325,27 @@ impl Daemon {
         assert_eq!(r.status, 200, "/status.json: {}", r.summary());
         serde_json::from_slice(&r.body)
             .unwrap_or_else(|e| panic!("/status.json is not JSON ({e}): {}", r.summary()))
+    }
+
+    /// The peer address the daemon reports in `/status.json`
+    /// (`swarm.peer_addr`: TCP for peers, UDP for the DHT).
+    pub fn peer_addr(&self) -> SocketAddr {
+        let v = self.status_json();
+        v["swarm"]["peer_addr"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no swarm.peer_addr in /status.json: {v:#}"))
+    }
+
+    /// The `/status.json` entry of the torrent registered for `index_path`
+    /// (e.g. `dists/stable/main/binary-amd64/Packages`), if any.
+    pub fn torrent_status(&self, index_path: &str) -> Option<serde_json::Value> {
+        let v = self.status_json();
+        v["torrents"]
+            .as_array()?
+            .iter()
+            .find(|t| t["index_path"] == index_path)
+            .cloned()
     }
 
     /// URL-prefix-mode request target for a repository path on `mirror`.
