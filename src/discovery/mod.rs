@@ -242,7 +242,9 @@ impl Discovery {
         } else {
             None
         };
-        let trackers = tracker::Trackers::new(cfg.trackers, cfg.peer_id, cfg.peer_addr.port());
+        let local_ip = Some(cfg.peer_addr.ip()).filter(|ip| !ip.is_unspecified());
+        let trackers =
+            tracker::Trackers::new(cfg.trackers, cfg.peer_id, cfg.peer_addr.port(), local_ip);
         Ok(Discovery {
             inner: Arc::new(Inner {
                 emit,

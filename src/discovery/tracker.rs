@@ -57,13 +57,19 @@ pub(crate) struct Trackers {
 }
 
 impl Trackers {
-    pub(crate) fn new(urls: Vec<String>, peer_id: [u8; 20], port: u16) -> Arc<Trackers> {
+    pub(crate) fn new(
+        urls: Vec<String>,
+        peer_id: [u8; 20],
+        port: u16,
+        local_ip: Option<std::net::IpAddr>,
+    ) -> Arc<Trackers> {
         Arc::new(Trackers {
             status: urls.iter().map(|_| Mutex::default()).collect(),
             urls,
             client: TrackerClient::new(ClientConfig {
                 timeout: Duration::from_secs(5),
                 udp_tries: 2,
+                local_ip,
             }),
             peer_id,
             port,

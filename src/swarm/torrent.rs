@@ -395,6 +395,18 @@ impl Torrent {
 
     fn on_event(&mut self, ev: Ev) {
         let now = self.now();
+        // Events that change what /status.json shows refresh it at once.
+        let refresh = matches!(
+            ev,
+            Ev::Up(..) | Ev::Down { .. } | Ev::Found(..) | Ev::Committed { .. }
+        );
+        self.handle_event(ev, now);
+        if refresh {
+            self.snapshot(now);
+        }
+    }
+
+    fn handle_event(&mut self, ev: Ev, now: u64) {
         match ev {
             Ev::Stop => {}
             Ev::Want { piece, dl, url } => self.want(piece, dl, url, now),

@@ -884,3 +884,117 @@ fn swarm_protocol_limits_close_hostile_connections() {
     let apt2 = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
     apt2.update_and_fetch(repo, &["small"], "a client after the hostile peers");
 }
+
+/// A running opentracker (Debian's, built with a whitelist); killed on drop.
+struct OpenTracker {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for OpenTracker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_opentracker(info_hash: &[u8; 20]) -> OpenTracker {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wl = dir.path().join("whitelist");
+    let hex: String = info_hash.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&wl, format!("{hex}\n")).expect("whitelist");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = std::process::Command::new("opentracker")
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-P",
+            &port.to_string(),
+            "-w",
+        ])
+        .arg(&wl)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("opentracker (apt-get install opentracker)");
+    let t = OpenTracker {
+        child,
+        port,
+        _dir: dir,
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let start = Instant::now();
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "opentracker did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It loads the whitelist in a background thread: give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    t
+}
+
+/// The dt1 info hash of the repository's Packages file, as every daemon
+/// derives it.
+fn packages_info_hash(repo: &crate::support::repo::Repo) -> [u8; 20] {
+    let f = std::fs::File::open(repo.root.join(PACKAGES)).expect("Packages");
+    let built = debtorrent_gen::build_from_reader(
+        std::io::BufReader::new(f),
+        &debtorrent_gen::Options::default(),
+    )
+    .expect("a torrent from Packages");
+    built.torrent.info_hash().0
+}
+
+/// Discovery through a tracker alone (no DHT): the daemons announce to a
+/// real opentracker from their own addresses, and the second daemon's
+/// client gets every package from the first daemon.
+#[test]
+fn swarm_tracker_alone_finds_peers() {
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let pkgs = ["small", "tiny", "libfoo1", "libstd++x1"];
+    let tracker = start_opentracker(&packages_info_hash(repo));
+    let url = format!("http://127.0.0.1:{}/announce", tracker.port);
+    let args = ["--no-dht", "--no-lsd", "--tracker", url.as_str()];
+    let a = Daemon::start_on(
+        "127.0.0.61",
+        &[mirror.port()],
+        &[&["--peer-addr", "127.0.0.61:0"], &args[..]].concat(),
+    );
+    let b = Daemon::start_on(
+        "127.0.0.62",
+        &[mirror.port()],
+        &[&["--peer-addr", "127.0.0.62:0"], &args[..]].concat(),
+    );
+    let ca = AptClient::new(repo, &mirror, Mode::Prefix(a.addr()));
+    ca.update_and_fetch(repo, &pkgs, "A's client");
+    let before = mirror.stats();
+    let cb = AptClient::new(repo, &mirror, Mode::Prefix(b.addr()));
+    cb.update_and_fetch(repo, &pkgs, "B's client");
+    let after = mirror.stats();
+    assert_eq!(
+        after.pool_bytes,
+        before.pool_bytes,
+        "B's packages came from the mirror; B's status:\n{:#}",
+        b.status_json()
+    );
+    let t = torrent(&b);
+    let a_peer = a.peer_addr().to_string();
+    assert!(
+        t["discovered"]["tracker"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(a_peer.as_str()))),
+        "B did not learn A's address {a_peer} from the tracker: {t:#}"
+    );
+    assert!(num(&t["bytes_from_peers"]) >= sizes(repo, &pkgs), "{t:#}");
+}

@@ -61,6 +61,9 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// UDP tries per exchange (BEP 15 retransmits lost packets).
     pub udp_tries: u32,
+    /// Send from this address (a daemon with a specific peer address
+    /// announces from it, so the tracker sees the IP it listens on).
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientConfig {
@@ -68,6 +71,7 @@ impl Default for ClientConfig {
         ClientConfig {
             timeout: Duration::from_secs(15),
             udp_tries: 3,
+            local_ip: None,
         }
     }
 }
@@ -189,7 +193,22 @@ impl TrackerClient {
             .trim_end_matches(']')
             .to_string();
         let fut = async move {
-            let stream = TcpStream::connect((host.as_str(), port)).await?;
+            let stream = match self.cfg.local_ip {
+                None => TcpStream::connect((host.as_str(), port)).await?,
+                Some(ip) => {
+                    let addr = tokio::net::lookup_host((host.as_str(), port))
+                        .await?
+                        .find(|a| a.is_ipv4() == ip.is_ipv4())
+                        .ok_or_else(|| ClientError::Resolve(host.clone()))?;
+                    let sock = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    sock.bind(SocketAddr::new(ip, 0))?;
+                    sock.connect(addr).await?
+                }
+            };
             let _ = stream.set_nodelay(true);
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -234,10 +253,10 @@ impl TrackerClient {
             .map_err(|_| ClientError::Resolve(host.into()))?
             .next()
             .ok_or_else(|| ClientError::Resolve(host.into()))?;
-        let bind: SocketAddr = if addr.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        let bind: SocketAddr = match self.cfg.local_ip {
+            Some(ip) if ip.is_ipv4() == addr.is_ipv4() => SocketAddr::new(ip, 0),
+            _ if addr.is_ipv4() => ([0, 0, 0, 0], 0).into(),
+            _ => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let sock = UdpSocket::bind(bind).await?;
         sock.connect(addr).await?;

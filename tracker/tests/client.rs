@@ -33,6 +33,7 @@ fn client() -> TrackerClient {
     TrackerClient::new(ClientConfig {
         timeout: Duration::from_secs(3),
         udp_tries: 2,
+        local_ip: None,
     })
 }
 
