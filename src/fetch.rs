@@ -287,12 +287,19 @@ impl Download {
             });
         }
         drop(a);
+        // Readers are woken per 256 KiB (and for the first bytes), not per
+        // 16 KiB block: at 1 GB/s that is 4,000 wake-ups a second instead of
+        // 61,000, and each reader sends bigger chunks.
+        let size = self.size;
         self.state_tx.send_if_modified(|st| match st {
             State::Connecting => {
                 *st = State::Streaming { available };
                 true
             }
-            State::Streaming { available: old } if *old != available => {
+            State::Streaming { available: old }
+                if available > *old
+                    && (*old == 0 || available - *old >= 256 * 1024 || available + 1 >= size) =>
+            {
                 *old = available;
                 true
             }
@@ -428,11 +435,12 @@ impl Download {
                             }
                             Ok(n) => n,
                         };
-                        if tx
-                            .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                            .await
-                            .is_err()
-                        {
+                        // Hand the buffer itself to the response (no copy);
+                        // the next read gets a fresh one.
+                        let chunk = std::mem::take(&mut buf);
+                        let chunk = Bytes::from(chunk).slice(..n);
+                        buf = vec![0u8; 256 * 1024];
+                        if tx.send(Ok(chunk)).await.is_err() {
                             return; // apt went away
                         }
                         pos += n as u64;
@@ -736,7 +744,7 @@ mod tests {
             let got = dl.put(off as u64, &d[off..off + len], src).expect("put");
             assert_eq!(got, want, "put {off}+{len} from {src}");
             if !matches!(got, Put::Complete { .. }) {
-                assert_eq!(dl.state(), State::Streaming { available: avail });
+                assert_eq!(dl.contiguous().min(dl.size - 1), avail);
             }
         }
         assert_eq!(dl.peer_bytes(), 3 * BLOCK + 123);

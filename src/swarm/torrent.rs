@@ -264,6 +264,7 @@ pub struct Torrent {
     last_holding: u64,
     last_snapshot: u64,
     last_lookup: u64,
+    announced: bool,
     /// Bytes of the pieces we hold (for trackers' `left`).
     held_bytes: u64,
 }
@@ -313,6 +314,7 @@ pub fn start(reg: Arc<Registered>, ctx: Arc<Ctx>) -> Handle {
         last_holding: 0,
         last_snapshot: 0,
         last_lookup: 0,
+        announced: false,
         held_bytes: 0,
     };
     let span = tracing::info_span!("torrent", ih = %reg.torrent.info_hash().to_hex()[..12].to_string(), index = %reg.index_path);
@@ -363,7 +365,9 @@ impl Torrent {
                         .saturating_sub(self.held_bytes),
                 },
             );
-            d.announce(self.sh.info_hash);
+            // Look up first and announce once that is over: mainline folds a
+            // lookup into a running query for the same info hash (its own
+            // announce's), and we saw such lookups miss peers.
             d.lookup(self.sh.info_hash);
         }
         tracing::debug!(holding = self.have_count, "torrent task started");
@@ -548,8 +552,20 @@ impl Torrent {
             Ev::Found(addr, source) => self.found(addr, source),
             Ev::LookupDone => {
                 self.lookup_done_at = Some(now);
+                self.announce_once();
                 self.drive_all(now);
             }
+        }
+    }
+
+    /// Starts announcing this torrent (once).
+    fn announce_once(&mut self) {
+        if self.announced {
+            return;
+        }
+        self.announced = true;
+        if let Some(d) = &self.ctx.discovery {
+            d.announce(self.sh.info_hash);
         }
     }
 
@@ -817,7 +833,9 @@ impl Torrent {
         let depth = ((p.rate.estimate(now) / 5 / u64::from(wire::BLOCK)) as usize)
             .max(64)
             .min(p.reqq.clamp(1, 250));
-        if p.inflight >= depth {
+        // Refill in batches of a quarter of the queue: one write (and one
+        // wake-up of the writer) per batch rather than per block.
+        if p.inflight >= depth || (p.inflight > 0 && depth - p.inflight < depth / 4) {
             return;
         }
         let room = depth - p.inflight;
@@ -1374,6 +1392,9 @@ impl Torrent {
                 self.last_lookup = now;
                 d.lookup(self.sh.info_hash);
             }
+        }
+        if now >= 10_000 {
+            self.announce_once();
         }
         if now.saturating_sub(self.last_pex) >= 60_000 {
             self.last_pex = now;

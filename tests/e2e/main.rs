@@ -9,6 +9,7 @@ mod baseline;
 mod faults;
 mod frontend;
 mod https;
+mod interop;
 mod raw;
 mod restart;
 mod store;

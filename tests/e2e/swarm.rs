@@ -398,10 +398,10 @@ fn swarm_peer_killed_mid_transfer_others_finish() {
     let big = repo.big();
     let port = mirror.port();
     // Seeds upload at 8 MB/s each so the 54 MB transfer lasts a few seconds.
-    let mut s1 = Daemon::start_peer("127.0.0.21", &[port], None, &["--upload-rate", "8M"]);
+    let mut s1 = Daemon::start_peer("127.0.0.81", &[port], None, &["--upload-rate", "8M"]);
     let boot = s1.peer_addr();
-    let mut s2 = Daemon::start_peer("127.0.0.22", &[port], Some(boot), &["--upload-rate", "8M"]);
-    let leech = Daemon::start_peer("127.0.0.23", &[port], Some(boot), &[]);
+    let mut s2 = Daemon::start_peer("127.0.0.82", &[port], Some(boot), &["--upload-rate", "8M"]);
+    let leech = Daemon::start_peer("127.0.0.83", &[port], Some(boot), &[]);
 
     let a1 = AptClient::new(repo, &mirror, Mode::Prefix(s1.addr()));
     a1.update_and_fetch(repo, &[big.name.as_str()], "seed 1's client");
