@@ -132,7 +132,10 @@ async fn resolve(names: &[String]) -> Vec<SocketAddrV4> {
 impl DhtNode {
     /// Start the node; `Ok(None)` when the DHT is off or cannot run here
     /// (IPv6). Only a failed bind is an error.
-    pub(crate) async fn start(cfg: &Config) -> anyhow::Result<Option<Arc<DhtNode>>> {
+    pub(crate) async fn start(
+        cfg: &Config,
+        events: tokio::sync::mpsc::Sender<super::Event>,
+    ) -> anyhow::Result<Option<Arc<DhtNode>>> {
         if !cfg.dht {
             return Ok(None);
         }
@@ -163,7 +166,11 @@ impl DhtNode {
         let (ip, port) = (*bind.ip(), bind.port());
         let list: Vec<String> = nodes.iter().map(|a| a.to_string()).collect();
         tracing::info!(%bind, bootstrap = list.len(), server, "starting the DHT");
-        let watch = AnnounceWatch::default();
+        let watch = AnnounceWatch {
+            events: Some(events),
+            own: cfg.peer_addr,
+            ..AnnounceWatch::default()
+        };
         let w2 = watch.clone();
         let dht = tokio::task::spawn_blocking(move || build(ip, port, server, &list, w2))
             .await?
@@ -241,6 +248,7 @@ impl DhtNode {
     /// Announce `ih` now and every [`ANNOUNCE_EVERY`] until aborted.
     pub(crate) async fn announce_loop(self: Arc<Self>, ih: [u8; 20]) {
         let id = Id::from_bytes(ih).expect("20 bytes");
+        self.watch.set_ours(ih, true);
         let mut failures = 0u32;
         let mut announced = 0u32;
         loop {
@@ -282,6 +290,7 @@ impl DhtNode {
     }
 
     pub(crate) fn forget(&self, ih: &[u8; 20]) {
+        self.watch.set_ours(*ih, false);
         self.state
             .announced
             .lock()
@@ -336,9 +345,30 @@ impl DhtNode {
 /// entries older than 30 min ignored. The requests are seen before the
 /// crate checks their token, so an entry is only a candidate to dial, which
 /// the BitTorrent handshake then checks, never trusted data.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct AnnounceWatch {
     seen: Arc<Mutex<Announced>>,
+    /// Torrents we announce: a node asking for one of them is a peer that
+    /// wants it (see `looker`).
+    ours: Arc<Mutex<HashSet<[u8; 20]>>>,
+    /// Lookers already reported, with when (at most once a minute each).
+    told: Arc<Mutex<Told>>,
+    events: Option<tokio::sync::mpsc::Sender<super::Event>>,
+    own: SocketAddr,
+}
+
+type Told = std::collections::HashMap<([u8; 20], SocketAddrV4), Instant>;
+
+impl Default for AnnounceWatch {
+    fn default() -> Self {
+        AnnounceWatch {
+            seen: Arc::default(),
+            ours: Arc::default(),
+            told: Arc::default(),
+            events: None,
+            own: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
 }
 
 /// Per info hash: who announced it to us, and when.
@@ -400,6 +430,63 @@ pub(crate) fn parse_announce(debug: &str) -> Option<([u8; 20], u16, bool)> {
     Some((ih, port, implied))
 }
 
+/// The info hash of a `get_peers` request, from its `Debug` text.
+pub(crate) fn parse_get_peers(debug: &str) -> Option<[u8; 20]> {
+    let rest = debug.split_once("GetPeers(")?.1;
+    let hex = rest.split_once("info_hash: Id(")?.1.get(..40)?;
+    crate::discovery::unhex20(hex)
+}
+
+impl AnnounceWatch {
+    /// Marks a torrent as ours (announced) or not.
+    pub(crate) fn set_ours(&self, ih: [u8; 20], ours: bool) {
+        let mut s = self.ours.lock().unwrap_or_else(|e| e.into_inner());
+        if ours {
+            s.insert(ih);
+        } else {
+            s.remove(&ih);
+        }
+    }
+
+    /// A node looked up a torrent we announce: in a debtorrent swarm its
+    /// DHT port is its peer port (as libtorrent's is by default), so it is
+    /// reported as a peer to dial. This is what lets the first daemon of a
+    /// private DHT find the second at once: the second's lookup reaches
+    /// the first, whose own announce is stored nowhere yet.
+    fn looker(&self, ih: [u8; 20], from: SocketAddrV4) {
+        if SocketAddr::V4(from) == self.own
+            || !self
+                .ours
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&ih)
+        {
+            return;
+        }
+        {
+            let mut told = self.told.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if told
+                .get(&(ih, from))
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+            {
+                return;
+            }
+            if told.len() >= 10_000 {
+                told.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+            }
+            told.insert((ih, from), now);
+        }
+        if let Some(tx) = &self.events {
+            let _ = tx.try_send(super::Event::Peer {
+                info_hash: ih,
+                addr: SocketAddr::V4(from),
+                source: Source::Dht,
+            });
+        }
+    }
+}
+
 impl RequestFilter for AnnounceWatch {
     fn allow_request(&self, request: &RequestSpecific, from: SocketAddrV4) -> bool {
         let text = format!("{request:?}");
@@ -410,6 +497,8 @@ impl RequestFilter for AnnounceWatch {
                 port
             };
             self.record(ih, SocketAddrV4::new(*from.ip(), port));
+        } else if let Some(ih) = parse_get_peers(&text) {
+            self.looker(ih, from);
         }
         true
     }

@@ -220,7 +220,7 @@ impl Discovery {
     pub async fn start(cfg: Config, events: mpsc::Sender<Event>) -> anyhow::Result<Discovery> {
         let emit = Emitter::new(events, cfg.peer_addr);
         let mut background = Vec::new();
-        let dht = dht::DhtNode::start(&cfg).await?;
+        let dht = dht::DhtNode::start(&cfg, emit.tx.clone()).await?;
         if let Some(d) = &dht {
             let seed = cfg.dht_bootstrap.as_ref().is_some_and(|l| l.is_empty());
             background.push(tokio::spawn(

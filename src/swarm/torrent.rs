@@ -510,6 +510,7 @@ impl Torrent {
                 }
             }
             Ev::Wip { key, wip } => {
+                tracing::debug!(key, add = ?wip.add, done = ?wip.done, "a peer fetches from the mirror (dt_wip)");
                 if let Some(p) = self.peers.get_mut(&key) {
                     for i in wip.add {
                         if i < self.sh.piece_count && p.wip.len() < 1024 {
@@ -960,7 +961,9 @@ impl Torrent {
             let est = job.size.saturating_mul(1000) / self.ctx.mirror_rate().max(1);
             job.wanted_at + peer_wait * 2 + est.min(60_000)
         } else if self.peers.is_empty() && self.connecting.is_empty() && lookup_fresh {
-            now
+            // Discovery found nobody. A peer our lookup reached may still
+            // dial in (it learns of us from our DHT query): a short grace.
+            self.lookup_done_at.map_or(now, |t| t + 200.min(peer_wait))
         } else if self.peers.is_empty() {
             job.wanted_at + peer_wait
         } else {
@@ -984,6 +987,12 @@ impl Torrent {
         let Some(range) = self.picker.mirror_take(piece, from_block) else {
             return false;
         };
+        let peers = self.peers.len();
+        let fetching = self
+            .peers
+            .values()
+            .filter(|p| p.wip.contains(&piece))
+            .count();
         let Some(job) = self.jobs.get_mut(&piece) else {
             return false;
         };
@@ -997,6 +1006,8 @@ impl Torrent {
             from = range.0,
             to = range.1,
             waited_ms = now - job.wanted_at,
+            peers,
+            fetching,
             "mirror takes a range"
         );
         let (gen, dl, url) = (job.gen, job.dl.clone(), job.url.clone());
@@ -1242,17 +1253,16 @@ impl Torrent {
             self.ctx.ban(ip);
             self.drop_ip(ip);
         }
-        let wip_sent = self.jobs.get(&piece).is_some_and(|j| j.wip_sent);
-        self.end_job(piece);
-        if wip_sent && !stored {
-            // end_job sent "done" already.
-        }
+        // HAVE before dt_wip's "done" (sent by end_job): a peer waiting for
+        // this piece must see that we hold it before it hears that we
+        // stopped fetching it, or it would go to the mirror in between.
         if stored && !wire::bitfield_get(&self.have, piece) {
             wire::bitfield_set(&mut self.have, piece);
             self.have_count += 1;
             self.held_bytes += self.sh.reg.torrent.piece(piece).map_or(0, |p| p.size);
             self.broadcast_have(piece);
         }
+        self.end_job(piece);
     }
 
     fn broadcast_have(&self, piece: u32) {
