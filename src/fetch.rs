@@ -399,6 +399,60 @@ impl Download {
         let _ = self.state_tx.send(State::Failed(f));
     }
 
+    /// A handle on the file, for sendfile(2) (it stays valid when the file
+    /// is renamed into the store).
+    pub fn file_handle(&self) -> Option<std::fs::File> {
+        self.file.try_clone().ok()
+    }
+
+    /// Like [`Download::reader`], but hands out the ranges of `[start, end)`
+    /// that may be sent as they become available, for sendfile(2): the
+    /// same holding back of unverified bytes, without copying them.
+    pub fn ranges(
+        self: &Arc<Self>,
+        start: u64,
+        end: u64,
+    ) -> mpsc::Receiver<Result<(u64, u64), ()>> {
+        let (tx, rx) = mpsc::channel(16);
+        let dl = self.clone();
+        tokio::spawn(
+            async move {
+                let mut state = dl.state.clone();
+                let mut pos = start;
+                loop {
+                    let s = *state.borrow_and_update();
+                    let available = match s {
+                        State::Connecting => 0,
+                        State::Streaming { available } => available,
+                        State::Done => dl.size,
+                        State::Failed(_) => {
+                            let _ = tx.send(Err(())).await;
+                            return;
+                        }
+                    };
+                    let upto = available.min(end);
+                    if pos < upto {
+                        // From here on the piece cannot be retried silently.
+                        dl.lock().sent_any = true;
+                        if tx.send(Ok((pos, upto))).await.is_err() {
+                            return; // apt went away
+                        }
+                        pos = upto;
+                    }
+                    if pos >= end {
+                        return;
+                    }
+                    if state.changed().await.is_err() && *state.borrow() != State::Done {
+                        let _ = tx.send(Err(())).await;
+                        return;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        rx
+    }
+
     /// Streams bytes `[start, end)` of the piece into a channel, as they
     /// become available, holding back the last byte until verification.
     pub fn reader(self: &Arc<Self>, start: u64, end: u64) -> mpsc::Receiver<Result<Bytes, ()>> {

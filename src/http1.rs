@@ -81,6 +81,18 @@ pub enum Body {
         /// How many bytes.
         len: u64,
     },
+    /// A file that is still being written (a piece being assembled): the
+    /// ranges that may be sent arrive through `rx` and go out with
+    /// sendfile(2), so the bytes never pass through user space. An `Err`
+    /// or an early end cuts the response short, as for `Stream`.
+    FileRanges {
+        /// The file.
+        file: std::fs::File,
+        /// `[start, end)` ranges, in order and contiguous.
+        rx: mpsc::Receiver<Result<(u64, u64), ()>>,
+        /// The Content-Length.
+        len: u64,
+    },
     /// Chunks produced by a task. `len` is the Content-Length (chunked
     /// encoding when `None`). An `Err` or an early end cuts the response
     /// short and closes the connection, so apt never takes a partial or
@@ -134,6 +146,7 @@ impl Response {
             Body::Bytes(b) => Some(b.len() as u64),
             Body::File { len, .. } => Some(*len),
             Body::Stream { len, .. } => *len,
+            Body::FileRanges { len, .. } => Some(*len),
         }
     }
 }
@@ -418,6 +431,25 @@ async fn write_response<H: Handler>(
             handler.sent(b.len() as u64);
         }
         Body::File { file, offset, len } => send_file(wr, &file, offset, len, handler).await?,
+        Body::FileRanges { file, mut rx, len } => {
+            let mut sent = 0u64;
+            while let Some(r) = rx.recv().await {
+                let Ok((s, e)) = r else {
+                    return Err(io::Error::other("body source failed; response cut short"));
+                };
+                if e <= s {
+                    continue;
+                }
+                if sent + (e - s) > len {
+                    return Err(io::Error::other("body longer than announced"));
+                }
+                send_file(wr, &file, s, e - s, handler).await?;
+                sent += e - s;
+            }
+            if sent != len {
+                return Err(io::Error::other("body ended early; response cut short"));
+            }
+        }
         Body::Stream { mut rx, len } => {
             let mut sent = 0u64;
             loop {

@@ -439,9 +439,16 @@ impl Service {
             mtime,
             etag: Some(etag_of(&found.sha256)),
         };
-        respond_with(req, found.size, &v, ctype, |s, e| Body::Stream {
-            rx: dl.reader(s, e),
-            len: Some(e - s),
+        respond_with(req, found.size, &v, ctype, |s, e| match dl.file_handle() {
+            Some(file) => Body::FileRanges {
+                file,
+                rx: dl.ranges(s, e),
+                len: e - s,
+            },
+            None => Body::Stream {
+                rx: dl.reader(s, e),
+                len: Some(e - s),
+            },
         })
     }
 

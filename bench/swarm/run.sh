@@ -1,0 +1,595 @@
+#!/usr/bin/env bash
+# bench/swarm/run.sh — the swarm benchmarks of docs/swarm-design.md §15, in
+# one run, everything on 127.0.0.0/8:
+#   (1) one seed daemon -> one leecher daemon, a 10^9-byte package, every
+#       byte from the seed (the leecher's mirror answers 404 for pool/):
+#       median MB/s of $RUNS, vs libtorrent 2.0.8 (python3-libtorrent, two
+#       sessions, TCP only) on the same file, and the single-core SHA-256
+#       rate of the same bytes (the ceiling);
+#   (2) 8 daemons fetch the same package set one after another, then 8
+#       fresh daemons all at once: mirror pool bytes / set size;
+#   (3) a 10 MB/s mirror and 4 daemons holding the set: a 5th daemon's time
+#       for the set vs a --no-peers daemon's time straight from that mirror;
+#   (4) VmRSS of a daemon with 100 scripted peer connections (peers.py).
+#
+# Usage: bench/swarm/run.sh          (builds target/release/debtorrent first)
+# Env:   DEBTORRENT_BIN=path  use this binary instead of building
+#        RUNS=3 (scenario 1)  BIG=1000000000  SET_N=20 SET_MIN=1000000
+#        SET_MAX=8000000  NPEERS=100  SCENARIOS="1 2 3 4"
+#        SEQ_SETTLED=1 (also run (2) one after another with the indexes
+#        registered 61 s before; 0 skips that minute)
+#        LOG_LEVEL=...  (daemon --log-level; default info plus debug for
+#        the torrent task, which logs each mirror range, and discovery)
+#        BENCH_TMP=/tmp (where the work folder goes; it needs ~4 GB)
+#        KEEP=1 keeps the work folder (daemon logs, status.json snapshots)
+# Every loop and wait is bounded; every process started here is stopped at
+# exit.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+TOP=$(cd "$HERE/../.." && pwd)
+RUNS=${RUNS:-3}
+BIG=${BIG:-1000000000}
+SET_N=${SET_N:-20}
+SET_MIN=${SET_MIN:-1000000}
+SET_MAX=${SET_MAX:-8000000}
+NPEERS=${NPEERS:-100}
+SEQ_SETTLED=${SEQ_SETTLED:-1}
+SCENARIOS=${SCENARIOS:-1 2 3 4}
+LOG_LEVEL=${LOG_LEVEL:-info,debtorrent::swarm::torrent=debug,debtorrent::discovery=debug}
+PY=/usr/bin/python3
+T_START=$(date +%s)
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: missing $1 (apt-get install $2)" >&2; exit 1; }; }
+need nginx nginx-light
+need curl curl
+need jq jq
+need openssl openssl
+need sha256sum coreutils
+"$PY" -c 'import libtorrent' 2>/dev/null || { echo "bench: missing python3-libtorrent (apt-get install python3-libtorrent)" >&2; exit 1; }
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/dt-swarm.XXXXXX")
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local p i
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for i in $(seq 1 50); do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "bench: kept $WORK" >&2; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+log() { echo "bench: [$(($(date +%s) - T_START))s] $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+wait_port() {
+    local i
+    for i in $(seq 1 200); do port_open "$1" "$2" && return 0; sleep 0.05; done
+    echo "bench: nothing listens on $1:$2 after 10 s" >&2
+    return 1
+}
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b+0 == 0) print "n/a"; else printf "%.2f", a/b }'; }
+fmt() { awk -v a="$1" -v d="${2:-1}" 'BEGIN { if (a == "nan" || a == "") print "n/a"; else printf "%.*f", d, a }'; }
+secs_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b-a }'; }
+
+# ------------------------------------------------------------------ binary
+if [ -z "${DEBTORRENT_BIN:-}" ]; then
+    log "building target/release/debtorrent"
+    (cd "$TOP" && cargo build -q --release --bin debtorrent)
+    DEBTORRENT_BIN="$TOP/target/release/debtorrent"
+fi
+# A private copy: a rebuild by someone else during the run changes nothing.
+cp "$DEBTORRENT_BIN" "$WORK/debtorrent"
+BIN="$WORK/debtorrent"
+
+# -------------------------------------------------------------- repository
+log "building the archive: $BIG-byte package, $SET_N packages of $SET_MIN..$SET_MAX bytes"
+REPO="$WORK/repo"
+"$PY" "$HERE/mkrepo.py" "$REPO" "$BIG" "$SET_N" "$SET_MIN" "$SET_MAX" 1
+BIG_PATH=$(awk '$1=="big" {print $4}' "$REPO/big.files")
+WARM_PATH=$(awk '$1=="warm" {print $4}' "$REPO/big.files")
+SET_SIZE=$(awk '{s+=$2} END {print s}' "$REPO/set.files")
+mapfile -t SET_PATHS < <(awk '{print $4}' "$REPO/set.files")
+
+# ------------------------------------------------------------------- nginx
+# One nginx, two views of the same archive:
+#   /full/   everything;
+#   /nopool/ indexes only, 404 for pool/ (scenario 1's leecher: every byte
+#            must come from the seed).
+# And slowmirror.py for /slow/ (scenario 3): pool/ through one 10 MB/s token
+# bucket over all connections (nginx's limit_rate is per connection and
+# lets a first second's worth through unthrottled).
+# Both logs have "$uri $body_bytes_sent $status" per request: the mirror's
+# pool bytes are summed from them.
+NGINX_IP=127.0.0.1
+NGINX_PORT=
+for i in $(seq 1 100); do
+    p=$((20000 + RANDOM % 12000))
+    port_open "$NGINX_IP" "$p" || { NGINX_PORT=$p; break; }
+done
+[ -n "$NGINX_PORT" ] || { echo "bench: no free port" >&2; exit 1; }
+mkdir -p "$WORK/nginx/tmp"
+ACCESS="$WORK/nginx/access.log"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+user root;
+worker_processes 2;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 2048; }
+http {
+    log_format bytes '\$uri \$body_bytes_sent \$status';
+    access_log $ACCESS bytes;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/nginx/tmp/body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    default_type application/octet-stream;
+    server {
+        listen $NGINX_IP:$NGINX_PORT;
+        location /full/ { alias $REPO/; }
+        location /nopool/dists/ { alias $REPO/dists/; }
+        location /nopool/pool/ { return 404; }
+    }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+PIDS+=($!)
+wait_port "$NGINX_IP" "$NGINX_PORT"
+MIRROR="$NGINX_IP:$NGINX_PORT"
+SLOW_PORT=
+for i in $(seq 1 100); do
+    p=$((20000 + RANDOM % 12000))
+    [ "$p" != "$NGINX_PORT" ] && ! port_open "$NGINX_IP" "$p" && { SLOW_PORT=$p; break; }
+done
+SLOW_LOG="$WORK/slowmirror.log"
+: >"$SLOW_LOG"
+"$PY" "$HERE/slowmirror.py" "$REPO" "$NGINX_IP" "$SLOW_PORT" 10000000 "$SLOW_LOG" 2>"$WORK/slowmirror.err" &
+PIDS+=($!)
+wait_port "$NGINX_IP" "$SLOW_PORT"
+SLOW="$NGINX_IP:$SLOW_PORT"
+log "nginx on $MIRROR, 10 MB/s mirror on $SLOW"
+# Pool bytes the mirrors sent since the last reset (nginx appends with
+# O_APPEND, so truncating the log starts a new count).
+mirror_reset() { : >"$ACCESS"; : >"$SLOW_LOG"; }
+mirror_pool_bytes() { cat "$ACCESS" "$SLOW_LOG" | awk '$1 ~ /\/pool\// {s+=$2} END {printf "%d\n", s}'; }
+# The mirror URL of a view.
+vurl() { if [ "$1" = slow ]; then echo "$SLOW/slow"; else echo "$MIRROR/$1"; fi; }
+
+# ---------------------------------------------------------------- daemons
+declare -A DPID DHTTP DPEER
+# start_daemon NAME IP ARGS... : fresh data folder, random free ports
+# (HTTP on P, BitTorrent TCP+UDP on P+1).
+start_daemon() {
+    local name=$1 ip=$2 p i
+    shift 2
+    p=
+    for i in $(seq 1 100); do
+        local c=$((20000 + RANDOM % 12000))
+        if ! port_open "$ip" "$c" && ! port_open "$ip" $((c + 1)); then p=$c; break; fi
+    done
+    [ -n "$p" ] || { echo "bench: no free port on $ip" >&2; return 1; }
+    rm -rf "$WORK/d/$name"
+    mkdir -p "$WORK/d/$name/data"
+    "$BIN" serve --listen "$ip:$p" --data-dir "$WORK/d/$name/data" --peer-addr "$ip:$((p + 1))" \
+        --no-lsd --allow-port "$NGINX_PORT,$SLOW_PORT" --log-level "$LOG_LEVEL" "$@" \
+        >"$WORK/d/$name/stdout" 2>"$WORK/d/$name/stderr" &
+    DPID[$name]=$!
+    PIDS+=("$!")
+    DHTTP[$name]="$ip:$p"
+    DPEER[$name]="$ip:$((p + 1))"
+    wait_port "$ip" "$p"
+}
+stop_daemon() {
+    local name=$1 p i
+    p=${DPID[$name]:-}
+    [ -n "$p" ] || return 0
+    kill "$p" 2>/dev/null || true
+    for i in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    DPID[$name]=
+}
+status() { curl -s --max-time 5 "http://${DHTTP[$1]}/status.json"; }
+# The torrent of suite $2 in daemon $1's status.json (or null).
+torrent_of() { status "$1" | jq -c --arg s "dists/$2/" '[.torrents[]? | select(.index_path | contains($s))][0]'; }
+# index NAME VIEW SUITE: Release + Packages through the daemon, then wait
+# (10 s at most) until the torrent is registered; prints its info hash.
+index() {
+    local name=$1 view=$2 suite=$3 base code i t
+    base="http://${DHTTP[$name]}/$(vurl "$view")/dists/$suite"
+    code=$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' "$base/Release")
+    [ "$code" = 200 ] || { echo "bench: $name: Release gave HTTP $code" >&2; return 1; }
+    code=$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' "$base/main/binary-amd64/Packages")
+    [ "$code" = 200 ] || { echo "bench: $name: Packages gave HTTP $code" >&2; return 1; }
+    for i in $(seq 1 100); do
+        t=$(torrent_of "$name" "$suite" | jq -r '.info_hash // empty')
+        [ -n "$t" ] && { echo "$t"; return 0; }
+        sleep 0.1
+    done
+    echo "bench: $name: no torrent for dists/$suite after 10 s" >&2
+    return 1
+}
+# get NAME VIEW PATH WANT_SIZE: one package through the daemon; prints
+# "seconds bytes http_code"; returns 1 on a wrong answer.
+get() {
+    local name=$1 view=$2 path=$3 want=$4 out code size t
+    out=$(curl -s -o /dev/null --max-time 300 -w '%{http_code} %{size_download} %{time_total}' \
+        "http://${DHTTP[$name]}/$(vurl "$view")/$path" || true)
+    read -r code size t <<<"$out"
+    echo "$t $size $code"
+    if [ "$code" != 200 ] || [ "$size" != "$want" ]; then
+        echo "bench: $name: $path gave HTTP $code, $size bytes (want $want)" >&2
+        return 1
+    fi
+}
+# fetch_set NAME VIEW: every package of the set, in order; prints failures.
+fetch_set() {
+    local name=$1 view=$2 bad=0 pth size
+    while read -r _ size _ pth; do
+        get "$name" "$view" "$pth" "$size" >/dev/null || bad=$((bad + 1))
+    done <"$REPO/set.files"
+    echo "$bad"
+}
+# CPU seconds (user+system) a process has used so far.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo n/a; }
+hwm_mb() { awk '/^VmHWM:/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo n/a; }
+mirror_ranges() { grep -c "mirror takes a range" "$WORK/d/$1/stderr" 2>/dev/null || true; }
+tail_rule() { grep -c "peers slower than the mirror" "$WORK/d/$1/stderr" 2>/dev/null || true; }
+stalls() { grep -c "peer stalled" "$WORK/d/$1/stderr" 2>/dev/null || true; }
+NOTES=()
+note() { NOTES+=("$*"); log "NOTE: $*"; }
+
+# ============================================================ scenario 1
+S1_CPU="" S1_OURS=nan S1_LT=nan S1_SHA=nan S1_SHASUM=nan S1_SEEDFILL=nan S1_RUNS="" S1_LT_RUNS="" S1_CHECK="" S1_WARM=""
+scenario1() {
+    # A third, idle DHT node that both bootstrap from. With only the seed
+    # and the leecher, the seed's first announce fails (empty table) and is
+    # retried each second, while the leecher looks up at registration, finds
+    # nobody, and treats that answer as fresh for 60 s: every request in that
+    # minute goes straight to the mirror (seen with --log-level debug:
+    # "DHT lookup done found=0", then "mirror takes a range ... waited_ms=0").
+    log "(1) DHT node on 127.0.0.30; seed daemon on 127.0.0.31 takes the $BIG-byte package from the mirror"
+    start_daemon s1boot 127.0.0.30 --dht-bootstrap none
+    start_daemon s1seed 127.0.0.31 --dht-bootstrap "${DPEER[s1boot]}"
+    index s1seed full big >/dev/null
+    local r t0 out
+    out=$(get s1seed full "$BIG_PATH" "$BIG") || { note "(1) the seed could not fetch the package from the mirror"; return 0; }
+    S1_SEEDFILL=$(awk -v t="${out%% *}" -v b="$BIG" 'BEGIN { printf "%.0f", b/t/1e6 }')
+    get s1seed full "$WARM_PATH" 1000000 >/dev/null || true
+    : >"$WORK/s1-ours"
+    for r in $(seq 1 "$RUNS"); do
+        # The leecher's one lookup at registration sometimes answers
+        # found=0 even with the seed announced seconds before (and that
+        # answer holds for 60 s): start it again, at most 3 times, until the
+        # seed shows up among its connected peers.
+        local L a ok=0 i
+        for a in 1 2 3; do
+            L="s1leech$r-$a"
+            start_daemon "$L" 127.0.0.32 --dht-bootstrap "${DPEER[s1seed]},${DPEER[s1boot]}" --peer-wait 1s
+            index "$L" nopool big >/dev/null
+            for i in $(seq 1 30); do
+                if torrent_of "$L" big | jq -e --arg s "${DPEER[s1seed]}" '[.peers[]?.addr] | index($s)' >/dev/null; then ok=1; break; fi
+                sleep 0.1
+            done
+            [ "$ok" = 1 ] && break
+            note "(1) run $r, leecher start $a: not connected to the seed 3 s after registration ($(sed 's/\x1b\[[0-9;]*m//g' "$WORK/d/$L/stderr" | grep -o 'DHT lookup done found=[0-9]*' | head -n 1)); started again"
+            stop_daemon "$L"
+        done
+        sleep 1
+        local w
+        w=$(get "$L" nopool "$WARM_PATH" 1000000) || note "(1) run $r: warm-up package failed through the leecher"
+        S1_WARM+="${w%% *}s "
+        local before after
+        before=$(torrent_of "$L" big || true)
+        before=${before:-null}
+        status "$L" >"$WORK/s1-run$r-before.json"
+        local cl0 cs0
+        cl0=$(cpu_secs "${DPID[$L]}")
+        cs0=$(cpu_secs "${DPID[s1seed]}")
+        # PERF_OUT=prefix: profile the leecher during the transfer (perf record).
+        local perfpid=
+        if [ -n "${PERF_OUT:-}" ]; then
+            perf record -q -F 499 -g -p "${DPID[$L]}" -o "$PERF_OUT-$r.data" >/dev/null 2>&1 &
+            perfpid=$!
+            sleep 0.3
+        fi
+        if out=$(get "$L" nopool "$BIG_PATH" "$BIG"); then
+            awk -v t="${out%% *}" -v b="$BIG" 'BEGIN { printf "%.1f\n", b/t/1e6 }' >>"$WORK/s1-ours"
+            S1_RUNS+="$(awk -v t="${out%% *}" 'BEGIN { printf "%.2f", t }')s "
+        else
+            S1_RUNS+="FAIL($out) "
+            note "(1) run $r failed: $out; leecher log: $WORK/d/$L/stderr"
+        fi
+        if [ -n "$perfpid" ]; then kill -INT "$perfpid" 2>/dev/null; wait "$perfpid" 2>/dev/null || true; fi
+        S1_CPU+="run $r: leecher $(awk -v a="$cl0" -v b="$(cpu_secs "${DPID[$L]}")" 'BEGIN { printf "%.2f", b-a }') s, seed $(awk -v a="$cs0" -v b="$(cpu_secs "${DPID[s1seed]}")" 'BEGIN { printf "%.2f", b-a }') s; "
+        sleep 0.3
+        after=$(torrent_of "$L" big || true)
+        after=${after:-null}
+        status "$L" >"$WORK/s1-run$r-after.json"
+        local dp dm
+        dp=$(jq -n --argjson a "$after" --argjson b "$before" '($a.bytes_from_peers // 0) - ($b.bytes_from_peers // 0)')
+        dm=$(jq -n --argjson a "$after" --argjson b "$before" '($a.bytes_from_mirror // 0) - ($b.bytes_from_mirror // 0)')
+        S1_CHECK+="run $r: from peers $dp, from mirror $dm; "
+        if [ "$dp" -lt $((BIG * 99 / 100)) ] || [ "$dm" -gt $((BIG / 100)) ]; then
+            note "(1) run $r: the leecher took $dp bytes from peers and $dm from the mirror for the package"
+        fi
+        stop_daemon "$L"
+        rm -rf "$WORK/d/$L/data"
+    done
+    S1_OURS=$(median <"$WORK/s1-ours")
+    stop_daemon s1seed
+    stop_daemon s1boot
+
+    log "(1) libtorrent reference ($RUNS runs)"
+    local ltp=$((20000 + RANDOM % 12000))
+    timeout $((60 + RUNS * 130)) "$PY" "$HERE/lt_ref.py" "$REPO/$BIG_PATH" "$WORK" "$RUNS" \
+        127.0.0.61 127.0.0.62 "$ltp" >"$WORK/lt.out" 2>"$WORK/lt.err" &
+    local ltpid=$!
+    PIDS+=("$ltpid")
+    wait "$ltpid" || note "(1) lt_ref.py failed: $(tail -n 3 "$WORK/lt.err" | tr '\n' ' ')"
+    : >"$WORK/s1-lt"
+    awk -v b="$BIG" '$1=="lt_run" {printf "%.1f\n", b/$2/1e6}' "$WORK/lt.out" >>"$WORK/s1-lt"
+    S1_LT=$(median <"$WORK/s1-lt")
+    S1_LT_RUNS=$(awk '$1=="lt_run" {printf "%ss ", $2} $1=="lt_fail" {printf "FAIL "}' "$WORK/lt.out")
+    S1_LT_INFO=$(awk '$1=="lt_info" {print $2, $3}' "$WORK/lt.out")
+
+    log "(1) SHA-256 of the same bytes, one core"
+    cat "$REPO/$BIG_PATH" >/dev/null
+    S1_SHA=$("$PY" - "$REPO/$BIG_PATH" <<'EOF'
+import hashlib, sys, time
+h = hashlib.sha256()
+t = time.monotonic()
+with open(sys.argv[1], "rb", buffering=0) as f:
+    b = bytearray(1 << 20)
+    while True:
+        n = f.readinto(b)
+        if not n:
+            break
+        h.update(memoryview(b)[:n])
+s = time.monotonic() - t
+import os
+print(f"{os.path.getsize(sys.argv[1]) / s / 1e6:.0f}")
+EOF
+)
+    local t
+    t0=$(date +%s.%N)
+    sha256sum "$REPO/$BIG_PATH" >/dev/null
+    t=$(secs_since "$t0")
+    S1_SHASUM=$(awk -v t="$t" -v b="$BIG" 'BEGIN { printf "%.0f", b/t/1e6 }')
+}
+
+# ============================================================ scenario 2
+S2_SEQ2=n/a S2_SEQ2_SECS=nan S2_SEQ2_DETAIL="(SEQ_SETTLED=0)"
+S2_SEQ=nan S2_CONC=nan S2_SEQ_DETAIL="" S2_CONC_DETAIL="" S2_SEQ_SECS=nan S2_CONC_SECS=nan
+start8() { # fresh daemons c1..c8 on 127.0.0.11..18, private DHT from c1
+    local k
+    start_daemon c1 127.0.0.11 --dht-bootstrap none
+    for k in 2 3 4 5 6 7 8; do
+        start_daemon "c$k" "127.0.0.1$k" --dht-bootstrap "${DPEER[c1]}"
+    done
+    for k in 1 2 3 4 5 6 7 8; do index "c$k" full set >/dev/null; done
+    sleep 2
+}
+per_daemon() { # "k:peers/mirror MB" for c1..c8
+    local k t
+    for k in 1 2 3 4 5 6 7 8; do
+        t=$(torrent_of "c$k" set)
+        printf 'c%s %s/%s ' "$k" \
+            "$(jq -r '(.bytes_from_peers // 0) / 1e6 | floor' <<<"$t")" \
+            "$(jq -r '(.bytes_from_mirror // 0) / 1e6 | floor' <<<"$t")"
+    done
+}
+scenario2() {
+    local k bad t0 b
+    # Daemon k starts, runs its "apt-get update" (Release + Packages) and
+    # fetches the set once daemon k-1 is done. (Registering all 8 indexes
+    # first and then fetching one after another measures something else:
+    # each daemon's DHT lookup runs once at registration, and an answer that
+    # missed the others' announces is trusted for 60 s, so such a daemon
+    # takes everything from the mirror; see the notes in the README.)
+    log "(2) 8 daemons, one after another"
+    mirror_reset
+    t0=$(date +%s.%N)
+    start_daemon c1 127.0.0.11 --dht-bootstrap none
+    for k in 1 2 3 4 5 6 7 8; do
+        [ "$k" = 1 ] || start_daemon "c$k" "127.0.0.1$k" --dht-bootstrap "${DPEER[c1]}"
+        index "c$k" full set >/dev/null
+        bad=$(fetch_set "c$k" full)
+        [ "$bad" = 0 ] || note "(2) sequential: c$k had $bad failed packages"
+    done
+    S2_SEQ_SECS=$(secs_since "$t0")
+    b=$(mirror_pool_bytes)
+    S2_SEQ=$(awk -v a="$b" -v s="$SET_SIZE" 'BEGIN { printf "%.3f", a/s }')
+    S2_SEQ_DETAIL="mirror pool bytes $b; per daemon MB peers/mirror: $(per_daemon); mirror ranges c2..c8: $(for k in 2 3 4 5 6 7 8; do printf '%s ' "$(mirror_ranges "c$k")"; done)"
+    for k in 1 2 3 4 5 6 7 8; do stop_daemon "c$k"; mv "$WORK/d/c$k" "$WORK/d/seq-c$k"; rm -rf "$WORK/d/seq-c$k/data"; done
+
+    if [ "$SEQ_SETTLED" = 1 ]; then
+        log "(2) 8 daemons, one after another, indexes registered 61 s before (lookup answers expired)"
+        start8
+        sleep 59
+        mirror_reset
+        t0=$(date +%s.%N)
+        for k in 1 2 3 4 5 6 7 8; do
+            bad=$(fetch_set "c$k" full)
+            [ "$bad" = 0 ] || note "(2) sequential, settled: c$k had $bad failed packages"
+        done
+        S2_SEQ2_SECS=$(secs_since "$t0")
+        b=$(mirror_pool_bytes)
+        S2_SEQ2=$(awk -v a="$b" -v s="$SET_SIZE" 'BEGIN { printf "%.3f", a/s }')
+        S2_SEQ2_DETAIL="mirror pool bytes $b; per daemon MB peers/mirror: $(per_daemon)"
+        for k in 1 2 3 4 5 6 7 8; do stop_daemon "c$k"; mv "$WORK/d/c$k" "$WORK/d/seq2-c$k"; rm -rf "$WORK/d/seq2-c$k/data"; done
+    fi
+
+    log "(2) 8 fresh daemons, all at once"
+    start8
+    mirror_reset
+    t0=$(date +%s.%N)
+    local pids=() i
+    for k in 1 2 3 4 5 6 7 8; do
+        (fetch_set "c$k" full >"$WORK/conc-c$k.bad" 2>"$WORK/conc-c$k.err") &
+        pids+=($!)
+        PIDS+=($!)
+    done
+    for i in $(seq 1 3000); do # 300 s at most
+        local alive=0
+        for k in "${pids[@]}"; do kill -0 "$k" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for k in "${!pids[@]}"; do
+        if kill -0 "${pids[$k]}" 2>/dev/null; then
+            note "(2) concurrent: c$((k + 1)) still fetching after 300 s"
+            kill "${pids[$k]}" 2>/dev/null || true
+        fi
+        wait "${pids[$k]}" 2>/dev/null || true
+    done
+    S2_CONC_SECS=$(secs_since "$t0")
+    for k in 1 2 3 4 5 6 7 8; do
+        bad=$(cat "$WORK/conc-c$k.bad" 2>/dev/null || echo '?')
+        [ "$bad" = 0 ] || note "(2) concurrent: c$k had $bad failed packages: $(head -c 300 "$WORK/conc-c$k.err")"
+    done
+    b=$(mirror_pool_bytes)
+    S2_CONC=$(awk -v a="$b" -v s="$SET_SIZE" 'BEGIN { printf "%.3f", a/s }')
+    S2_CONC_DETAIL="mirror pool bytes $b; per daemon MB peers/mirror: $(per_daemon); mirror ranges (rule b tails) per daemon: $(for k in 1 2 3 4 5 6 7 8; do printf '%s(%s) ' "$(mirror_ranges "c$k")" "$(tail_rule "c$k")"; done)"
+}
+
+# ============================================================ scenario 3
+S3_PEERS=nan S3_MIRROR=nan S3_DETAIL=""
+scenario3() {
+    local k t0 bad b
+    if [ -z "${DPID[c1]:-}" ]; then
+        log "(3) 4 daemons take the set (c1 from the mirror, c2..c4 from it)"
+        start_daemon c1 127.0.0.11 --dht-bootstrap none
+        for k in 2 3 4; do start_daemon "c$k" "127.0.0.1$k" --dht-bootstrap "${DPEER[c1]}"; done
+        for k in 1 2 3 4; do index "c$k" full set >/dev/null; sleep 0.5; fetch_set "c$k" full >/dev/null; done
+    fi
+    for k in 5 6 7 8; do stop_daemon "c$k"; done
+    log "(3) a 5th daemon on 127.0.0.19 with the 10 MB/s mirror and 4 peers holding the set"
+    start_daemon p5 127.0.0.19 --dht-bootstrap "${DPEER[c1]}"
+    index p5 slow set >/dev/null
+    sleep 2
+    mirror_reset
+    t0=$(date +%s.%N)
+    bad=$(fetch_set p5 slow)
+    S3_PEERS=$(secs_since "$t0")
+    [ "$bad" = 0 ] || note "(3) p5 had $bad failed packages"
+    b=$(mirror_pool_bytes)
+    local t
+    t=$(torrent_of p5 set)
+    S3_DETAIL="p5: from peers $(jq -r '.bytes_from_peers // 0' <<<"$t") B, from mirror $(jq -r '.bytes_from_mirror // 0' <<<"$t") B (nginx pool bytes $b), mirror ranges $(mirror_ranges p5), rule-b tails $(tail_rule p5), stalls $(stalls p5)"
+    stop_daemon p5
+    for k in 1 2 3 4; do stop_daemon "c$k"; done
+
+    log "(3) a --no-peers daemon straight from the 10 MB/s mirror"
+    start_daemon np 127.0.0.20 --no-peers
+    index np slow set >/dev/null
+    mirror_reset
+    t0=$(date +%s.%N)
+    bad=$(fetch_set np slow)
+    S3_MIRROR=$(secs_since "$t0")
+    [ "$bad" = 0 ] || note "(3) the --no-peers daemon had $bad failed packages"
+    S3_DETAIL+="; --no-peers: nginx pool bytes $(mirror_pool_bytes)"
+    stop_daemon np
+}
+
+# ============================================================ scenario 4
+S4_RSS=nan S4_BASE=nan S4_PEERS=0 S4_HWM=nan S4_DETAIL=""
+scenario4() {
+    log "(4) a daemon holding the set, then $NPEERS scripted peers"
+    start_daemon r4 127.0.0.21 --dht-bootstrap none --max-peers 300 --max-peers-per-ip 2 --max-peers-per-torrent 200
+    local ih
+    ih=$(index r4 full set)
+    local bad
+    bad=$(fetch_set r4 full)
+    [ "$bad" = 0 ] || note "(4) r4 had $bad failed packages"
+    sleep 2
+    S4_BASE=$(rss_mb "${DPID[r4]}")
+    local host=${DPEER[r4]%:*} port=${DPEER[r4]##*:}
+    timeout 120 "$PY" "$HERE/peers.py" "$host" "$port" "$ih" "$REPO/set.files" "$NPEERS" 100 90 \
+        >"$WORK/peers.out" 2>"$WORK/peers.err" &
+    local ppid=$!
+    PIDS+=("$ppid")
+    local i n=0
+    for i in $(seq 1 300); do
+        n=$(torrent_of r4 set | jq -r '.peers | length')
+        [ "$n" -ge "$NPEERS" ] && break
+        sleep 0.1
+    done
+    [ "$n" -ge $((NPEERS * 9 / 10)) ] || note "(4) only $n peers connected after 30 s; peers.py: $(tail -n 1 "$WORK/peers.err")"
+    sleep 5 # let them trade
+    n=$(torrent_of r4 set | jq -r '.peers | length')
+    S4_PEERS=$n
+    S4_RSS=$(rss_mb "${DPID[r4]}")
+    S4_HWM=$(hwm_mb "${DPID[r4]}")
+    local st
+    st=$(status r4)
+    S4_DETAIL="uploaded $(jq -r '.bytes_uploaded' <<<"$st") B to the scripted peers; unchoked $(jq -r '[.torrents[] | .peers[]? | select(.unchoked)] | length' <<<"$st"); peers.py: $(tail -n 1 "$WORK/peers.err")"
+    kill "$ppid" 2>/dev/null || true
+    wait "$ppid" 2>/dev/null || true
+    stop_daemon r4
+}
+
+for s in $SCENARIOS; do
+    case $s in
+    1) scenario1 ;;
+    2) scenario2 ;;
+    3) scenario3 ;;
+    4) scenario4 ;;
+    *) echo "bench: unknown scenario $s" >&2 ;;
+    esac
+done
+
+# ----------------------------------------------------------------- report
+cat <<EOF
+
+debtorrent swarm benchmark — $(date -u +%FT%TZ), $(nproc) cores, load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)
+binary: $DEBTORRENT_BIN; all traffic on 127.0.0.0/8; total $(($(date +%s) - T_START)) s
+MB = 10^6 bytes
+
+(1) one seed -> one leecher, a $BIG-byte package, median of $RUNS (MB/s)
+    debtorrent seed -> leecher   $(fmt "$S1_OURS")   runs: ${S1_RUNS:-none}  (request to last byte; warm-up 1 MB first: ${S1_WARM:-n/a})
+    libtorrent 2.0.8, TCP only   $(fmt "$S1_LT")   runs: ${S1_LT_RUNS:-none}  (connect_peer to is_seeding; ${S1_LT_INFO:-})
+    ratio ours / libtorrent      $(ratio "$S1_OURS" "$S1_LT")   (target >= 3)
+    SHA-256, one core (ceiling)  $(fmt "$S1_SHA" 0) (hashlib/OpenSSL), $(fmt "$S1_SHASUM" 0) (sha256sum)   ours / ceiling $(ratio "$S1_OURS" "$S1_SHA")
+    seed's own fill from nginx   $(fmt "$S1_SEEDFILL" 0)
+    leecher counters             ${S1_CHECK:-n/a}
+    daemon CPU during the 1 GB   ${S1_CPU:-n/a}
+
+(2) 8 daemons, a set of $SET_N packages, $SET_SIZE bytes: mirror pool bytes / set size
+    one after another            $S2_SEQ   (target ~1.0; $(fmt "$S2_SEQ_SECS" 1) s; each daemon starts, fetches the index, then the set)
+    one after another, settled   $S2_SEQ2   ($(fmt "$S2_SEQ2_SECS" 1) s; all 8 indexes registered 61 s before the first fetch)
+    all 8 at once                $S2_CONC   (target <= 1.5; $(fmt "$S2_CONC_SECS" 1) s)
+    sequential: $S2_SEQ_DETAIL
+    settled:    $S2_SEQ2_DETAIL
+    concurrent: $S2_CONC_DETAIL
+
+(3) 10 MB/s mirror, 4 peers holding the set: time for the whole set (s)
+    5th daemon with peers        $(fmt "$S3_PEERS" 2)
+    --no-peers, mirror only      $(fmt "$S3_MIRROR" 2)
+    speedup                      $(ratio "$S3_MIRROR" "$S3_PEERS")   (target >= 3)
+    $S3_DETAIL
+
+(4) RSS with $NPEERS scripted peer connections
+    VmRSS                        $S4_RSS MB with $S4_PEERS peers connected   (goal <= 60; before the peers $S4_BASE MB; VmHWM $S4_HWM MB)
+    $S4_DETAIL
+EOF
+if [ "${#NOTES[@]}" -gt 0 ]; then
+    echo
+    echo "problems seen:"
+    for n in "${NOTES[@]}"; do echo "  - $n"; done
+fi
