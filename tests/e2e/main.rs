@@ -10,6 +10,7 @@ mod faults;
 mod frontend;
 mod https;
 mod interop;
+mod lsd;
 mod raw;
 mod restart;
 mod store;
