@@ -243,12 +243,16 @@ impl Pages {
         let mut rows = String::new();
         for t in j["torrents"].as_array().into_iter().flatten() {
             rows.push_str(&format!(
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
                 esc(t["info_hash"].as_str().unwrap_or("")),
                 esc(t["archive"].as_str().unwrap_or("")),
                 esc(t["index_path"].as_str().unwrap_or("")),
                 t["pieces"],
                 human(t["total_bytes"].as_u64().unwrap_or(0)),
+                t["peers"].as_array().map_or(0, |p| p.len()),
+                human(t["bytes_from_peers"].as_u64().unwrap_or(0)),
+                human(t["bytes_from_mirror"].as_u64().unwrap_or(0)),
+                human(t["bytes_uploaded"].as_u64().unwrap_or(0)),
             ));
         }
         let n = |k: &str| j[k].as_u64().unwrap_or(0);
@@ -256,15 +260,18 @@ impl Pages {
             "<!doctype html><html><head><meta charset=utf-8><title>debtorrent</title>\
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style></head><body>\
 <h1>debtorrent {}</h1>\
-<p>apt reaches this daemon at <code>{}</code>; up {} s.</p>\
+<p>apt reaches this daemon at <code>{}</code>; peers at <code>{}</code> ({} connections, {} banned); up {} s.</p>\
 <table><tr><th>cache</th><td>{} of {} ({} files)</td></tr>\
 <tr><th>to apt</th><td>{}</td></tr><tr><th>from the mirror</th><td>{}</td></tr>\
 <tr><th>from peers</th><td>{}</td></tr><tr><th>uploaded</th><td>{}</td></tr>\
 <tr><th>requests</th><td>{} ({} from the store)</td></tr></table>\
-<h2>Torrents</h2><table><tr><th>info hash</th><th>archive</th><th>index</th><th>pieces</th><th>size</th></tr>\n{}</table>\
+<h2>Torrents</h2><table><tr><th>info hash</th><th>archive</th><th>index</th><th>pieces</th><th>size</th><th>peers</th><th>from peers</th><th>from the mirror</th><th>uploaded</th></tr>\n{}</table>\
 <p><a href=\"/status.json\">status.json</a> · <a href=\"/metrics\">metrics</a></p></body></html>\n",
             env!("CARGO_PKG_VERSION"),
             esc(&self.listen),
+            esc(j["swarm"]["peer_addr"].as_str().unwrap_or("(off)")),
+            j["swarm"]["connections"].as_u64().unwrap_or(0),
+            j["swarm"]["bans_active"].as_u64().unwrap_or(0),
             n("uptime_seconds"),
             human(n("cache_bytes")),
             human(n("cache_limit")),
