@@ -66,7 +66,11 @@ pub struct Ctx {
     pub stats: Arc<Stats>,
     pub client: reqwest::Client,
     pub timeout: Duration,
-    pub discovery: Option<Arc<Discovery>>,
+    /// Set once discovery has started (in the background: resolving the
+    /// public DHT routers may take seconds, and apt must not wait for it).
+    discovery: std::sync::OnceLock<Arc<Discovery>>,
+    /// Whether discovery is configured at all.
+    discovery_on: bool,
     pub upload_limit: Arc<Mutex<TokenBucket>>,
     bans: Mutex<Bans>,
     conns: Mutex<HashMap<IpAddr, usize>>,
@@ -79,6 +83,16 @@ pub struct Ctx {
 impl Ctx {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Discovery, once it runs.
+    pub fn discovery(&self) -> Option<&Arc<Discovery>> {
+        self.discovery.get()
+    }
+
+    /// Whether discovery is configured (it may still be starting).
+    pub fn discovery_on(&self) -> bool {
+        self.discovery_on
     }
 
     /// Whether `ip` is banned.
@@ -240,15 +254,16 @@ impl Swarm {
             (None, opts.peer_addr)
         };
         let (disc_tx, mut disc_rx) = mpsc::channel(1024);
-        let discovery = match (&opts.discovery, opts.enabled) {
+        let disc_cfg = match (&opts.discovery, opts.enabled) {
             (Some(cfg), true) => {
                 let mut cfg = cfg.clone();
                 cfg.peer_addr = peer_addr;
                 cfg.peer_id = peer_id;
-                Some(Arc::new(Discovery::start(cfg, disc_tx).await?))
+                Some(cfg)
             }
             _ => None,
         };
+        let discovery_on = disc_cfg.is_some();
         let ctx = Arc::new(Ctx {
             peer_id,
             peer_addr,
@@ -257,7 +272,8 @@ impl Swarm {
             stats: opts.stats,
             client: opts.client,
             timeout: opts.timeout,
-            discovery,
+            discovery: std::sync::OnceLock::new(),
+            discovery_on,
             upload_limit: Arc::new(Mutex::new(TokenBucket::new(
                 opts.cfg.upload_rate,
                 opts.cfg.upload_rate.max(256 * 1024),
@@ -288,6 +304,29 @@ impl Swarm {
                 }
             }
         });
+        // Discovery starts in the background; torrents registered meanwhile
+        // are told when it is there.
+        if let Some(cfg) = disc_cfg {
+            let s5 = swarm.clone();
+            tokio::spawn(async move {
+                match Discovery::start(cfg, disc_tx).await {
+                    Ok(d) => {
+                        let _ = s5.ctx.discovery.set(Arc::new(d));
+                        let handles: Vec<Handle> = s5
+                            .torrents
+                            .lock()
+                            .map(|m| m.values().cloned().collect())
+                            .unwrap_or_default();
+                        for h in handles {
+                            let _ = h.tx.send(Ev::DiscoveryReady).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "peer discovery is off: it could not start")
+                    }
+                }
+            });
+        }
         // Route discovery results to their torrent.
         let s3 = swarm.clone();
         tokio::spawn(async move {
@@ -448,7 +487,7 @@ impl Swarm {
             "peer_id": String::from_utf8_lossy(&self.ctx.peer_id),
             "connections": self.ctx.connections(),
             "bans_active": self.ctx.bans_active(),
-            "discovery": self.ctx.discovery.as_ref().map(|d| d.status()),
+            "discovery": self.ctx.discovery().map(|d| d.status()),
         })
     }
 
@@ -466,7 +505,7 @@ impl Swarm {
 
     /// Saves discovery state (DHT routing table) before exit.
     pub async fn shutdown(&self) {
-        if let Some(d) = &self.ctx.discovery {
+        if let Some(d) = self.ctx.discovery() {
             d.shutdown().await;
         }
     }

@@ -113,6 +113,8 @@ pub enum Ev {
     Found(SocketAddr, Source),
     /// Discovery's lookup is over.
     LookupDone,
+    /// Discovery has started (after this torrent did).
+    DiscoveryReady,
     /// The torrent is no longer registered.
     Stop,
 }
@@ -351,25 +353,7 @@ impl Torrent {
             self.have = bits;
             self.held_bytes = self.bytes_of(&self.have);
         }
-        if let Some(d) = &self.ctx.discovery {
-            d.set_totals(
-                self.sh.info_hash,
-                crate::discovery::Totals {
-                    uploaded: 0,
-                    downloaded: 0,
-                    left: self
-                        .sh
-                        .reg
-                        .torrent
-                        .total_size()
-                        .saturating_sub(self.held_bytes),
-                },
-            );
-            // Look up first and announce once that is over: mainline folds a
-            // lookup into a running query for the same info hash (its own
-            // announce's), and we saw such lookups miss peers.
-            d.lookup(self.sh.info_hash);
-        }
+        self.start_discovery();
         tracing::debug!(holding = self.have_count, "torrent task started");
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -391,7 +375,7 @@ impl Torrent {
             }
             j.dl.fail(Failure::Unreachable);
         }
-        if let Some(d) = &self.ctx.discovery {
+        if let Some(d) = self.ctx.discovery() {
             d.forget(self.sh.info_hash);
         }
         tracing::debug!("torrent task stopped");
@@ -551,11 +535,35 @@ impl Torrent {
                 }
             }
             Ev::Found(addr, source) => self.found(addr, source),
+            Ev::DiscoveryReady => self.start_discovery(),
             Ev::LookupDone => {
                 self.lookup_done_at = Some(now);
                 self.announce_once();
                 self.drive_all(now);
             }
+        }
+    }
+
+    /// The first lookup, once discovery runs.
+    fn start_discovery(&mut self) {
+        if let Some(d) = self.ctx.discovery() {
+            d.set_totals(
+                self.sh.info_hash,
+                crate::discovery::Totals {
+                    uploaded: 0,
+                    downloaded: 0,
+                    left: self
+                        .sh
+                        .reg
+                        .torrent
+                        .total_size()
+                        .saturating_sub(self.held_bytes),
+                },
+            );
+            // Look up first and announce once that is over: mainline folds a
+            // lookup into a running query for the same info hash (its own
+            // announce's), and we saw such lookups miss peers.
+            d.lookup(self.sh.info_hash);
         }
     }
 
@@ -565,7 +573,7 @@ impl Torrent {
             return;
         }
         self.announced = true;
-        if let Some(d) = &self.ctx.discovery {
+        if let Some(d) = self.ctx.discovery() {
             d.announce(self.sh.info_hash);
         }
     }
@@ -620,7 +628,7 @@ impl Torrent {
         self.picker.add(piece, size);
         let holders = self.peers.values().any(|p| p.has(piece));
         if !holders {
-            if let Some(d) = &self.ctx.discovery {
+            if let Some(d) = self.ctx.discovery() {
                 d.lookup(self.sh.info_hash);
             }
         }
@@ -946,7 +954,7 @@ impl Torrent {
             .values()
             .any(|p| p.has(piece) && p.snub_until <= now);
         let wip = self.peers.values().any(|p| p.wip.contains(&piece));
-        let lookup_fresh = self.ctx.discovery.is_none()
+        let lookup_fresh = !self.ctx.discovery_on()
             || self
                 .lookup_done_at
                 .is_some_and(|t| now.saturating_sub(t) < 60_000);
@@ -1392,7 +1400,7 @@ impl Torrent {
         }
         // Look for more peers while we have few: every 5 s while apt waits
         // on a piece nobody connected holds, every minute otherwise.
-        if let Some(d) = &self.ctx.discovery {
+        if let Some(d) = self.ctx.discovery() {
             let starving = self
                 .jobs
                 .keys()
@@ -1425,7 +1433,7 @@ impl Torrent {
         if now.saturating_sub(self.last_snapshot) >= 1000 {
             self.last_snapshot = now;
             self.snapshot(now);
-            if let Some(d) = &self.ctx.discovery {
+            if let Some(d) = self.ctx.discovery() {
                 let left = self
                     .sh
                     .reg
