@@ -274,9 +274,11 @@ impl Swarm {
             timeout: opts.timeout,
             discovery: std::sync::OnceLock::new(),
             discovery_on,
+            // A quarter of a second of burst: smooth enough for the link,
+            // and one 16 KiB block always fits.
             upload_limit: Arc::new(Mutex::new(TokenBucket::new(
                 opts.cfg.upload_rate,
-                opts.cfg.upload_rate.max(256 * 1024),
+                (opts.cfg.upload_rate / 4).max(64 * 1024),
             ))),
             bans: Mutex::new(Bans::new(opts.cfg.ban_ms, opts.cfg.ban_strikes, 10_000)),
             conns: Mutex::new(HashMap::new()),
