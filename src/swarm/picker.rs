@@ -359,6 +359,63 @@ pub fn mirror_tail(rest: u64, peer_rate: u64, mirror_rate: u64, latency_ms: u64)
     Some(front)
 }
 
+/// What rule (a) looks at for a piece that no usable peer serves now.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Waiting {
+    /// Now, and when apt asked for the piece (ms).
+    pub now: u64,
+    pub wanted_at: u64,
+    /// `wanted_at` plus a random delay of up to 250 ms.
+    pub jitter_at: u64,
+    /// `--peer-wait` (ms).
+    pub peer_wait: u64,
+    /// Refetch from the mirror at once (after a failed hash).
+    pub force: bool,
+    /// A connected peer holds the piece but chokes us.
+    pub holders: bool,
+    /// A connected peer said it is fetching the piece (`dt_wip`).
+    pub fetching: bool,
+    /// How long the mirror would take for the piece (ms).
+    pub mirror_ms: u64,
+    /// No peer connected.
+    pub no_peers: bool,
+    /// Connections being set up.
+    pub connecting: bool,
+    /// Discovery ran in the last minute (or there is none).
+    pub lookup_fresh: bool,
+    /// When the last lookup ended.
+    pub lookup_done_at: Option<u64>,
+}
+
+/// Rule (a): when the mirror starts on a piece no usable peer serves.
+///
+/// - after a failed hash: at once (the mirror tells the bad copy apart);
+/// - a peer has it but chokes us: `--peer-wait` after apt asked;
+/// - a peer is fetching it from the mirror: wait for it, about as long as
+///   the mirror would take us plus twice `--peer-wait`, so 8 daemons asking
+///   together fetch it once (at most 60 s);
+/// - discovery found nobody at all: 200 ms after it ended (a peer our DHT
+///   query reached may dial in);
+/// - no peer yet, discovery running: `--peer-wait` after apt asked;
+/// - peers connected, none has it: a random delay of up to 250 ms, so that
+///   daemons asking at the same moment do not all start at once; the first
+///   tells the others (`dt_wip`).
+pub fn mirror_start_at(w: &Waiting) -> u64 {
+    if w.force {
+        w.now
+    } else if w.holders {
+        w.wanted_at + w.peer_wait
+    } else if w.fetching {
+        w.wanted_at + w.peer_wait * 2 + w.mirror_ms.min(60_000)
+    } else if w.no_peers && !w.connecting && w.lookup_fresh {
+        w.lookup_done_at.map_or(w.now, |t| t + 200.min(w.peer_wait))
+    } else if w.no_peers {
+        w.wanted_at + w.peer_wait
+    } else {
+        w.jitter_at
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +546,117 @@ mod tests {
         assert_eq!(p.counts(1), (2, 0, 0));
         p.remove(1);
         assert!(!p.is_wanted(1));
+    }
+
+    #[test]
+    fn rule_a_start_times() {
+        let base = Waiting {
+            now: 10_000,
+            wanted_at: 9_900,
+            jitter_at: 10_050,
+            peer_wait: 1000,
+            mirror_ms: 5000,
+            lookup_done_at: Some(9_950),
+            ..Waiting::default()
+        };
+        // (what, change, expected start)
+        let cases: Vec<(&str, Waiting, u64)> = vec![
+            (
+                "refetch after a bad hash",
+                Waiting {
+                    force: true,
+                    holders: true,
+                    ..base
+                },
+                10_000,
+            ),
+            (
+                "a holder chokes us",
+                Waiting {
+                    holders: true,
+                    fetching: true,
+                    ..base
+                },
+                10_900,
+            ),
+            (
+                "a peer fetches it",
+                Waiting {
+                    fetching: true,
+                    ..base
+                },
+                9_900 + 2000 + 5000,
+            ),
+            (
+                "a peer fetches a huge one",
+                Waiting {
+                    fetching: true,
+                    mirror_ms: 10_000_000,
+                    ..base
+                },
+                9_900 + 2000 + 60_000,
+            ),
+            (
+                "nobody anywhere",
+                Waiting {
+                    no_peers: true,
+                    lookup_fresh: true,
+                    ..base
+                },
+                10_150,
+            ),
+            (
+                "nobody, no discovery at all",
+                Waiting {
+                    no_peers: true,
+                    lookup_fresh: true,
+                    lookup_done_at: None,
+                    ..base
+                },
+                10_000,
+            ),
+            (
+                "nobody, short peer wait",
+                Waiting {
+                    no_peers: true,
+                    lookup_fresh: true,
+                    peer_wait: 50,
+                    ..base
+                },
+                10_000,
+            ),
+            (
+                "no peer yet, discovery running",
+                Waiting {
+                    no_peers: true,
+                    ..base
+                },
+                10_900,
+            ),
+            (
+                "dialling the first peer",
+                Waiting {
+                    no_peers: true,
+                    connecting: true,
+                    lookup_fresh: true,
+                    ..base
+                },
+                10_900,
+            ),
+            (
+                "peers lack it, more being dialled",
+                Waiting {
+                    connecting: true,
+                    lookup_fresh: true,
+                    ..base
+                },
+                10_050,
+            ),
+            ("peers lack it", base, 10_050),
+        ];
+        for (what, w, want) in cases {
+            assert_eq!(mirror_start_at(&w), want, "{what}");
+        }
     }
 
     #[test]

@@ -958,25 +958,20 @@ impl Torrent {
             || self
                 .lookup_done_at
                 .is_some_and(|t| now.saturating_sub(t) < 60_000);
-        let deadline = if job.force_mirror {
-            now
-        } else if holders {
-            // They choke us (or are about to unchoke): a short wait.
-            job.wanted_at + peer_wait
-        } else if wip {
-            // A peer is fetching it from the mirror: wait for it to finish,
-            // about as long as the mirror would take us.
-            let est = job.size.saturating_mul(1000) / self.ctx.mirror_rate().max(1);
-            job.wanted_at + peer_wait * 2 + est.min(60_000)
-        } else if self.peers.is_empty() && self.connecting.is_empty() && lookup_fresh {
-            // Discovery found nobody. A peer our lookup reached may still
-            // dial in (it learns of us from our DHT query): a short grace.
-            self.lookup_done_at.map_or(now, |t| t + 200.min(peer_wait))
-        } else if self.peers.is_empty() {
-            job.wanted_at + peer_wait
-        } else {
-            job.jitter_at
-        };
+        let deadline = picker::mirror_start_at(&picker::Waiting {
+            now,
+            wanted_at: job.wanted_at,
+            jitter_at: job.jitter_at,
+            peer_wait,
+            force: job.force_mirror,
+            holders,
+            fetching: wip,
+            mirror_ms: job.size.saturating_mul(1000) / self.ctx.mirror_rate().max(1),
+            no_peers: self.peers.is_empty(),
+            connecting: !self.connecting.is_empty(),
+            lookup_fresh,
+            lookup_done_at: self.lookup_done_at,
+        });
         if now >= deadline.max(job.mirror_not_before) {
             let _ = self.start_mirror(piece, 0, now);
         }
