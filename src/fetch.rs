@@ -90,27 +90,29 @@ pub enum Put {
         /// New bytes written.
         new: u64,
     },
-    /// The last missing bytes arrived and the whole piece was hashed.
-    Complete {
-        /// Whether the SHA-256 matched.
-        ok: bool,
-        /// New bytes written.
-        new: u64,
-    },
 }
+
+/// Called with `(generation, matched)` when the verifier has hashed a
+/// whole copy of the piece.
+pub type OnVerdict = Box<dyn Fn(u64, bool) + Send + Sync>;
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Mutable state of the assembly, under one mutex held for one put.
 struct Asm {
-    hasher: Sha256,
-    /// Bytes `[0, hashed)` are received and hashed.
-    hashed: u64,
-    /// Received ranges beyond the hashed prefix, sorted, disjoint, merged.
+    /// Bytes `[0, received)` are in the file.
+    received: u64,
+    /// Received ranges beyond that prefix, sorted, disjoint, merged.
     got: Vec<(u64, u64)>,
+    /// Bumped when a failed copy is thrown away: the verifier starts over.
+    gen: u64,
+    /// The verifier's result for this generation.
+    verdict: Option<bool>,
     /// Source of each block (the last one that wrote into it).
     block_src: Vec<u32>,
     /// Bytes that came from peers.
     peer_bytes: u64,
-    /// The hash has been computed (the piece is complete).
+    /// Every byte has been received.
     complete: bool,
     /// Some reader already sent bytes of this piece.
     sent_any: bool,
@@ -131,6 +133,11 @@ pub struct Download {
     state_tx: watch::Sender<State>,
     state: watch::Receiver<State>,
     asm: Mutex<Asm>,
+    /// Wakes the verifier (new bytes, a reset, the end).
+    wake: tokio::sync::Notify,
+    on_verdict: Mutex<Option<OnVerdict>>,
+    /// Unique among downloads (a verdict names its download by it).
+    pub id: u64,
     /// The mirror's Last-Modified, once known.
     pub last_modified: Mutex<Option<i64>>,
 }
@@ -175,9 +182,29 @@ impl Download {
         });
     }
 
-    /// Bytes `[0, n)` have been received and hashed.
+    /// Bytes `[0, n)` have been received.
     pub fn contiguous(&self) -> u64 {
-        self.lock().hashed
+        self.lock().received
+    }
+
+    /// The current generation (see [`Download::reset_for_retry`]).
+    pub fn gen(&self) -> u64 {
+        self.lock().gen
+    }
+
+    /// Registers who hears the verifier's result. A result that came
+    /// before is delivered at once.
+    pub fn on_verdict(&self, f: OnVerdict) {
+        let done = {
+            let a = self.lock();
+            a.verdict.map(|ok| (a.gen, ok))
+        };
+        if let Some((gen, ok)) = done {
+            f(gen, ok);
+        }
+        if let Ok(mut g) = self.on_verdict.lock() {
+            *g = Some(f);
+        }
     }
 
     /// Bytes that came from peers.
@@ -188,24 +215,24 @@ impl Download {
     /// Whether the range `[begin, end)` is already received.
     pub fn has_range(&self, begin: u64, end: u64) -> bool {
         let a = self.lock();
-        end <= a.hashed
+        end <= a.received
             || a.got
                 .iter()
-                .any(|&(s, e)| s <= begin.max(a.hashed) && end <= e)
+                .any(|&(s, e)| s <= begin.max(a.received) && end <= e)
     }
 
     fn available(&self, a: &Asm) -> u64 {
         if a.peer_bytes > 0 && self.size <= self.hold_whole && !a.sent_any {
             0
         } else {
-            a.hashed.min(self.size.saturating_sub(1))
+            a.received.min(self.size.saturating_sub(1))
         }
     }
 
     /// Writes the bytes of `[offset, offset + data.len())` that are not yet
-    /// received, from source `src` (a peer id, or [`MIRROR`]), and hashes
-    /// whatever became contiguous. The caller has checked that the range
-    /// lies inside the piece.
+    /// received, from source `src` (a peer id, or [`MIRROR`]), and wakes
+    /// the verifier, which hashes the contiguous prefix on its own thread.
+    /// The caller has checked that the range lies inside the piece.
     pub fn put(&self, offset: u64, data: &[u8], src: u32) -> std::io::Result<Put> {
         let end = offset + data.len() as u64;
         if end > self.size {
@@ -217,7 +244,7 @@ impl Download {
         }
         // The parts of the range nobody delivered yet.
         let mut parts: Vec<(u64, u64)> = Vec::with_capacity(2);
-        let mut cur = offset.max(a.hashed);
+        let mut cur = offset.max(a.received);
         for &(s, e) in &a.got {
             if cur >= end {
                 break;
@@ -252,41 +279,19 @@ impl Download {
         if src != MIRROR {
             a.peer_bytes += new;
         }
-        // Hash what became contiguous: from `data` where we just wrote it,
-        // otherwise from the file.
-        let mut buf = Vec::new();
         while let Some(&(s, e)) = a.got.first() {
-            if s > a.hashed {
+            if s > a.received {
                 break;
             }
-            while a.hashed < e {
-                let h = a.hashed;
-                if let Some(&(ps, pe)) = parts.iter().find(|&&(ps, pe)| ps <= h && h < pe) {
-                    let upto = pe.min(e);
-                    let slice = &data[(h - offset) as usize..(upto - offset) as usize];
-                    debug_assert!(ps <= h);
-                    a.hasher.update(slice);
-                    a.hashed = upto;
-                } else {
-                    let n = (e - h).min(256 * 1024) as usize;
-                    buf.resize(n, 0);
-                    self.file.read_exact_at(&mut buf, h)?;
-                    a.hasher.update(&buf);
-                    a.hashed = h + n as u64;
-                }
-            }
+            a.received = a.received.max(e);
             a.got.remove(0);
         }
-        let available = self.available(&a);
-        if a.hashed == self.size {
+        if a.received == self.size {
             a.complete = true;
-            let digest: [u8; 32] = a.hasher.finalize_reset().into();
-            return Ok(Put::Complete {
-                ok: digest == self.sha256,
-                new,
-            });
         }
+        let available = self.available(&a);
         drop(a);
+        self.wake.notify_one();
         // Readers are woken per 256 KiB (and for the first bytes), not per
         // 16 KiB block: at 1 GB/s that is 4,000 wake-ups a second instead of
         // 61,000, and each reader sends bigger chunks.
@@ -328,8 +333,9 @@ impl Download {
             }
             blocks.push((src, Sha256::digest(&buf[..n]).into()));
         }
-        a.hasher = Sha256::new();
-        a.hashed = 0;
+        a.received = 0;
+        a.gen += 1;
+        a.verdict = None;
         a.got.clear();
         a.peer_bytes = 0;
         a.complete = false;
@@ -337,6 +343,7 @@ impl Download {
         drop(a);
         self.state_tx
             .send_replace(State::Streaming { available: 0 });
+        self.wake.notify_one();
         Some(blocks)
     }
 
@@ -375,6 +382,7 @@ impl Download {
         })
         .await;
         let _ = self.state_tx.send(State::Done);
+        self.wake.notify_one();
         match committed {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -397,6 +405,7 @@ impl Download {
         let _ = std::fs::remove_file(&self.tmp);
         tracing::warn!(piece = %self.rel, failure = ?f, "download failed; nothing stored");
         let _ = self.state_tx.send(State::Failed(f));
+        self.wake.notify_one();
     }
 
     /// A handle on the file, for sendfile(2) (it stays valid when the file
@@ -517,6 +526,84 @@ impl Download {
     }
 }
 
+/// The verifier of one download: hashes the received prefix in order, on a
+/// blocking thread, while sources keep writing; reports the result of each
+/// whole copy. Why apart from the writers: SHA-256 of one piece cannot be
+/// split (it runs in order on one core), and doing it inline made a peer
+/// connection's reader stop reading while it hashed. On its own thread the
+/// hash overlaps with receiving; it reads back from the page cache.
+async fn verify(dl: Arc<Download>) {
+    const CHUNK: u64 = 4 << 20;
+    let mut gen = dl.gen();
+    let mut hasher = Sha256::new();
+    let mut hashed = 0u64;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if matches!(dl.state(), State::Done | State::Failed(_)) {
+            return;
+        }
+        let (received, cur, reported) = {
+            let a = dl.lock();
+            (a.received, a.gen, a.verdict.is_some())
+        };
+        if cur != gen {
+            gen = cur;
+            hasher = Sha256::new();
+            hashed = 0;
+            continue;
+        }
+        if hashed < received {
+            let to = received.min(hashed + CHUNK);
+            let dl2 = dl.clone();
+            let mut b = std::mem::take(&mut buf);
+            let res = tokio::task::spawn_blocking(move || {
+                b.resize((to - hashed) as usize, 0);
+                let r = dl2.file.read_exact_at(&mut b, hashed);
+                if r.is_ok() {
+                    hasher.update(&b);
+                }
+                (r, hasher, b)
+            })
+            .await;
+            match res {
+                Ok((Ok(()), h, b)) => {
+                    hasher = h;
+                    buf = b;
+                    hashed = to;
+                }
+                Ok((Err(e), _, _)) => {
+                    tracing::error!(error = %e, "cannot read back a download to verify it");
+                    dl.fail(Failure::Local);
+                    return;
+                }
+                Err(_) => return,
+            }
+            continue;
+        }
+        if hashed == dl.size && !reported {
+            let ok = <[u8; 32]>::from(hasher.finalize_reset()) == dl.sha256;
+            let still = {
+                let mut a = dl.lock();
+                if a.gen == gen {
+                    a.verdict = Some(ok);
+                    true
+                } else {
+                    false
+                }
+            };
+            if still {
+                if let Ok(cb) = dl.on_verdict.lock() {
+                    if let Some(f) = cb.as_ref() {
+                        f(gen, ok);
+                    }
+                }
+            }
+            continue;
+        }
+        dl.wake.notified().await;
+    }
+}
+
 /// Adds `[s, e)` to a sorted list of disjoint ranges, merging neighbours.
 fn insert_range(v: &mut Vec<(u64, u64)>, s: u64, e: u64) {
     let i = v.partition_point(|&(_, pe)| pe < s);
@@ -584,18 +671,23 @@ impl Downloads {
             state_tx: tx,
             state: rx,
             asm: Mutex::new(Asm {
-                hasher: Sha256::new(),
-                hashed: 0,
+                received: 0,
                 got: Vec::new(),
+                gen: 0,
+                verdict: None,
                 block_src: vec![MIRROR; blocks],
                 peer_bytes: 0,
                 complete: false,
                 sent_any: false,
             }),
+            wake: tokio::sync::Notify::new(),
+            on_verdict: Mutex::new(None),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             last_modified: Mutex::new(None),
         });
         map.insert(key.clone(), dl.clone());
         drop(map);
+        tokio::spawn(verify(dl.clone()).in_current_span());
         // Forget it once it is over, so the next request starts afresh
         // (after a failure) or finds the piece in the store.
         let (this, dl2) = (self.clone(), dl.clone());
@@ -610,9 +702,9 @@ impl Downloads {
 /// Fetches `[from, to)` of a piece from the mirror into `dl` (the web
 /// seed). A whole-piece range is a plain GET; a part uses HTTP Range and
 /// needs a `206` with a matching `Content-Range` (a `200` is read from the
-/// start and the bytes before `from` are skipped). Returns the last
-/// [`Put`] (so the caller sees `Complete`) or why it failed. `stop` ends it
-/// early at a chunk boundary.
+/// start and the bytes before `from` are skipped). Returns when the range
+/// is in (the verifier reports on the whole piece), or why it failed.
+/// `stop` ends it early at a chunk boundary.
 #[allow(clippy::too_many_arguments)]
 pub async fn mirror_range(
     client: &reqwest::Client,
@@ -623,7 +715,7 @@ pub async fn mirror_range(
     timeout: Duration,
     mut on_bytes: impl FnMut(u64),
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<Put, Failure> {
+) -> Result<(), Failure> {
     let whole = from == 0 && to == dl.size;
     let mut req = client.get(url);
     if !whole {
@@ -675,10 +767,9 @@ pub async fn mirror_range(
     dl.mark_started();
     let mut resp = resp;
     let mut pos = from;
-    let mut last = Put::Duplicate;
     loop {
         if *stop.borrow() {
-            return Ok(last);
+            return Ok(());
         }
         let chunk = match tokio::time::timeout(timeout, resp.chunk()).await {
             Err(_) => return Err(Failure::Timeout),
@@ -701,34 +792,31 @@ pub async fn mirror_range(
                 // A plain GET past our range: keep only what we asked for.
                 c = &c[..(to - pos) as usize];
             } else if status == 200 {
-                return Ok(last);
+                return Ok(());
             } else {
                 return Err(Failure::Corrupt);
             }
         }
-        last = match dl.put(pos, c, MIRROR) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write a download");
-                return Err(Failure::Local);
-            }
-        };
+        if let Err(e) = dl.put(pos, c, MIRROR) {
+            tracing::error!(error = %e, "cannot write a download");
+            return Err(Failure::Local);
+        }
         pos += c.len() as u64;
-        if matches!(last, Put::Complete { .. }) || pos >= to {
-            return Ok(last);
+        if pos >= to {
+            return Ok(());
         }
     }
     if pos != to {
         return Err(Failure::Unreachable);
     }
-    Ok(last)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn download(data: &[u8], hold_whole: u64) -> (tempfile::TempDir, Download) {
+    fn download(data: &[u8], hold_whole: u64) -> (tempfile::TempDir, Arc<Download>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let tmp = dir.path().join("piece");
         let file = std::fs::OpenOptions::new()
@@ -749,29 +837,48 @@ mod tests {
             state_tx: tx,
             state: rx,
             asm: Mutex::new(Asm {
-                hasher: Sha256::new(),
-                hashed: 0,
+                received: 0,
                 got: Vec::new(),
+                gen: 0,
+                verdict: None,
                 block_src: vec![MIRROR; size.div_ceil(BLOCK) as usize],
                 peer_bytes: 0,
                 complete: false,
                 sent_any: false,
             }),
+            wake: tokio::sync::Notify::new(),
+            on_verdict: Mutex::new(None),
+            id: 1,
             last_modified: Mutex::new(None),
         };
-        (dir, dl)
+        (dir, Arc::new(dl))
     }
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    #[test]
-    fn blocks_in_any_order_verify_and_readers_see_only_the_contiguous_prefix() {
+    /// Runs the verifier until it reports; returns (generation, matched).
+    async fn verdict(dl: &Arc<Download>) -> (u64, bool) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        dl.on_verdict(Box::new(move |gen, ok| {
+            let _ = tx.send((gen, ok));
+        }));
+        let task = tokio::spawn(verify(dl.clone()));
+        let v = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a verdict within 10 s")
+            .expect("a verdict");
+        task.abort();
+        v
+    }
+
+    #[tokio::test]
+    async fn blocks_in_any_order_verify_and_readers_see_only_the_contiguous_prefix() {
         let d = data(5 * BLOCK as usize + 123);
         let (_dir, dl) = download(&d, 0);
         let b = BLOCK as usize;
-        // (offset, len, source, expected put, available afterwards)
+        // (offset, len, source, expected put, contiguous afterwards)
         let steps: &[(usize, usize, u32, Put, u64)] = &[
             (2 * b, b, 7, Put::Progress { new: b as u64 }, 0),
             (0, b, 7, Put::Progress { new: b as u64 }, b as u64),
@@ -785,27 +892,33 @@ mod tests {
                 Put::Progress { new: 2 * b as u64 },
                 5 * b as u64,
             ),
-            // The last byte is held back until the hash matched.
             (
                 5 * b,
                 123,
                 9,
-                Put::Complete { ok: true, new: 123 },
-                5 * b as u64,
+                Put::Progress { new: 123 },
+                5 * b as u64 + 123,
             ),
         ];
-        for &(off, len, src, want, avail) in steps {
+        for &(off, len, src, want, contiguous) in steps {
             let got = dl.put(off as u64, &d[off..off + len], src).expect("put");
             assert_eq!(got, want, "put {off}+{len} from {src}");
-            if !matches!(got, Put::Complete { .. }) {
-                assert_eq!(dl.contiguous().min(dl.size - 1), avail);
-            }
+            assert_eq!(dl.contiguous(), contiguous);
         }
+        // The last byte is held back until the verifier has matched it.
+        assert_eq!(
+            dl.state(),
+            State::Streaming {
+                available: dl.size - 1
+            }
+        );
         assert_eq!(dl.peer_bytes(), 3 * BLOCK + 123);
+        assert_eq!(verdict(&dl).await, (0, true));
+        assert_eq!(dl.put(0, &d[..10], 1).expect("put"), Put::Duplicate);
     }
 
-    #[test]
-    fn a_corrupt_block_fails_the_hash_and_a_retry_starts_clean() {
+    #[tokio::test]
+    async fn a_corrupt_block_fails_the_hash_and_a_retry_starts_clean() {
         let d = data(3 * BLOCK as usize);
         let (_dir, dl) = download(&d, 1 << 20);
         let mut bad = d.clone();
@@ -815,14 +928,8 @@ mod tests {
         // Held whole: a piece that took peer bytes shows apt nothing yet.
         assert_eq!(dl.state(), State::Streaming { available: 0 });
         dl.put(b as u64, &bad[b..2 * b], 2).expect("put");
-        let last = dl.put(2 * b as u64, &d[2 * b..], 1).expect("put");
-        assert_eq!(
-            last,
-            Put::Complete {
-                ok: false,
-                new: BLOCK
-            }
-        );
+        dl.put(2 * b as u64, &d[2 * b..], 1).expect("put");
+        assert_eq!(verdict(&dl).await, (0, false));
         let suspect = dl
             .reset_for_retry()
             .expect("nothing was sent, so it can retry");
@@ -830,15 +937,9 @@ mod tests {
             suspect.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
             vec![1, 2, 1]
         );
-        assert_eq!(dl.contiguous(), 0);
-        let last = dl.put(0, &d, MIRROR).expect("put");
-        assert_eq!(
-            last,
-            Put::Complete {
-                ok: true,
-                new: 3 * BLOCK
-            }
-        );
+        assert_eq!((dl.contiguous(), dl.gen()), (0, 1));
+        dl.put(0, &d, MIRROR).expect("put");
+        assert_eq!(verdict(&dl).await, (1, true));
         let good = dl.block_digests();
         let differs: Vec<usize> = (0..3).filter(|&i| suspect[i].1 != good[i]).collect();
         assert_eq!(differs, vec![1], "only the corrupt block differs");

@@ -96,7 +96,7 @@ pub enum Ev {
     MirrorDone {
         piece: u32,
         gen: u32,
-        res: Result<Put, Failure>,
+        res: Result<(), Failure>,
         bytes: u64,
         ms: u64,
     },
@@ -115,6 +115,14 @@ pub enum Ev {
     LookupDone,
     /// Discovery has started (after this torrent did).
     DiscoveryReady,
+    /// The verifier hashed a whole copy of a piece.
+    Verified {
+        piece: u32,
+        /// The download (`Download::id`) and its generation.
+        id: u64,
+        gen: u64,
+        ok: bool,
+    },
     /// The torrent is no longer registered.
     Stop,
 }
@@ -536,6 +544,15 @@ impl Torrent {
             }
             Ev::Found(addr, source) => self.found(addr, source),
             Ev::DiscoveryReady => self.start_discovery(),
+            Ev::Verified { piece, id, gen, ok } => {
+                let current = self
+                    .jobs
+                    .get(&piece)
+                    .is_some_and(|j| j.dl.id == id && j.dl.gen() == gen && !j.committing);
+                if current {
+                    self.finish(piece, ok, now);
+                }
+            }
             Ev::LookupDone => {
                 self.lookup_done_at = Some(now);
                 self.announce_once();
@@ -597,6 +614,14 @@ impl Torrent {
             self.end_job(piece);
         }
         let size = dl.size;
+        let tx = self.sh.events.clone();
+        let id = dl.id;
+        dl.on_verdict(Box::new(move |gen, ok| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Ev::Verified { piece, id, gen, ok }).await;
+            });
+        }));
         let jitter_cap = self.ctx.cfg.peer_wait_ms.min(250);
         let jitter = if jitter_cap == 0 {
             0
@@ -904,7 +929,7 @@ impl Torrent {
             }
         }
         let new = match put {
-            Put::Progress { new } | Put::Complete { new, .. } => new,
+            Put::Progress { new } => new,
             Put::Duplicate => 0,
         };
         self.sh.from_peers.fetch_add(new, Ordering::Relaxed);
@@ -914,9 +939,6 @@ impl Torrent {
             if let (Some(ip), true) = (ip, new > 0) {
                 j.contributors.insert(key, ip);
             }
-        }
-        if let Put::Complete { ok, .. } = put {
-            self.finish(piece, ok, now);
         }
         self.feed(key, now);
     }
@@ -1072,7 +1094,7 @@ impl Torrent {
         &mut self,
         piece: u32,
         gen: u32,
-        res: Result<Put, Failure>,
+        res: Result<(), Failure>,
         bytes: u64,
         ms: u64,
         now: u64,
@@ -1089,8 +1111,7 @@ impl Torrent {
         }
         let dl = job.dl.clone();
         match res {
-            Ok(Put::Complete { ok, .. }) => self.finish(piece, ok, now),
-            Ok(_) => {
+            Ok(()) => {
                 self.picker.mirror_stopped(piece, |s, e| dl.has_range(s, e));
                 self.drive(piece, now);
             }
