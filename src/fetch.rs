@@ -4,10 +4,10 @@
 //! One [`Download`] per piece in flight, whatever the number of apt clients
 //! waiting for it and whatever the number of sources (peers and the
 //! mirror). Sources hand byte ranges to [`Download::put`] in any order. The
-//! bytes go to a file under `tmp/`; the SHA-256 runs over the contiguous
-//! prefix as it grows, always in order, from memory when the bytes just
-//! arrived and from the file (page cache) when they arrived out of order.
-//! Readers (apt responses) follow the file through positioned reads.
+//! bytes go to a file under `tmp/`. A verifier task per download hashes the
+//! contiguous prefix as it grows, always in order, on a blocking thread that
+//! reads it back from the page cache, and reports each whole copy's result.
+//! Readers (apt responses) follow the file, with sendfile(2).
 //!
 //! What a reader may send (the invariant, see `docs/ARCHITECTURE.md`):
 //! never byte `size - 1` before the piece matched its SHA-256, and nothing
