@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -414,9 +413,9 @@ impl Download {
         self.file.try_clone().ok()
     }
 
-    /// Like [`Download::reader`], but hands out the ranges of `[start, end)`
-    /// that may be sent as they become available, for sendfile(2): the
-    /// same holding back of unverified bytes, without copying them.
+    /// Hands out the ranges of `[start, end)` that may be sent, as they
+    /// become available, for sendfile(2): the last byte only once the
+    /// piece is verified, nothing of a held-whole piece before that.
     pub fn ranges(
         self: &Arc<Self>,
         start: u64,
@@ -454,69 +453,6 @@ impl Download {
                     if state.changed().await.is_err() && *state.borrow() != State::Done {
                         let _ = tx.send(Err(())).await;
                         return;
-                    }
-                }
-            }
-            .in_current_span(),
-        );
-        rx
-    }
-
-    /// Streams bytes `[start, end)` of the piece into a channel, as they
-    /// become available, holding back the last byte until verification.
-    pub fn reader(self: &Arc<Self>, start: u64, end: u64) -> mpsc::Receiver<Result<Bytes, ()>> {
-        let (tx, rx) = mpsc::channel(8);
-        let dl = self.clone();
-        tokio::spawn(
-            async move {
-                let mut state = dl.state.clone();
-                let mut pos = start;
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    let s = *state.borrow_and_update();
-                    let available = match s {
-                        State::Connecting => 0,
-                        State::Streaming { available } => available,
-                        State::Done => dl.size,
-                        State::Failed(_) => {
-                            let _ = tx.send(Err(())).await;
-                            return;
-                        }
-                    };
-                    if pos < available.min(end) {
-                        // From here on the piece cannot be retried silently.
-                        dl.lock().sent_any = true;
-                    }
-                    while pos < available.min(end) {
-                        let want =
-                            usize::try_from((available.min(end) - pos).min(buf.len() as u64))
-                                .unwrap_or(buf.len());
-                        let n = match dl.file.read_at(&mut buf[..want], pos) {
-                            Ok(0) | Err(_) => {
-                                let _ = tx.send(Err(())).await;
-                                return;
-                            }
-                            Ok(n) => n,
-                        };
-                        // Hand the buffer itself to the response (no copy);
-                        // the next read gets a fresh one.
-                        let chunk = std::mem::take(&mut buf);
-                        let chunk = Bytes::from(chunk).slice(..n);
-                        buf = vec![0u8; 256 * 1024];
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return; // apt went away
-                        }
-                        pos += n as u64;
-                    }
-                    if pos >= end {
-                        return;
-                    }
-                    if state.changed().await.is_err() {
-                        // The download is gone: only a final state counts.
-                        if *state.borrow() != State::Done {
-                            let _ = tx.send(Err(())).await;
-                            return;
-                        }
                     }
                 }
             }

@@ -439,16 +439,13 @@ impl Service {
             mtime,
             etag: Some(etag_of(&found.sha256)),
         };
-        respond_with(req, found.size, &v, ctype, |s, e| match dl.file_handle() {
-            Some(file) => Body::FileRanges {
-                file,
-                rx: dl.ranges(s, e),
-                len: e - s,
-            },
-            None => Body::Stream {
-                rx: dl.reader(s, e),
-                len: Some(e - s),
-            },
+        let Some(file) = dl.file_handle() else {
+            return failure_response(Failure::Local);
+        };
+        respond_with(req, found.size, &v, ctype, |s, e| Body::FileRanges {
+            file,
+            rx: dl.ranges(s, e),
+            len: e - s,
         })
     }
 
