@@ -800,7 +800,7 @@ impl Torrent {
                 .hello
                 .ext
                 .reqq
-                .map_or(64, |q| (q as usize).clamp(1, 500)),
+                .map_or(64, |q| (q as usize).clamp(1, 1000)),
             last_progress: now,
             snub_until: 0,
             rate: Rate::new(5000),
@@ -866,7 +866,7 @@ impl Torrent {
         // blocks, at most what it accepts.
         let depth = ((p.rate.estimate(now) / 5 / u64::from(wire::BLOCK)) as usize)
             .max(64)
-            .min(p.reqq.clamp(1, 250));
+            .min(p.reqq.clamp(1, 1000));
         // Refill in batches of a quarter of the queue: one write (and one
         // wake-up of the writer) per batch rather than per block.
         if p.inflight >= depth || (p.inflight > 0 && depth - p.inflight < depth / 4) {
