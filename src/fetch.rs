@@ -142,6 +142,44 @@ pub struct Download {
 }
 
 impl Download {
+    /// A new, empty assembly writing to `file` (at `tmp`). `None` when the
+    /// size does not fit this machine's memory model.
+    fn new(
+        rel: &str,
+        size: u64,
+        sha256: [u8; 32],
+        tmp: PathBuf,
+        file: std::fs::File,
+        hold_whole: u64,
+    ) -> Option<Download> {
+        let blocks = usize::try_from(size.div_ceil(BLOCK)).ok()?;
+        let (tx, rx) = watch::channel(State::Connecting);
+        Some(Download {
+            rel: rel.to_string(),
+            size,
+            sha256,
+            tmp,
+            file,
+            hold_whole,
+            state_tx: tx,
+            state: rx,
+            asm: Mutex::new(Asm {
+                received: 0,
+                got: Vec::new(),
+                gen: 0,
+                verdict: None,
+                block_src: vec![MIRROR; blocks],
+                peer_bytes: 0,
+                complete: false,
+                sent_any: false,
+            }),
+            wake: tokio::sync::Notify::new(),
+            on_verdict: Mutex::new(None),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            last_modified: Mutex::new(None),
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Asm> {
         self.asm.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -595,32 +633,9 @@ impl Downloads {
             tracing::error!(error = %e, "cannot create a temporary file");
             Failure::Local
         })?;
-        let (tx, rx) = watch::channel(State::Connecting);
-        let blocks = usize::try_from(size.div_ceil(BLOCK)).map_err(|_| Failure::Local)?;
-        let dl = Arc::new(Download {
-            rel: rel.to_string(),
-            size,
-            sha256,
-            tmp,
-            file,
-            hold_whole: self.hold_whole,
-            state_tx: tx,
-            state: rx,
-            asm: Mutex::new(Asm {
-                received: 0,
-                got: Vec::new(),
-                gen: 0,
-                verdict: None,
-                block_src: vec![MIRROR; blocks],
-                peer_bytes: 0,
-                complete: false,
-                sent_any: false,
-            }),
-            wake: tokio::sync::Notify::new(),
-            on_verdict: Mutex::new(None),
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            last_modified: Mutex::new(None),
-        });
+        let dl = Arc::new(
+            Download::new(rel, size, sha256, tmp, file, self.hold_whole).ok_or(Failure::Local)?,
+        );
         map.insert(key.clone(), dl.clone());
         drop(map);
         tokio::spawn(verify(dl.clone()).in_current_span());
@@ -761,32 +776,15 @@ mod tests {
             .create_new(true)
             .open(&tmp)
             .expect("tmp file");
-        let (tx, rx) = watch::channel(State::Connecting);
-        let size = data.len() as u64;
-        let dl = Download {
-            rel: "pool/x.deb".into(),
-            size,
-            sha256: Sha256::digest(data).into(),
+        let dl = Download::new(
+            "pool/x.deb",
+            data.len() as u64,
+            Sha256::digest(data).into(),
             tmp,
             file,
             hold_whole,
-            state_tx: tx,
-            state: rx,
-            asm: Mutex::new(Asm {
-                received: 0,
-                got: Vec::new(),
-                gen: 0,
-                verdict: None,
-                block_src: vec![MIRROR; size.div_ceil(BLOCK) as usize],
-                peer_bytes: 0,
-                complete: false,
-                sent_any: false,
-            }),
-            wake: tokio::sync::Notify::new(),
-            on_verdict: Mutex::new(None),
-            id: 1,
-            last_modified: Mutex::new(None),
-        };
+        )
+        .expect("a size that fits");
         (dir, Arc::new(dl))
     }
 
