@@ -247,7 +247,8 @@ impl DhtNode {
 
     /// Announce `ih` now and every [`ANNOUNCE_EVERY`] until aborted.
     pub(crate) async fn announce_loop(self: Arc<Self>, ih: [u8; 20]) {
-        let id = Id::from_bytes(ih).expect("20 bytes");
+        // 20 bytes always make an id; nothing to do if the crate disagrees.
+        let Ok(id) = Id::from_bytes(ih) else { return };
         self.watch.set_ours(ih, true);
         let mut failures = 0u32;
         let mut announced = 0u32;
@@ -301,7 +302,8 @@ impl DhtNode {
     /// `get_peers` until the query ends or [`LOOKUP_TIMEOUT`]; each new
     /// address is sent at once.
     pub(crate) async fn lookup(&self, ih: [u8; 20], emit: &Emitter) {
-        let id = Id::from_bytes(ih).expect("20 bytes");
+        // 20 bytes always make an id; nothing to do if the crate disagrees.
+        let Ok(id) = Id::from_bytes(ih) else { return };
         let mut stream = self.dht.get_peers(id);
         let deadline = Instant::now() + LOOKUP_TIMEOUT;
         let mut seen = HashSet::new();
