@@ -111,8 +111,6 @@ struct Asm {
     block_src: Vec<u32>,
     /// Bytes that came from peers.
     peer_bytes: u64,
-    /// Every byte has been received.
-    complete: bool,
     /// Some reader already sent bytes of this piece.
     sent_any: bool,
 }
@@ -170,7 +168,6 @@ impl Download {
                 verdict: None,
                 block_src: vec![MIRROR; blocks],
                 peer_bytes: 0,
-                complete: false,
                 sent_any: false,
             }),
             wake: tokio::sync::Notify::new(),
@@ -276,7 +273,7 @@ impl Download {
             return Err(std::io::Error::other("range beyond the piece"));
         }
         let mut a = self.lock();
-        if a.complete {
+        if a.received == self.size {
             return Ok(Put::Duplicate);
         }
         // The parts of the range nobody delivered yet.
@@ -322,9 +319,6 @@ impl Download {
             }
             a.received = a.received.max(e);
             a.got.remove(0);
-        }
-        if a.received == self.size {
-            a.complete = true;
         }
         let available = self.available(&a);
         drop(a);
@@ -375,7 +369,6 @@ impl Download {
         a.verdict = None;
         a.got.clear();
         a.peer_bytes = 0;
-        a.complete = false;
         a.block_src.iter_mut().for_each(|s| *s = MIRROR);
         drop(a);
         self.state_tx

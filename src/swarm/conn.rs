@@ -319,11 +319,6 @@ impl Established {
             late_bits,
         } = self;
         let fast = hello.fast;
-        let their_ids = (
-            hello.ext.ext_id(wire::EXT_PEX),
-            hello.ext.ext_id(wire::EXT_WIP),
-        );
-        let _ = their_ids;
         let (sh2, shared2) = (sh.clone(), shared.clone());
         let writer = tokio::spawn(writer(write, rx, sh2, shared2, fast).instrument(span.clone()));
         tokio::spawn(

@@ -61,7 +61,6 @@ pub struct Ctx {
     pub peer_id: [u8; 20],
     /// Our BitTorrent address (TCP; the DHT uses the same port over UDP).
     pub peer_addr: SocketAddr,
-    pub listen_port: u16,
     pub store: Arc<Store>,
     pub stats: Arc<Stats>,
     pub client: reqwest::Client,
@@ -267,7 +266,6 @@ impl Swarm {
         let ctx = Arc::new(Ctx {
             peer_id,
             peer_addr,
-            listen_port: peer_addr.port(),
             store: opts.store.clone(),
             stats: opts.stats,
             client: opts.client,

@@ -191,7 +191,6 @@ struct Peer {
     /// Where it listens (its address, with the port from its extended
     /// handshake), used for PEX and to avoid dialling it twice.
     listen: SocketAddr,
-    ip: IpAddr,
     peer_id: [u8; 20],
     outgoing: bool,
     client: String,
@@ -217,6 +216,30 @@ struct Peer {
 }
 
 impl Peer {
+    /// Cancels our outstanding requests at this peer: those for `piece`,
+    /// or all of them.
+    fn cancel(&mut self, piece: Option<u32>) {
+        let mine: Vec<BlockRef> = self
+            .shared
+            .outstanding
+            .lock()
+            .map(|o| {
+                o.iter()
+                    .filter(|((i, _), _)| piece.is_none_or(|p| p == *i))
+                    .map(|((index, begin), (length, _))| BlockRef {
+                        index: *index,
+                        begin: *begin,
+                        length: *length,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for r in mine {
+            self.inflight = self.inflight.saturating_sub(1);
+            let _ = self.tx.try_send(Out::Cancel(r));
+        }
+    }
+
     fn has(&self, piece: u32) -> bool {
         self.bits
             .as_ref()
@@ -231,7 +254,6 @@ struct MirrorRun {
 struct Job {
     dl: Arc<Download>,
     url: String,
-    size: u64,
     wanted_at: u64,
     /// Rule (a) with peers connected: start the mirror after this.
     jitter_at: u64,
@@ -286,7 +308,7 @@ pub fn start(reg: Arc<Registered>, ctx: Arc<Ctx>) -> Handle {
     let sh = Arc::new(Shared {
         info_hash,
         peer_id: ctx.peer_id,
-        listen_port: ctx.listen_port,
+        listen_port: ctx.peer_addr.port(),
         piece_count: reg.torrent.piece_count(),
         reg: reg.clone(),
         store: ctx.store.clone(),
@@ -419,8 +441,8 @@ impl Torrent {
                 violation,
             } => {
                 if let Some(p) = self.peers.remove(&key) {
-                    self.ctx.release_conn(p.ip);
-                    if violation && self.ctx.violation(p.ip) {
+                    self.ctx.release_conn(p.listen.ip());
+                    if violation && self.ctx.violation(p.listen.ip()) {
                         tracing::warn!(peer = %addr, "banned after repeated protocol violations");
                     }
                 }
@@ -633,7 +655,6 @@ impl Torrent {
             Job {
                 dl,
                 url,
-                size,
                 wanted_at: now,
                 jitter_at: now + jitter,
                 mirror: None,
@@ -784,7 +805,6 @@ impl Torrent {
         let listen = SocketAddr::new(addr.ip(), est.hello.ext.p.unwrap_or(addr.port()));
         let peer = Peer {
             listen,
-            ip: addr.ip(),
             peer_id: est.hello.peer_id,
             outgoing: est.outgoing,
             client: est.hello.ext.v.clone().unwrap_or_default(),
@@ -911,7 +931,7 @@ impl Torrent {
             p.last_progress = now;
             p.snub_until = 0;
             p.rate.add(u64::from(len), now);
-            Some(p.ip)
+            Some(p.listen.ip())
         } else {
             None
         };
@@ -988,7 +1008,7 @@ impl Torrent {
             force: job.force_mirror,
             holders,
             fetching: wip,
-            mirror_ms: job.size.saturating_mul(1000) / self.ctx.mirror_rate().max(1),
+            mirror_ms: job.dl.size.saturating_mul(1000) / self.ctx.mirror_rate().max(1),
             no_peers: self.peers.is_empty(),
             connecting: !self.connecting.is_empty(),
             lookup_fresh,
@@ -1222,25 +1242,7 @@ impl Torrent {
     /// Cancels every outstanding request for `piece`.
     fn picker_cancel(&mut self, piece: u32) {
         for p in self.peers.values_mut() {
-            let mine: Vec<(u32, u32, u32)> = p
-                .shared
-                .outstanding
-                .lock()
-                .map(|o| {
-                    o.iter()
-                        .filter(|((i, _), _)| *i == piece)
-                        .map(|((i, b), (l, _))| (*i, *b, *l))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (index, begin, length) in mine {
-                p.inflight = p.inflight.saturating_sub(1);
-                let _ = p.tx.try_send(Out::Cancel(BlockRef {
-                    index,
-                    begin,
-                    length,
-                }));
-            }
+            p.cancel(Some(piece));
         }
     }
 
@@ -1296,7 +1298,7 @@ impl Torrent {
     }
 
     fn drop_ip(&mut self, ip: IpAddr) {
-        for p in self.peers.values().filter(|p| p.ip == ip) {
+        for p in self.peers.values().filter(|p| p.listen.ip() == ip) {
             let _ = p.tx.try_send(Out::Close);
         }
     }
@@ -1352,19 +1354,7 @@ impl Torrent {
             if let Some(p) = self.peers.get_mut(&k) {
                 tracing::info!(peer = %p.listen, "peer stalled: its requests go elsewhere");
                 p.snub_until = now + 30_000;
-                let mine: Vec<(u32, u32, u32)> = p
-                    .shared
-                    .outstanding
-                    .lock()
-                    .map(|o| o.iter().map(|((i, b), (l, _))| (*i, *b, *l)).collect())
-                    .unwrap_or_default();
-                for (index, begin, length) in mine {
-                    let _ = p.tx.try_send(Out::Cancel(BlockRef {
-                        index,
-                        begin,
-                        length,
-                    }));
-                }
+                p.cancel(None);
                 p.inflight = 0;
             }
             self.picker.release(k);
@@ -1385,7 +1375,7 @@ impl Torrent {
                 continue;
             }
             let contiguous = j.dl.contiguous();
-            let rest = j.size.saturating_sub(contiguous);
+            let rest = j.dl.size.saturating_sub(contiguous);
             if rest < 256 * 1024 {
                 continue;
             }

@@ -49,12 +49,8 @@ fn info_hash(d: &Daemon) -> [u8; 20] {
     let hex = t["info_hash"]
         .as_str()
         .unwrap_or_else(|| panic!("no info_hash: {t:#}"));
-    assert_eq!(hex.len(), 40, "info_hash {hex:?}");
-    let mut ih = [0u8; 20];
-    for (i, b) in ih.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
-    ih
+    debtorrent_gen::decode_hex::<20>(hex.as_bytes())
+        .unwrap_or_else(|| panic!("info_hash {hex:?} is not 40 hex digits"))
 }
 
 fn peer_count(t: &Value) -> usize {
@@ -902,7 +898,7 @@ impl Drop for OpenTracker {
 fn start_opentracker(info_hash: &[u8; 20]) -> OpenTracker {
     let dir = tempfile::tempdir().expect("tempdir");
     let wl = dir.path().join("whitelist");
-    let hex: String = info_hash.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::support::hex(info_hash);
     std::fs::write(&wl, format!("{hex}\n")).expect("whitelist");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

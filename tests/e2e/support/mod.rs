@@ -50,7 +50,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    debtorrent_gen::encode_hex(bytes)
 }
 
 /// The outcome of a command run with [`run_with_timeout`].
