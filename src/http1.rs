@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -166,12 +166,21 @@ struct Queued {
 }
 
 /// Serves one connection until it closes.
-pub async fn serve_connection<H: Handler>(stream: TcpStream, peer: SocketAddr, handler: Arc<H>) {
+///
+/// When `shutdown` turns true the connection reads no further request:
+/// the responses already queued are sent in full, then it closes.
+pub async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    shutdown: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
     let span = tracing::debug_span!("apt", %peer);
-    let reader = tokio::spawn(read_loop(rd, peer, handler.clone(), tx).instrument(span.clone()));
+    let reader =
+        tokio::spawn(read_loop(rd, peer, handler.clone(), tx, shutdown).instrument(span.clone()));
     write_loop(wr, rx, &*handler).instrument(span).await;
     reader.abort();
 }
@@ -185,9 +194,13 @@ async fn read_loop<H: Handler>(
     peer: SocketAddr,
     handler: Arc<H>,
     tx: mpsc::Sender<Queued>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
+        if *shutdown.borrow() {
+            return;
+        }
         // Parse every complete request already buffered (pipelining).
         let parsed = parse(&buf);
         match parsed {
@@ -233,7 +246,11 @@ async fn read_loop<H: Handler>(
             Parsed::Partial => {}
         }
         let limit = if buf.is_empty() { IDLE } else { HEAD_TIMEOUT };
-        match tokio::time::timeout(limit, rd.read_buf(&mut buf)).await {
+        let read = tokio::select! {
+            r = tokio::time::timeout(limit, rd.read_buf(&mut buf)) => r,
+            _ = shutdown.changed() => return,
+        };
+        match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}
             Err(_) => {
@@ -258,6 +275,11 @@ enum Parsed {
     Complete(usize, Box<(Request, bool, Option<Response>)>),
     Partial,
     Error(Response),
+}
+
+/// The request-head parser on arbitrary bytes (the fuzz target).
+pub(crate) fn parse_for_fuzz(buf: &[u8]) {
+    let _ = parse(buf);
 }
 
 fn parse(buf: &[u8]) -> Parsed {

@@ -18,12 +18,13 @@ use sha2::{Digest, Sha256, Sha512};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::db::TorrentRow;
-use crate::fetch::{Failure, State};
+use crate::assembly::{Failure, State};
 use crate::http1::{Body, Handler, Request, Response};
-use crate::index::{self, Registered, Registry};
+use crate::mirror::Mirror;
+use crate::registry::{self, Registry};
 use crate::release::{self, Release};
-use crate::status::{Pages, Stats};
+use crate::stats::Stats;
+use crate::status::Pages;
 use crate::store::{self, Store};
 use crate::url::{self, Area, LocalPage, Policy, Target, UpstreamUrl};
 
@@ -37,14 +38,12 @@ pub struct Service {
     pub registry: Arc<Registry>,
     /// The swarm: fetches pieces from peers and the mirror.
     pub swarm: Arc<crate::swarm::Swarm>,
-    /// The mirror client.
-    pub client: reqwest::Client,
+    /// The mirror: client, chunk loop, rate estimate.
+    pub mirror: Arc<Mirror>,
     /// Counters.
     pub stats: Arc<Stats>,
     /// Status pages.
     pub pages: Pages,
-    /// How long to wait for a mirror's next bytes.
-    pub timeout: Duration,
     /// Becomes true once the torrents of the previous run are loaded.
     pub loaded: watch::Receiver<bool>,
 }
@@ -84,11 +83,9 @@ impl Handler for Service {
             Target::Local(LocalPage::Status) => {
                 Response::bytes(200, "text/html; charset=utf-8", self.pages.html())
             }
-            Target::Local(LocalPage::StatusJson) => Response::bytes(
-                200,
-                "application/json",
-                format!("{:#}\n", self.pages.json()),
-            ),
+            Target::Local(LocalPage::StatusJson) => {
+                Response::bytes(200, "application/json", self.pages.json())
+            }
             Target::Local(LocalPage::Metrics) => Response::bytes(
                 200,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -336,14 +333,6 @@ fn file_body(path: &Path, start: u64, end: u64) -> Body {
 }
 
 /// The status for a request to the mirror that got no response at all.
-fn send_failure(e: &reqwest::Error) -> Failure {
-    if e.is_timeout() {
-        Failure::Timeout
-    } else {
-        Failure::Unreachable
-    }
-}
-
 /// The mirror's headers worth passing on, under our names.
 fn copy_headers(
     from: &reqwest::header::HeaderMap,
@@ -429,12 +418,7 @@ impl Service {
             State::Failed(f) => return failure_response(f),
             _ => {}
         }
-        let mtime = dl
-            .last_modified
-            .lock()
-            .ok()
-            .and_then(|g| *g)
-            .unwrap_or_else(store::now);
+        let mtime = dl.last_modified().unwrap_or_else(store::now);
         let v = Validators {
             mtime,
             etag: Some(etag_of(&found.sha256)),
@@ -457,11 +441,11 @@ impl Service {
         &self,
         req: &Request,
         u: &UpstreamUrl,
-        found: index::Found,
+        found: registry::Found,
     ) -> Response {
-        let resp = match self.client.get(u.url()).send().await {
+        let resp = match self.mirror.send(self.mirror.get(&u.url())).await {
             Ok(r) => r,
-            Err(e) => return failure_response(send_failure(&e)),
+            Err(f) => return failure_response(f),
         };
         let status = resp.status().as_u16();
         if status != 200 {
@@ -480,17 +464,16 @@ impl Service {
             return head_response(200, headers, found.size);
         }
         let (tx, rx) = mpsc::channel(8);
-        let (stats, timeout) = (self.stats.clone(), self.timeout);
+        let stats = self.stats.clone();
+        let mut body = self.mirror.body(resp);
         tokio::spawn(
             async move {
-                let mut resp = resp;
                 let mut h = Sha256::new();
                 let mut held: Option<Bytes> = None;
                 let mut n = 0u64;
                 loop {
-                    match tokio::time::timeout(timeout, resp.chunk()).await {
-                        Ok(Ok(Some(c))) => {
-                            stats.mirror_bytes(c.len() as u64);
+                    match body.next().await {
+                        Ok(Some(c)) => {
                             n += c.len() as u64;
                             h.update(&c);
                             if let Some(prev) = held.replace(c) {
@@ -499,8 +482,8 @@ impl Service {
                                 }
                             }
                         }
-                        Ok(Ok(None)) => break,
-                        _ => {
+                        Ok(None) => break,
+                        Err(_) => {
                             let _ = tx.send(Err(())).await;
                             return;
                         }
@@ -537,15 +520,15 @@ impl Service {
 
     /// Streams a file from the mirror without keeping it.
     async fn pass_through(&self, req: &Request, u: &UpstreamUrl) -> Response {
-        let mut rb = self.client.get(u.url());
+        let mut rb = self.mirror.get(&u.url());
         for h in ["range", "if-range", "if-modified-since", "if-none-match"] {
             if let Some(v) = req.header(h) {
                 rb = rb.header(h, v);
             }
         }
-        let resp = match rb.send().await {
+        let resp = match self.mirror.send(rb).await {
             Ok(r) => r,
-            Err(e) => return failure_response(send_failure(&e)),
+            Err(f) => return failure_response(f),
         };
         let status = resp.status().as_u16();
         use reqwest::header::{ACCEPT_RANGES, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED};
@@ -564,21 +547,18 @@ impl Service {
             return head_response(status, headers, len.unwrap_or(0));
         }
         let (tx, rx) = mpsc::channel(8);
-        let stats = self.stats.clone();
-        let timeout = self.timeout;
+        let mut body = self.mirror.body(resp);
         tokio::spawn(
             async move {
-                let mut resp = resp;
                 loop {
-                    match tokio::time::timeout(timeout, resp.chunk()).await {
-                        Ok(Ok(Some(c))) => {
-                            stats.mirror_bytes(c.len() as u64);
+                    match body.next().await {
+                        Ok(Some(c)) => {
                             if tx.send(Ok(c)).await.is_err() {
                                 return;
                             }
                         }
-                        Ok(Ok(None)) => return,
-                        _ => {
+                        Ok(None) => return,
+                        Err(_) => {
                             let _ = tx.send(Err(())).await;
                             return;
                         }
@@ -597,16 +577,15 @@ impl Service {
 
     async fn serve_index(&self, req: &Request, u: &UpstreamUrl, rel: &str) -> Response {
         let cache = self.store.index_file(u);
-        let mut rb = self.client.get(u.url());
+        let mut rb = self.mirror.get(&u.url());
         for h in ["if-modified-since", "if-none-match"] {
             if let Some(v) = req.header(h) {
                 rb = rb.header(h, v);
             }
         }
-        let resp = match rb.send().await {
+        let resp = match self.mirror.send(rb).await {
             Ok(r) => r,
-            Err(e) => {
-                let f = send_failure(&e);
+            Err(f) => {
                 tracing::info!(failure = ?f, "mirror failed; trying the last good copy");
                 return self.cached_index(req, &cache, failure_response(f));
             }
@@ -654,15 +633,14 @@ impl Service {
         let job = IndexJob {
             store: self.store.clone(),
             registry: self.registry.clone(),
-            stats: self.stats.clone(),
-            timeout: self.timeout,
             u: u.clone(),
             rel: rel.to_string(),
             cache,
             len,
             mtime: last_modified.as_deref().and_then(parse_date),
         };
-        tokio::spawn(job.run(resp, tx).in_current_span());
+        let body = self.mirror.body(resp);
+        tokio::spawn(job.run(body, tx).in_current_span());
         Response {
             status: 200,
             headers,
@@ -689,8 +667,6 @@ impl Service {
 struct IndexJob {
     store: Arc<Store>,
     registry: Arc<Registry>,
-    stats: Arc<Stats>,
-    timeout: Duration,
     u: UpstreamUrl,
     rel: String,
     cache: PathBuf,
@@ -699,7 +675,7 @@ struct IndexJob {
 }
 
 impl IndexJob {
-    async fn run(self, mut resp: reqwest::Response, tx: mpsc::Sender<Result<Bytes, ()>>) {
+    async fn run(self, mut body: crate::mirror::Body, tx: mpsc::Sender<Result<Bytes, ()>>) {
         let tmp = match self.store.temp_file() {
             Ok((p, f)) => (p, f),
             Err(e) => {
@@ -717,9 +693,8 @@ impl IndexJob {
         // A failed cache write (full disk) stops the copy, not apt's download.
         let mut caching = true;
         let complete = loop {
-            match tokio::time::timeout(self.timeout, resp.chunk()).await {
-                Ok(Ok(Some(c))) => {
-                    self.stats.mirror_bytes(c.len() as u64);
+            match body.next().await {
+                Ok(Some(c)) => {
                     if caching {
                         h256.update(&c);
                         if let Some(h) = h512.as_mut() {
@@ -738,8 +713,8 @@ impl IndexJob {
                         break false;
                     }
                 }
-                Ok(Ok(None)) => break self.len.is_none_or(|l| l == n),
-                _ => break false,
+                Ok(None) => break self.len.is_none_or(|l| l == n),
+                Err(_) => break false,
             }
         };
         if !complete || !caching {
@@ -808,7 +783,7 @@ impl IndexJob {
             return;
         };
         let (kind, index_path) =
-            match index::classify_index(&suite_dir, &self.rel, &rel_release, &sha256, sha512) {
+            match registry::classify_index(&suite_dir, &self.rel, &rel_release, &sha256, sha512) {
                 Ok(x) => x,
                 Err(why) => {
                     if release::index_kind(name).is_some() {
@@ -817,38 +792,17 @@ impl IndexJob {
                     return;
                 }
             };
-        let cache = self.cache.clone();
-        let built = tokio::task::spawn_blocking(move || index::build_from_file(&cache, kind)).await;
-        let torrent = match built {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "index matched its Release but gives no torrent");
-                return;
-            }
-            Err(_) => return,
-        };
-        let info_hash = torrent.info_hash().to_hex();
-        let row = TorrentRow {
-            info_hash: info_hash.clone(),
-            archive: archive.clone(),
-            index_path: index_path.clone(),
-            index_file: self.store.relative_index(&self.cache),
-            pieces: u64::from(torrent.piece_count()),
-            total: torrent.total_size(),
-            added: store::now(),
-        };
-        tracing::info!(%info_hash, index = %index_path, pieces = row.pieces, "torrent registered");
-        let replaced = self.registry.register(Registered {
+        let f = registry::IndexFile {
             archive,
             index_path,
-            index_file: self.cache.clone(),
-            torrent,
-            added: row.added,
-        });
-        if let Some(old) = replaced {
-            self.store.db().del_torrent(&old);
+            file: self.cache.clone(),
+            file_rel: self.store.relative_index(&self.cache),
+            kind,
+            added: store::now(),
+        };
+        if let Err(e) = registry::register_index(&self.registry, self.store.db(), f, None).await {
+            tracing::warn!(error = %e, "index matched its Release but gives no torrent");
         }
-        self.store.db().put_torrent(row);
     }
 }
 

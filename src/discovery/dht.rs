@@ -25,7 +25,7 @@ use mainline::async_dht::AsyncDht;
 use mainline::{Dht, Id, RequestFilter, RequestSpecific, ServerSettings};
 use tokio::time::Instant;
 
-use super::{Config, Emitter, Source};
+use super::{Config, Emitter, Origin};
 
 /// Routers used when no bootstrap list is configured.
 pub const PUBLIC_ROUTERS: [&str; 3] = [
@@ -312,28 +312,43 @@ impl DhtNode {
         for a in self.watch.peers(&ih) {
             if seen.insert(a) {
                 found += 1;
-                emit.peer(ih, SocketAddr::V4(a), Source::Dht).await;
+                emit.peer(ih, SocketAddr::V4(a), Origin::Dht).await;
             }
         }
         while let Ok(Some(batch)) = tokio::time::timeout_at(deadline, stream.next()).await {
             for a in batch {
                 if seen.insert(a) {
                     found += 1;
-                    emit.peer(ih, SocketAddr::V4(a), Source::Dht).await;
+                    emit.peer(ih, SocketAddr::V4(a), Origin::Dht).await;
                 }
             }
         }
         tracing::debug!(found, "DHT lookup done");
     }
 
-    pub(crate) fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "enabled": true,
-            "nodes": self.state.nodes.load(Ordering::Relaxed),
-            "bootstrapped": self.state.bootstrapped.load(Ordering::Relaxed),
-            "announced": self.state.announced.lock().unwrap_or_else(|e| e.into_inner()).len(),
-        })
+    pub(crate) fn status(&self) -> DhtStatus {
+        DhtStatus {
+            enabled: true,
+            nodes: self.state.nodes.load(Ordering::Relaxed),
+            bootstrapped: self.state.bootstrapped.load(Ordering::Relaxed),
+            announced: self
+                .state
+                .announced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
+        }
     }
+}
+
+/// The DHT node in `/status.json`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DhtStatus {
+    pub enabled: bool,
+    pub nodes: usize,
+    pub bootstrapped: bool,
+    /// Torrents we announce.
+    pub announced: usize,
 }
 
 /// Announces other nodes made to *this* node, by info hash.
@@ -483,7 +498,7 @@ impl AnnounceWatch {
             let _ = tx.try_send(super::Event::Peer {
                 info_hash: ih,
                 addr: SocketAddr::V4(from),
-                source: Source::Dht,
+                source: Origin::Dht,
             });
         }
     }

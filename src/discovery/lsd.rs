@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{hex, Emitter, Source};
+use super::{hex, Emitter, Origin};
 
 /// The BEP 14 IPv4 multicast group.
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(239, 192, 152, 143);
@@ -314,7 +314,7 @@ async fn run(
                 let addr = SocketAddr::new(from.ip(), s.port);
                 for ih in s.info_hashes {
                     if sched.knows(&ih) {
-                        emit.peer(ih, addr, Source::Lsd).await;
+                        emit.peer(ih, addr, Origin::Lsd).await;
                     }
                     // Answer a search for a torrent we hold with our own
                     // announce (the rate limit keeps this from echoing).
@@ -518,7 +518,7 @@ mod tests {
             } => {
                 assert_eq!(
                     (info_hash, addr, source),
-                    (A, "127.0.0.51:7001".parse().unwrap(), Source::Lsd)
+                    (A, "127.0.0.51:7001".parse().unwrap(), Origin::Lsd)
                 );
             }
             e => panic!("{e:?}"),

@@ -40,10 +40,11 @@ const TRACKER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for `stopped` after [`Discovery::forget`].
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where a peer address came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+/// Where a peer address came from (not to be confused with
+/// [`crate::types::Source`], where a piece's bytes came from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub enum Origin {
     Dht,
     Tracker,
     Lsd,
@@ -56,7 +57,7 @@ pub enum Event {
     Peer {
         info_hash: [u8; 20],
         addr: SocketAddr,
-        source: Source,
+        source: Origin,
     },
     /// A lookup started by `lookup()` has finished on every mechanism (DHT
     /// query done / timed out, tracker answered / failed).
@@ -79,6 +80,14 @@ pub struct Config {
     /// `http://…/announce` or `udp://host:port`.
     pub trackers: Vec<String>,
     pub peer_id: [u8; 20],
+}
+
+/// Discovery in `/status.json`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiscoveryStatus {
+    pub dht: dht::DhtStatus,
+    pub trackers: Vec<tracker::TrackerStatus>,
+    pub lsd: bool,
 }
 
 /// Totals the tracker announce needs, per torrent.
@@ -110,7 +119,7 @@ impl Emitter {
     pub(crate) fn new(tx: mpsc::Sender<Event>, own: SocketAddr) -> Emitter {
         Emitter { tx, own }
     }
-    pub(crate) async fn peer(&self, info_hash: [u8; 20], addr: SocketAddr, source: Source) {
+    pub(crate) async fn peer(&self, info_hash: [u8; 20], addr: SocketAddr, source: Origin) {
         if addr == self.own || addr.port() == 0 || addr.ip().is_unspecified() {
             return;
         }
@@ -351,16 +360,13 @@ impl Discovery {
     /// Status for /status.json: `{"dht": {"enabled", "nodes",
     /// "bootstrapped", "announced"}, "trackers": [{"url", "last_error",
     /// "peers", "announces"}], "lsd": bool}`.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> DiscoveryStatus {
         let i = &self.inner;
-        serde_json::json!({
-            "dht": match &i.dht {
-                Some(d) => d.status(),
-                None => serde_json::json!({"enabled": false, "nodes": 0, "bootstrapped": false, "announced": 0}),
-            },
-            "trackers": i.trackers.status(),
-            "lsd": i.lsd.is_some(),
-        })
+        DiscoveryStatus {
+            dht: i.dht.as_ref().map(|d| d.status()).unwrap_or_default(),
+            trackers: i.trackers.status(),
+            lsd: i.lsd.is_some(),
+        }
     }
 
     /// Saves the DHT routing table and sends tracker `stopped` events,
@@ -429,6 +435,10 @@ async fn run_lookup(i: Arc<Inner>, ih: [u8; 20]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn json(d: &Discovery) -> serde_json::Value {
+        serde_json::to_value(d.status()).unwrap_or_default()
+    }
 
     #[test]
     fn lookup_gate() {
@@ -513,7 +523,7 @@ mod tests {
     async fn wait_status(d: &Discovery, secs: u64, f: impl Fn(&serde_json::Value) -> bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < deadline {
-            if f(&d.status()) {
+            if f(&json(d)) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -537,7 +547,7 @@ mod tests {
         assert!(
             wait_status(&n2, 10, |s| s["dht"]["announced"] == 1).await,
             "node 2 announced: {}",
-            n2.status()
+            json(&n2)
         );
         n3.lookup(ih);
         let deadline = t0 + Duration::from_secs(10);
@@ -547,8 +557,8 @@ mod tests {
                 info_hash,
                 addr,
                 source,
-            }) => assert_eq!((info_hash, addr, source), (ih, a2, Source::Dht)),
-            e => panic!("no peer from node 3's lookup: {e:?}; {}", n3.status()),
+            }) => assert_eq!((info_hash, addr, source), (ih, a2, Origin::Dht)),
+            e => panic!("no peer from node 3's lookup: {e:?}; {}", json(&n3)),
         }
         let done = wait_for(&mut rx3, deadline, |e| {
             matches!(e, Event::LookupDone { .. })
@@ -579,7 +589,7 @@ mod tests {
         assert!(
             matches!(peer, Some(Event::Peer { addr, .. }) if addr == a2),
             "restarted node: {peer:?} {}",
-            n4.status()
+            json(&n4)
         );
     }
 
@@ -598,7 +608,7 @@ mod tests {
         let deadline = tokio::time::Instant::now() + dht::LOOKUP_TIMEOUT + Duration::from_secs(2);
         let e = wait_for(&mut rx, deadline, |e| matches!(e, Event::LookupDone { .. })).await;
         assert!(e.is_some(), "no LookupDone");
-        assert_eq!(d.status()["dht"]["enabled"], true);
+        assert_eq!(json(&d)["dht"]["enabled"], true);
         d.shutdown().await;
     }
 
@@ -616,7 +626,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(d.status()["dht"]["enabled"], false);
+        assert_eq!(json(&d)["dht"]["enabled"], false);
         d.lookup([1; 20]);
         let e = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
         assert!(matches!(e, Ok(Some(Event::LookupDone { .. }))), "{e:?}");
@@ -667,7 +677,7 @@ mod tests {
         assert!(
             wait_status(&a, 5, |s| s["trackers"][0]["announces"] == 1).await,
             "{}",
-            a.status()
+            json(&a)
         );
         b.lookup(ih);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -680,14 +690,14 @@ mod tests {
             }) => {
                 assert_eq!(
                     (info_hash, addr.port(), source),
-                    (ih, 40101, Source::Tracker)
+                    (ih, 40101, Origin::Tracker)
                 );
             }
             e => panic!("{e:?}"),
         }
         let done = wait_for(&mut rb, deadline, |e| matches!(e, Event::LookupDone { .. })).await;
         assert!(done.is_some());
-        let st = b.status();
+        let st = json(&b);
         assert_eq!(
             st["trackers"][0]["last_error"],
             serde_json::Value::Null,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use debtorrent_tracker::client::{ClientConfig, ClientError, TrackerClient};
 use debtorrent_tracker::{AnnounceParams, Event as TEvent, InfoHash, PeerId};
 
-use super::{Emitter, Source, Totals};
+use super::{Emitter, Origin, Totals};
 
 /// Shortest and longest wait between two announces of one torrent.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(30);
@@ -147,7 +147,7 @@ impl Trackers {
                 .remove(&ih);
         } else {
             for addr in resp.peers {
-                emit.peer(ih, addr, Source::Tracker).await;
+                emit.peer(ih, addr, Origin::Tracker).await;
             }
         }
         Ok(next_interval(resp.interval, resp.min_interval))
@@ -221,21 +221,30 @@ impl Trackers {
         while set.join_next().await.is_some() {}
     }
 
-    pub(crate) fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> Vec<TrackerStatus> {
         self.urls
             .iter()
             .zip(&self.status)
             .map(|(url, st)| {
                 let st = st.lock().unwrap_or_else(|e| e.into_inner());
-                serde_json::json!({
-                    "url": url,
-                    "last_error": st.last_error,
-                    "peers": st.peers.values().sum::<usize>(),
-                    "announces": st.announces,
-                })
+                TrackerStatus {
+                    url: url.clone(),
+                    last_error: st.last_error.clone(),
+                    peers: st.peers.values().sum::<usize>(),
+                    announces: st.announces,
+                }
             })
             .collect()
     }
+}
+
+/// One tracker in `/status.json`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrackerStatus {
+    pub url: String,
+    pub last_error: Option<String>,
+    pub peers: usize,
+    pub announces: u64,
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! The reader decodes frames, checks every one against the limits and the
 //! torrent's piece lengths, writes block data straight into the piece's
-//! assembly (`fetch::Download::put`, which verifies) and tells the torrent
+//! assembly (`assembly::Download::put`, which verifies) and tells the torrent
 //! task what happened, never handing it the data. The writer sends what the
 //! torrent task asks for and serves the peer's requests, reading **only
 //! from the store**: nothing that is still being assembled, and so nothing
@@ -27,9 +27,203 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::torrent::{Ev, Shared};
+use super::rate::TokenBucket;
 use super::wire::{self, BlockRef, ExtHandshake, Handshake, Msg};
-use crate::fetch::{Download, Put};
+use crate::assembly::{Download, Put};
+use crate::registry::Registered;
+use crate::store::Store;
+use crate::types::{InfoHash, PeerKey, PieceIndex, Source, BLOCK};
+
+/// What a torrent's connections tell its task. The connection tasks own
+/// this vocabulary; the torrent task turns it into state machine inputs.
+pub enum Event {
+    /// A connection finished both handshakes; the bitfield we sent it.
+    Up(Box<Established>, Vec<u8>),
+    /// A dial or a handshake failed.
+    Failed(SocketAddr),
+    /// The connection ended; `violation` when the peer broke the protocol.
+    Down {
+        key: PeerKey,
+        addr: SocketAddr,
+        violation: bool,
+    },
+    /// It choked (or unchoked) us; `discarded` when that dropped our
+    /// requests (BEP 3; BEP 6 peers reject them one by one instead).
+    Choked {
+        key: PeerKey,
+        choked: bool,
+        discarded: bool,
+    },
+    Interest {
+        key: PeerKey,
+        interested: bool,
+    },
+    Have {
+        key: PeerKey,
+        piece: PieceIndex,
+    },
+    /// A bitfield that came after the extended handshake (`None`: all).
+    Bits {
+        key: PeerKey,
+        bits: Option<Vec<u8>>,
+    },
+    Rejected {
+        key: PeerKey,
+        req: BlockRef,
+    },
+    /// A block we asked for was written into its assembly; `new` bytes of
+    /// it were not there yet.
+    Block {
+        key: PeerKey,
+        piece: PieceIndex,
+        begin: u32,
+        len: u32,
+        new: u64,
+    },
+    Pex {
+        added: Vec<SocketAddr>,
+    },
+    Wip {
+        key: PeerKey,
+        wip: wire::Wip,
+    },
+}
+
+/// What the connections of one torrent share.
+pub struct Context {
+    pub info_hash: InfoHash,
+    pub peer_id: [u8; 20],
+    pub listen_port: u16,
+    pub piece_count: u32,
+    pub reg: Arc<Registered>,
+    pub store: Arc<Store>,
+    pub events: mpsc::Sender<Event>,
+    pub upload_limit: Arc<Mutex<TokenBucket>>,
+    /// Bytes uploaded to this torrent's peers.
+    pub uploaded: AtomicU64,
+    epoch: Instant,
+}
+
+impl Context {
+    /// The context of one torrent's connections.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        reg: Arc<Registered>,
+        peer_id: [u8; 20],
+        listen_port: u16,
+        store: Arc<Store>,
+        events: mpsc::Sender<Event>,
+        upload_limit: Arc<Mutex<TokenBucket>>,
+    ) -> Context {
+        Context {
+            info_hash: reg.torrent.info_hash(),
+            peer_id,
+            listen_port,
+            piece_count: reg.torrent.piece_count(),
+            reg,
+            store,
+            events,
+            upload_limit,
+            uploaded: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether a request lies inside its piece (dt1: at most 16 KiB, and
+    /// `begin + length` within the piece's length).
+    pub fn valid_block(&self, r: BlockRef) -> bool {
+        let Some(p) = self.reg.torrent.piece(r.index) else {
+            return false;
+        };
+        r.length > 0 && r.length <= BLOCK && u64::from(r.begin) + u64::from(r.length) <= p.size
+    }
+
+    /// Reads a block for upload, only if the piece is in the store now.
+    fn read_block(
+        &self,
+        r: BlockRef,
+        file: &mut Option<(u32, std::fs::File)>,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let p = self.reg.torrent.piece(r.index)?;
+        if file.as_ref().is_none_or(|(i, _)| *i != r.index) {
+            self.store.get(p.path, p.sha256)?;
+        }
+        read_stored(&self.store.piece_path(p.path), r, file, buf)
+    }
+}
+
+/// Dials `addr` (from our own address `bind`, so peers see the IP we
+/// listen on) and runs both handshakes in a task of its own; the result
+/// reaches the torrent task as [`Event::Up`] or [`Event::Failed`].
+pub fn spawn_dial(
+    ctx: Arc<Context>,
+    addr: SocketAddr,
+    bind: std::net::IpAddr,
+    bits: Vec<u8>,
+    count: u32,
+) {
+    tokio::spawn(
+        async move {
+            let dial = async {
+                let sock = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                if !bind.is_unspecified() && bind.is_ipv4() == addr.is_ipv4() {
+                    sock.bind(SocketAddr::new(bind, 0))?;
+                }
+                sock.connect(addr).await
+            };
+            let res = match tokio::time::timeout(Duration::from_secs(5), dial).await {
+                Ok(Ok(s)) => establish(s, addr, &ctx, None, bits.clone(), count)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("connect timed out".to_string()),
+            };
+            report(&ctx, addr, res, bits).await;
+        }
+        .in_current_span(),
+    );
+}
+
+/// Runs both handshakes of an incoming connection (whose handshake the
+/// listener read) in a task of its own; see [`spawn_dial`].
+pub fn spawn_accept(
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    hs: Handshake,
+    bits: Vec<u8>,
+    count: u32,
+) {
+    tokio::spawn(
+        async move {
+            let res = establish(stream, addr, &ctx, Some(hs), bits.clone(), count)
+                .await
+                .map_err(|e| e.to_string());
+            report(&ctx, addr, res, bits).await;
+        }
+        .in_current_span(),
+    );
+}
+
+async fn report(ctx: &Context, addr: SocketAddr, res: Result<Established, String>, bits: Vec<u8>) {
+    let ev = match res {
+        Ok(est) => Event::Up(Box::new(est), bits),
+        Err(e) => {
+            tracing::debug!(peer = %addr, error = %e, "cannot connect");
+            Event::Failed(addr)
+        }
+    };
+    let _ = ctx.events.send(ev).await;
+}
 
 /// Time allowed for both handshakes.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +247,10 @@ pub enum Out {
     Request(Vec<BlockRef>, Arc<Download>),
     /// Cancel one of our requests.
     Cancel(BlockRef),
+    /// Cancel our requests for one piece (it is over).
+    CancelPiece(PieceIndex),
+    /// Cancel every request of ours (the peer stalled).
+    CancelAll,
     Have(u32),
     Choke,
     Unchoke,
@@ -162,19 +360,19 @@ pub async fn read_handshake(s: &mut TcpStream) -> Result<Handshake, ConnError> {
 pub async fn establish(
     mut s: TcpStream,
     addr: SocketAddr,
-    sh: &Shared,
+    sh: &Context,
     theirs: Option<Handshake>,
     our_bits: Vec<u8>,
     have_count: u32,
 ) -> Result<Established, ConnError> {
-    let ours = Handshake::new(sh.info_hash, sh.peer_id);
+    let ours = Handshake::new(sh.info_hash.0, sh.peer_id);
     let fut = async {
         s.write_all(&ours.encode()).await?;
         let hs = match theirs {
             Some(h) => h,
             None => read_handshake(&mut s).await?,
         };
-        if hs.info_hash != sh.info_hash {
+        if hs.info_hash != sh.info_hash.0 {
             return Err(ConnError::Protocol("handshake for another torrent"));
         }
         if hs.peer_id == sh.peer_id {
@@ -212,7 +410,7 @@ pub async fn establish(
         };
         wire::encode(
             &Msg::Extended {
-                id: 0,
+                id: wire::EXT_HANDSHAKE,
                 payload: &ext.encode(),
             },
             &mut out,
@@ -237,9 +435,10 @@ pub async fn establish(
                                 bitfield = Some(Some(vec![0; wire::bitfield_len(n)]))
                             }
                             Msg::Have(i) if i < n => haves.push(i),
-                            Msg::Extended { id: 0, payload } => {
-                                their_ext = Some(ExtHandshake::decode(payload)?)
-                            }
+                            Msg::Extended {
+                                id: wire::EXT_HANDSHAKE,
+                                payload,
+                            } => their_ext = Some(ExtHandshake::decode(payload)?),
                             Msg::KeepAlive | Msg::Port(_) | Msg::Unknown { .. } => {}
                             Msg::Extended { .. } => {}
                             _ => {
@@ -304,8 +503,8 @@ pub async fn establish(
 
 impl Established {
     /// Starts the reader and writer tasks of peer `key`.
-    pub fn run(self, key: u32, sh: Arc<Shared>) {
-        let span = tracing::info_span!("peer", addr = %self.addr, key);
+    pub fn run(self, key: PeerKey, sh: Arc<Context>) {
+        let span = tracing::info_span!("peer", addr = %self.addr, key = key.get());
         let Established {
             addr,
             hello,
@@ -339,7 +538,7 @@ impl Established {
                 let _ = writer.await;
                 let _ = sh
                     .events
-                    .send(Ev::Down {
+                    .send(Event::Down {
                         key,
                         addr,
                         violation,
@@ -355,8 +554,8 @@ impl Established {
 async fn reader(
     mut read: OwnedReadHalf,
     mut buf: BytesMut,
-    key: u32,
-    sh: &Shared,
+    key: PeerKey,
+    sh: &Context,
     shared: &PeerShared,
     tx: &mpsc::Sender<Out>,
     fast: bool,
@@ -385,14 +584,14 @@ async fn reader(
 
 async fn handle(
     msg: Msg<'_>,
-    key: u32,
-    sh: &Shared,
+    key: PeerKey,
+    sh: &Context,
     shared: &PeerShared,
     tx: &mpsc::Sender<Out>,
     fast: bool,
     late_bits: &mut bool,
 ) -> Result<(), ConnError> {
-    let ev = |e: Ev| sh.events.send(e);
+    let ev = |e: Event| sh.events.send(e);
     // Only the first message after the handshakes may be a late bitfield.
     let first = std::mem::replace(late_bits, false);
     match msg {
@@ -404,20 +603,30 @@ async fn handle(
             if !fast {
                 shared.outstanding().clear();
             }
-            let _ = ev(Ev::Choked { key, choked: true }).await;
+            let _ = ev(Event::Choked {
+                key,
+                choked: true,
+                discarded: !fast,
+            })
+            .await;
         }
         Msg::Unchoke => {
-            let _ = ev(Ev::Choked { key, choked: false }).await;
+            let _ = ev(Event::Choked {
+                key,
+                choked: false,
+                discarded: false,
+            })
+            .await;
         }
         Msg::Interested => {
-            let _ = ev(Ev::Interest {
+            let _ = ev(Event::Interest {
                 key,
                 interested: true,
             })
             .await;
         }
         Msg::NotInterested => {
-            let _ = ev(Ev::Interest {
+            let _ = ev(Event::Interest {
                 key,
                 interested: false,
             })
@@ -427,17 +636,17 @@ async fn handle(
             if i >= sh.piece_count {
                 return Err(ConnError::Protocol("HAVE beyond the last piece"));
             }
-            let _ = ev(Ev::Have { key, piece: i }).await;
+            let _ = ev(Event::Have { key, piece: i }).await;
         }
         Msg::Bitfield(b) if first => {
-            let _ = ev(Ev::Bits {
+            let _ = ev(Event::Bits {
                 key,
                 bits: Some(b.to_vec()),
             })
             .await;
         }
         Msg::HaveAll if first => {
-            let _ = ev(Ev::Bits { key, bits: None }).await;
+            let _ = ev(Event::Bits { key, bits: None }).await;
         }
         Msg::HaveNone if first => {}
         Msg::Bitfield(_) | Msg::HaveAll | Msg::HaveNone => {
@@ -472,7 +681,7 @@ async fn handle(
         Msg::Reject(r) => {
             let known = shared.outstanding().remove(&(r.index, r.begin)).is_some();
             if known {
-                let _ = ev(Ev::Rejected { key, req: r }).await;
+                let _ = ev(Event::Rejected { key, req: r }).await;
             }
         }
         Msg::Piece { index, begin, data } => {
@@ -498,33 +707,33 @@ async fn handle(
                 return Err(ConnError::Protocol("a block of the wrong length"));
             }
             shared.down.fetch_add(u64::from(len), Ordering::Relaxed);
-            let put = dl.put(u64::from(begin), data, key);
-            let put = match put {
-                Ok(p) => p,
+            let new = match dl.put(u64::from(begin), data, Source::Peer(key)) {
+                Ok(Put::Progress { new }) => new,
+                Ok(Put::Duplicate) => 0,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot write a block");
-                    Put::Duplicate
+                    0
                 }
             };
-            let _ = ev(Ev::Block {
+            let _ = ev(Event::Block {
                 key,
                 piece: index,
                 begin,
                 len,
-                put,
+                new,
             })
             .await;
         }
         Msg::Extended { id, payload } => match id {
-            0 => {} // a later extended handshake: nothing we need changes
+            wire::EXT_HANDSHAKE => {} // a later one: nothing we need changes
             OUR_PEX_ID => {
                 if let Ok(p) = wire::Pex::decode(payload) {
-                    let _ = ev(Ev::Pex { added: p.added }).await;
+                    let _ = ev(Event::Pex { added: p.added }).await;
                 }
             }
             OUR_WIP_ID => {
                 let w = wire::Wip::decode(payload)?;
-                let _ = ev(Ev::Wip { key, wip: w }).await;
+                let _ = ev(Event::Wip { key, wip: w }).await;
             }
             _ => {}
         },
@@ -535,14 +744,14 @@ async fn handle(
 async fn writer(
     mut w: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Out>,
-    sh: Arc<Shared>,
+    sh: Arc<Context>,
     shared: Arc<PeerShared>,
     fast: bool,
 ) {
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut uploads: VecDeque<BlockRef> = VecDeque::new();
     let mut file: Option<(u32, std::fs::File)> = None;
-    let mut block = vec![0u8; wire::BLOCK as usize];
+    let mut block = vec![0u8; BLOCK as usize];
     let mut last_write = Instant::now();
     'outer: loop {
         // Take every pending command without waiting.
@@ -633,15 +842,12 @@ fn apply(
             }
         }
         Out::Cancel(r) => {
-            if shared.outstanding().remove(&(r.index, r.begin)).is_some() {
-                shared
-                    .cancelled
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(((r.index, r.begin), Instant::now()));
-                wire::encode(&Msg::Cancel(r), out);
+            if let Some((length, _)) = shared.outstanding().remove(&(r.index, r.begin)) {
+                cancelled(shared, r.index, r.begin, length, out);
             }
         }
+        Out::CancelPiece(p) => cancel_where(shared, Some(p), out),
+        Out::CancelAll => cancel_where(shared, None, out),
         Out::Have(i) => wire::encode(&Msg::Have(i), out),
         Out::Choke => {
             shared.am_choking.store(true, Ordering::Relaxed);
@@ -678,6 +884,40 @@ fn apply(
         Out::Close => return false,
     }
     true
+}
+
+/// Cancels our requests for `piece` (all of them for `None`), in order.
+fn cancel_where(shared: &PeerShared, piece: Option<PieceIndex>, out: &mut BytesMut) {
+    let mut gone: Vec<(u32, u32, u32)> = Vec::new();
+    shared.outstanding().retain(|&(index, begin), (length, _)| {
+        let hit = piece.is_none_or(|p| p == index);
+        if hit {
+            gone.push((index, begin, *length));
+        }
+        !hit
+    });
+    gone.sort_unstable();
+    for (index, begin, length) in gone {
+        cancelled(shared, index, begin, length, out);
+    }
+}
+
+/// Records a cancelled request (a block may still come for it) and
+/// encodes the CANCEL.
+fn cancelled(shared: &PeerShared, index: u32, begin: u32, length: u32, out: &mut BytesMut) {
+    shared
+        .cancelled
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back(((index, begin), Instant::now()));
+    wire::encode(
+        &Msg::Cancel(BlockRef {
+            index,
+            begin,
+            length,
+        }),
+        out,
+    );
 }
 
 /// Reads one block of a stored piece for upload.

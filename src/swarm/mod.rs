@@ -1,19 +1,21 @@
 //! The daemon as a BitTorrent peer: one task per registered torrent
-//! (`torrent.rs`), one reader and one writer task per connection
+//! (`torrent.rs`, the actor around the pure state machine of
+//! `machine.rs`), one reader and one writer task per connection
 //! (`conn.rs`), the listener, and the limits and bans that span torrents.
 //!
-//! Pure parts: `wire` (codec), `picker`, `choker`, `rate`, `ban`.
-//! `service.rs` calls [`Swarm::fetch`] for every pool file that is not in
-//! the store; the torrent task then decides which peers (and when the
-//! mirror) deliver it. See `docs/ARCHITECTURE.md` for the whole flow.
+//! Pure parts: `wire` (codec), `machine` (every decision of a torrent),
+//! `picker`, `choker`, `rate`, `ban`. `service.rs` calls [`Swarm::fetch`]
+//! for every pool file that is not in the store; the torrent's machine then
+//! decides which peers (and when the mirror) deliver it. See `STATE.md`
+//! and `docs/ARCHITECTURE.md`.
 
 pub mod ban;
 pub mod choker;
 pub mod conn;
+pub mod machine;
 pub mod picker;
 pub mod rate;
 pub mod torrent;
-#[allow(dead_code)]
 pub mod wire;
 
 use std::collections::HashMap;
@@ -25,14 +27,27 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::discovery::{self, Discovery};
-use crate::fetch::{Download, Downloads, Failure};
-use crate::index::{Registered, Registry};
-use crate::status::Stats;
+use crate::assembly::{Download, Downloads, Failure};
+use crate::discovery::{self, Discovery, DiscoveryStatus};
+use crate::mirror::Mirror;
+use crate::registry::{Registered, Registry};
+use crate::stats::Stats;
 use crate::store::Store;
+use crate::types::{InfoHash, PieceIndex};
 use ban::Bans;
 use rate::TokenBucket;
+pub use torrent::TorrentStatus;
 use torrent::{Ev, Handle};
+
+/// The swarm as `/status.json` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SwarmStatus {
+    pub peer_addr: String,
+    pub peer_id: String,
+    pub connections: usize,
+    pub bans_active: usize,
+    pub discovery: Option<DiscoveryStatus>,
+}
 
 /// Swarm settings (from `debtorrent serve`'s options).
 #[derive(Clone, Debug)]
@@ -63,8 +78,8 @@ pub struct Ctx {
     pub peer_addr: SocketAddr,
     pub store: Arc<Store>,
     pub stats: Arc<Stats>,
-    pub client: reqwest::Client,
-    pub timeout: Duration,
+    /// The mirror: the web seed of every torrent.
+    pub mirror: Arc<Mirror>,
     /// Set once discovery has started (in the background: resolving the
     /// public DHT routers may take seconds, and apt must not wait for it).
     discovery: std::sync::OnceLock<Arc<Discovery>>,
@@ -74,8 +89,6 @@ pub struct Ctx {
     bans: Mutex<Bans>,
     conns: Mutex<HashMap<IpAddr, usize>>,
     total: AtomicUsize,
-    /// Mirror rate estimate (bytes/s) and first-byte latency (ms).
-    mirror: Mutex<(u64, u64)>,
     epoch: Instant,
 }
 
@@ -186,30 +199,12 @@ impl Ctx {
     pub fn connections(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
-
-    /// The mirror's estimated rate (bytes/s).
-    pub fn mirror_rate(&self) -> u64 {
-        self.mirror_estimate().0
-    }
-
-    /// The mirror's estimated rate (bytes/s) and first-byte latency (ms).
-    pub fn mirror_estimate(&self) -> (u64, u64) {
-        self.mirror.lock().map(|m| *m).unwrap_or((10_000_000, 100))
-    }
-
-    /// Folds one finished mirror range into the estimate.
-    pub fn note_mirror_rate(&self, bytes: u64, ms: u64) {
-        let r = bytes.saturating_mul(1000) / ms.max(1);
-        if let Ok(mut m) = self.mirror.lock() {
-            m.0 = (m.0 * 3 + r) / 4;
-        }
-    }
 }
 
 /// The swarm: torrent tasks by info hash, the listener, discovery.
 pub struct Swarm {
     ctx: Arc<Ctx>,
-    torrents: Mutex<HashMap<[u8; 20], Handle>>,
+    torrents: Mutex<HashMap<InfoHash, Handle>>,
     downloads: Arc<Downloads>,
 }
 
@@ -222,8 +217,7 @@ pub struct Start {
     pub discovery: Option<discovery::Config>,
     pub store: Arc<Store>,
     pub stats: Arc<Stats>,
-    pub client: reqwest::Client,
-    pub timeout: Duration,
+    pub mirror: Arc<Mirror>,
     pub hold_whole: u64,
 }
 
@@ -268,8 +262,7 @@ impl Swarm {
             peer_addr,
             store: opts.store.clone(),
             stats: opts.stats,
-            client: opts.client,
-            timeout: opts.timeout,
+            mirror: opts.mirror,
             discovery: std::sync::OnceLock::new(),
             discovery_on,
             // A quarter of a second of burst: smooth enough for the link,
@@ -281,7 +274,6 @@ impl Swarm {
             bans: Mutex::new(Bans::new(opts.cfg.ban_ms, opts.cfg.ban_strikes, 10_000)),
             conns: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
-            mirror: Mutex::new((10_000_000, 100)),
             epoch: Instant::now(),
             cfg: opts.cfg,
         });
@@ -339,7 +331,7 @@ impl Swarm {
                     } => (info_hash, Ev::Found(addr, source)),
                     discovery::Event::LookupDone { info_hash } => (info_hash, Ev::LookupDone),
                 };
-                if let Some(h) = s3.handle(&ih) {
+                if let Some(h) = s3.handle(&InfoHash(ih)) {
                     let _ = h.tx.send(ev).await;
                 }
             }
@@ -351,7 +343,7 @@ impl Swarm {
         Ok(swarm)
     }
 
-    fn handle(&self, ih: &[u8; 20]) -> Option<Handle> {
+    fn handle(&self, ih: &InfoHash) -> Option<Handle> {
         self.torrents.lock().ok()?.get(ih).cloned()
     }
 
@@ -362,9 +354,9 @@ impl Swarm {
         let Ok(mut map) = self.torrents.lock() else {
             return;
         };
-        let current: HashMap<[u8; 20], Arc<Registered>> = all
+        let current: HashMap<InfoHash, Arc<Registered>> = all
             .into_iter()
-            .map(|r| (r.torrent.info_hash().0, r))
+            .map(|r| (r.torrent.info_hash(), r))
             .collect();
         map.retain(|ih, h| {
             let keep = current.contains_key(ih);
@@ -396,7 +388,7 @@ impl Swarm {
             let this = self.clone();
             tokio::spawn(async move {
                 match conn::read_handshake(&mut s).await {
-                    Ok(hs) => match this.handle(&hs.info_hash) {
+                    Ok(hs) => match this.handle(&InfoHash(hs.info_hash)) {
                         Some(h) => {
                             if h.tx.send(Ev::Incoming(s, addr, hs)).await.is_ok() {
                                 return;
@@ -418,13 +410,13 @@ impl Swarm {
     pub async fn fetch(
         &self,
         reg: &Arc<Registered>,
-        index: u32,
+        index: PieceIndex,
         url: String,
     ) -> Result<Arc<Download>, Failure> {
         let p = reg.torrent.piece(index).ok_or(Failure::Local)?;
         let (dl, created) = self.downloads.get_or_create(p.path, *p.sha256, p.size)?;
         if created {
-            let ih = reg.torrent.info_hash().0;
+            let ih = reg.torrent.info_hash();
             let h = match self.handle(&ih) {
                 Some(h) => h,
                 None => {
@@ -453,58 +445,48 @@ impl Swarm {
     }
 
     /// Per torrent: peers, discovery, bytes (for `/status.json`).
-    pub fn torrent_status(&self, ih: &[u8; 20]) -> serde_json::Value {
-        let Some(h) = self.handle(ih) else {
-            return serde_json::json!({});
-        };
-        let sh = &h.shared;
-        let mut v = sh
-            .status
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_else(|_| serde_json::json!({}));
-        if let Some(o) = v.as_object_mut() {
-            o.insert(
-                "bytes_from_peers".into(),
-                sh.from_peers.load(Ordering::Relaxed).into(),
-            );
-            o.insert(
-                "bytes_from_mirror".into(),
-                sh.from_mirror.load(Ordering::Relaxed).into(),
-            );
-            o.insert(
-                "bytes_uploaded".into(),
-                sh.uploaded.load(Ordering::Relaxed).into(),
-            );
-        }
-        v
+    pub fn torrent_status(&self, ih: &InfoHash) -> Option<TorrentStatus> {
+        self.handle(ih).map(|h| h.status())
     }
 
     /// Swarm-wide status.
-    pub fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "peer_addr": self.ctx.peer_addr.to_string(),
-            "peer_id": String::from_utf8_lossy(&self.ctx.peer_id),
-            "connections": self.ctx.connections(),
-            "bans_active": self.ctx.bans_active(),
-            "discovery": self.ctx.discovery().map(|d| d.status()),
-        })
+    pub fn status(&self) -> SwarmStatus {
+        SwarmStatus {
+            peer_addr: self.ctx.peer_addr.to_string(),
+            peer_id: String::from_utf8_lossy(&self.ctx.peer_id).into_owned(),
+            connections: self.ctx.connections(),
+            bans_active: self.ctx.bans_active(),
+            discovery: self.ctx.discovery().map(|d| d.status()),
+        }
     }
 
     /// Bytes uploaded over every torrent.
     pub fn uploaded(&self) -> u64 {
         self.torrents
             .lock()
-            .map(|m| {
-                m.values()
-                    .map(|h| h.shared.uploaded.load(Ordering::Relaxed))
-                    .sum()
-            })
+            .map(|m| m.values().map(Handle::uploaded).sum())
             .unwrap_or(0)
     }
 
-    /// Saves discovery state (DHT routing table) before exit.
+    /// Stops every torrent task (each closes its peer connections and
+    /// fails what apt still waits for), then discovery (DHT table saved,
+    /// trackers told `stopped`), within about [`discovery::SHUTDOWN_BUDGET`]
+    /// plus a second.
     pub async fn shutdown(&self) {
+        let handles: Vec<Handle> = self
+            .torrents
+            .lock()
+            .map(|mut m| m.drain().map(|(_, h)| h).collect())
+            .unwrap_or_default();
+        for h in &handles {
+            let _ = h.tx.try_send(Ev::Stop);
+        }
+        let all_ended = async {
+            for h in &handles {
+                h.ended(Duration::from_secs(1)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), all_ended).await;
         if let Some(d) = self.ctx.discovery() {
             d.shutdown().await;
         }

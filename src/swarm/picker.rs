@@ -13,11 +13,15 @@
 //! The mirror never takes single blocks: it takes a range to the end of the
 //! piece (see `torrent.rs` for when).
 
-/// A source: a peer's key inside its torrent task. 0 is the mirror.
-pub type Src = u32;
+use std::collections::HashMap;
 
-/// Block size (dt1 rule: requests of at most 16 KiB).
-pub const BLOCK: u32 = 16 * 1024;
+#[cfg(test)]
+use crate::types::PieceIndex;
+use crate::types::{PeerKey, BLOCK};
+
+/// A source of single blocks: a peer. (The mirror takes ranges, see
+/// [`Picker::mirror_take`].)
+pub type Src = PeerKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Blk {
@@ -66,10 +70,38 @@ impl Job {
 }
 
 /// The picker of one torrent.
+///
+/// It is the one record of which peer has which block requested
+/// (`Blk::Req`); how many requests a peer has out is derived from it and
+/// kept beside it in `outstanding`, updated by every transition here and
+/// nowhere else, and recounted by [`Picker::check_invariants`].
 #[derive(Debug, Default)]
 pub struct Picker {
     /// In apt's order.
     jobs: Vec<Job>,
+    /// Per peer: blocks requested from it (as first or duplicate source).
+    outstanding: HashMap<Src, usize>,
+}
+
+/// Takes one request of `src` off the count.
+fn dec(outstanding: &mut HashMap<Src, usize>, src: Src) {
+    if let Some(n) = outstanding.get_mut(&src) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            outstanding.remove(&src);
+        }
+    }
+}
+
+/// Releases every request a block holds (it becomes free, got or the
+/// mirror's).
+fn drop_reqs(outstanding: &mut HashMap<Src, usize>, x: Blk) {
+    if let Blk::Req { by, dup, .. } = x {
+        dec(outstanding, by);
+        if let Some(d) = dup {
+            dec(outstanding, d);
+        }
+    }
 }
 
 impl Picker {
@@ -88,17 +120,39 @@ impl Picker {
         });
     }
 
-    /// The piece is over (verified, or failed for good).
+    /// The piece is over (verified, or failed for good). Its requests are
+    /// no longer counted (the caller cancels them on the wire).
     pub fn remove(&mut self, piece: u32) {
-        self.jobs.retain(|j| j.piece != piece);
+        if let Some(i) = self.jobs.iter().position(|j| j.piece == piece) {
+            let j = self.jobs.remove(i);
+            for x in j.blocks {
+                drop_reqs(&mut self.outstanding, x);
+            }
+        }
     }
 
     /// Forgets every block state of `piece` (a retry after a failed hash).
     pub fn reset(&mut self, piece: u32) {
-        if let Some(j) = self.job(piece) {
-            j.blocks.iter_mut().for_each(|b| *b = Blk::Free);
-            j.free_hint = 0;
+        let Some(i) = self.jobs.iter().position(|j| j.piece == piece) else {
+            return;
+        };
+        let j = &mut self.jobs[i];
+        for x in j.blocks.iter_mut() {
+            drop_reqs(&mut self.outstanding, *x);
+            *x = Blk::Free;
         }
+        j.free_hint = 0;
+    }
+
+    /// The peers with requests out.
+    #[cfg(test)]
+    pub fn sources(&self) -> impl Iterator<Item = Src> + '_ {
+        self.outstanding.keys().copied()
+    }
+
+    /// How many requests peer `src` has out.
+    pub fn outstanding(&self, src: Src) -> usize {
+        self.outstanding.get(&src).copied().unwrap_or(0)
     }
 
     fn job(&mut self, piece: u32) -> Option<&mut Job> {
@@ -135,6 +189,7 @@ impl Picker {
                         at: now,
                         dup: None,
                     };
+                    *self.outstanding.entry(src).or_insert(0) += 1;
                     out.push(j.req(b));
                 }
                 b += 1;
@@ -163,6 +218,7 @@ impl Picker {
             for (_, i) in cand.into_iter().take(room - out.len()) {
                 if let Blk::Req { dup, .. } = &mut j.blocks[i] {
                     *dup = Some(src);
+                    *self.outstanding.entry(src).or_insert(0) += 1;
                 }
                 out.push(j.req(i));
             }
@@ -173,7 +229,7 @@ impl Picker {
     /// A block arrived from `src`. Returns the other sources that had it
     /// requested (to be cancelled there).
     pub fn got(&mut self, piece: u32, begin: u32, src: Src) -> Vec<Src> {
-        let Some(j) = self.job(piece) else {
+        let Some(j) = self.jobs.iter_mut().find(|j| j.piece == piece) else {
             return Vec::new();
         };
         let b = (begin / BLOCK) as usize;
@@ -188,6 +244,7 @@ impl Picker {
                 .collect(),
             _ => Vec::new(),
         };
+        drop_reqs(&mut self.outstanding, *x);
         *x = Blk::Got;
         others
     }
@@ -210,6 +267,7 @@ impl Picker {
     /// `src` is gone, choked us, or stalled: its requests become free
     /// again (or stay with the duplicate source). Returns how many.
     pub fn release(&mut self, src: Src) -> usize {
+        self.outstanding.remove(&src);
         let mut n = 0;
         for j in &mut self.jobs {
             for (i, x) in j.blocks.iter_mut().enumerate() {
@@ -237,10 +295,13 @@ impl Picker {
 
     /// One request of `src` was rejected: the block is free again.
     pub fn rejected(&mut self, r: Req, src: Src) {
-        if let Some(j) = self.job(r.piece) {
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.piece == r.piece) {
             let b = (r.begin / BLOCK) as usize;
             if let Some(x) = j.blocks.get_mut(b) {
                 if let Blk::Req { by, at, dup } = *x {
+                    if by == src || dup == Some(src) {
+                        dec(&mut self.outstanding, src);
+                    }
                     if by == src {
                         *x = dup.map_or(Blk::Free, |d| Blk::Req {
                             by: d,
@@ -333,6 +394,58 @@ impl Picker {
     }
 }
 
+#[cfg(test)]
+impl Picker {
+    /// Panics if the picker's state is inconsistent: a piece wanted twice,
+    /// a hint past a free block, a source that duplicates its own request,
+    /// or a per-peer count that differs from a recount of the blocks.
+    /// Tests call it after every step.
+    pub fn check_invariants(&self) {
+        let mut count: HashMap<Src, usize> = HashMap::new();
+        for (i, j) in self.jobs.iter().enumerate() {
+            assert!(
+                !self.jobs[..i].iter().any(|o| o.piece == j.piece),
+                "piece {} wanted twice",
+                j.piece
+            );
+            assert_eq!(
+                j.blocks.len() as u64,
+                j.size.div_ceil(u64::from(BLOCK)),
+                "piece {}: block count",
+                j.piece
+            );
+            assert!(
+                j.blocks[..j.free_hint.min(j.blocks.len())]
+                    .iter()
+                    .all(|b| *b != Blk::Free),
+                "piece {}: a free block below the hint {}",
+                j.piece,
+                j.free_hint
+            );
+            for b in &j.blocks {
+                if let Blk::Req { by, dup, .. } = *b {
+                    assert_ne!(
+                        Some(by),
+                        dup,
+                        "piece {}: a source duplicates itself",
+                        j.piece
+                    );
+                    *count.entry(by).or_insert(0) += 1;
+                    if let Some(d) = dup {
+                        *count.entry(d).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(count, self.outstanding, "per-peer request counts");
+    }
+
+    /// The wanted piece `piece`'s size, if it is wanted.
+    pub fn size(&self, piece: PieceIndex) -> Option<u64> {
+        self.jobs.iter().find(|j| j.piece == piece).map(|j| j.size)
+    }
+}
+
 /// Rule (b): should the mirror take the tail of a piece because the peers
 /// are slower than the mirror would be? `rest` bytes remain, the peers on
 /// it deliver `peer_rate` B/s, the mirror is estimated at `mirror_rate` B/s
@@ -420,6 +533,10 @@ pub fn mirror_start_at(w: &Waiting) -> u64 {
 mod tests {
     use super::*;
 
+    fn k(n: u32) -> Src {
+        PeerKey::new(n).expect("non-zero")
+    }
+
     const K: u64 = BLOCK as u64;
 
     fn reqs(v: &[Req]) -> Vec<(u32, u32, u32)> {
@@ -431,7 +548,8 @@ mod tests {
         let mut p = Picker::default();
         p.add(7, 2 * K + 100);
         p.add(3, 50);
-        let got = p.pick(1, |_| true, 10, 0);
+        let got = p.pick(k(1), |_| true, 10, 0);
+        p.check_invariants();
         assert_eq!(
             reqs(&got),
             vec![
@@ -443,11 +561,16 @@ mod tests {
         );
         // Nothing free any more; a second peer duplicates (endgame),
         // oldest first, at most once per block.
-        let dup = p.pick(2, |_| true, 2, 5);
+        let dup = p.pick(k(2), |_| true, 2, 5);
+        p.check_invariants();
         assert_eq!(reqs(&dup), vec![(7, 0, BLOCK), (7, BLOCK, BLOCK)]);
-        let dup2 = p.pick(2, |_| true, 10, 6);
+        let dup2 = p.pick(k(2), |_| true, 10, 6);
+        p.check_invariants();
         assert_eq!(reqs(&dup2), vec![(7, 2 * BLOCK, 100), (3, 0, 50)]);
-        assert!(p.pick(3, |_| true, 10, 7).is_empty(), "two copies at most");
+        assert!(
+            p.pick(k(3), |_| true, 10, 7).is_empty(),
+            "two copies at most"
+        );
     }
 
     #[test]
@@ -455,9 +578,11 @@ mod tests {
         let mut p = Picker::default();
         p.add(1, 3 * K);
         p.add(2, 3 * K);
-        let got = p.pick(1, |i| i == 2, 2, 0);
+        let got = p.pick(k(1), |i| i == 2, 2, 0);
+        p.check_invariants();
         assert_eq!(reqs(&got), vec![(2, 0, BLOCK), (2, BLOCK, BLOCK)]);
-        let got = p.pick(2, |_| true, 4, 0);
+        let got = p.pick(k(2), |_| true, 4, 0);
+        p.check_invariants();
         assert_eq!(
             reqs(&got),
             vec![
@@ -473,25 +598,30 @@ mod tests {
     fn got_returns_duplicates_to_cancel() {
         let mut p = Picker::default();
         p.add(1, K);
-        p.pick(1, |_| true, 1, 0);
-        p.pick(2, |_| true, 1, 0);
-        assert_eq!(p.got(1, 0, 2), vec![1]);
+        p.pick(k(1), |_| true, 1, 0);
+        p.check_invariants();
+        p.pick(k(2), |_| true, 1, 0);
+        p.check_invariants();
+        assert_eq!(p.got(1, 0, k(2)), vec![k(1)]);
         assert_eq!(p.counts(1), (0, 0, 0));
-        assert!(p.got(9, 0, 2).is_empty(), "unknown piece");
-        assert!(p.got(1, 99 * BLOCK, 2).is_empty(), "beyond the piece");
+        assert!(p.got(9, 0, k(2)).is_empty(), "unknown piece");
+        assert!(p.got(1, 99 * BLOCK, k(2)).is_empty(), "beyond the piece");
     }
 
     #[test]
     fn release_frees_or_hands_over_to_the_duplicate() {
         let mut p = Picker::default();
         p.add(1, 2 * K);
-        p.pick(1, |_| true, 2, 0);
-        p.pick(2, |_| true, 1, 0); // duplicates block 0
-        assert_eq!(p.release(1), 2);
+        p.pick(k(1), |_| true, 2, 0);
+        p.check_invariants();
+        p.pick(k(2), |_| true, 1, 0); // duplicates block 0
+        p.check_invariants();
+        assert_eq!(p.release(k(1)), 2);
         assert_eq!(p.counts(1), (1, 1, 0));
-        assert!(p.requested_from(1, 2));
-        assert!(!p.requested_from(1, 1));
-        let again = p.pick(3, |_| true, 5, 1);
+        assert!(p.requested_from(1, k(2)));
+        assert!(!p.requested_from(1, k(1)));
+        let again = p.pick(k(3), |_| true, 5, 1);
+        p.check_invariants();
         assert_eq!(reqs(&again), vec![(1, BLOCK, BLOCK), (1, 0, BLOCK)]);
     }
 
@@ -499,10 +629,13 @@ mod tests {
     fn rejected_block_is_free_again() {
         let mut p = Picker::default();
         p.add(1, 2 * K);
-        let r = p.pick(1, |_| true, 2, 0);
-        p.rejected(r[1], 1);
+        let r = p.pick(k(1), |_| true, 2, 0);
+        p.check_invariants();
+        p.rejected(r[1], k(1));
+        p.check_invariants();
         assert_eq!(p.counts(1), (1, 1, 0));
-        p.rejected(r[0], 9); // not its request: no change
+        p.rejected(r[0], k(9)); // not its request: no change
+        p.check_invariants();
         assert_eq!(p.counts(1), (1, 1, 0));
     }
 
@@ -510,17 +643,19 @@ mod tests {
     fn mirror_takes_free_blocks_to_the_end_and_gives_back_what_it_missed() {
         let mut p = Picker::default();
         p.add(1, 4 * K + 10);
-        p.pick(1, |_| true, 2, 0);
+        p.pick(k(1), |_| true, 2, 0);
+        p.check_invariants();
         assert_eq!(p.tail_start(1), Some(2));
         assert_eq!(p.mirror_take(1, 0), Some((2 * K, 4 * K + 10)));
         assert_eq!(p.counts(1), (0, 2, 3));
         assert_eq!(p.mirror_take(1, 0), None, "nothing free");
         assert!(
-            p.pick(2, |_| true, 10, 0).len() == 2,
+            p.pick(k(2), |_| true, 10, 0).len() == 2,
             "endgame only on peer blocks"
         );
         // The mirror delivered block 2 and stopped.
         p.mirror_stopped(1, |s, _| s == 2 * K);
+        p.check_invariants();
         assert_eq!(p.counts(1), (2, 2, 0));
     }
 
@@ -529,8 +664,10 @@ mod tests {
         let mut p = Picker::default();
         p.add(1, 3 * K);
         p.got_range(1, |s, e| s == 0 && e == K);
+        p.check_invariants();
         assert_eq!(p.counts(1), (2, 0, 0));
-        let r = p.pick(1, |_| true, 5, 0);
+        let r = p.pick(k(1), |_| true, 5, 0);
+        p.check_invariants();
         assert_eq!(reqs(&r), vec![(1, BLOCK, BLOCK), (1, 2 * BLOCK, BLOCK)]);
     }
 
@@ -540,11 +677,15 @@ mod tests {
         p.add(1, 2 * K);
         p.add(1, 2 * K); // twice: one job
         assert_eq!(p.wanted().collect::<Vec<_>>(), vec![1]);
-        p.pick(1, |_| true, 2, 0);
-        p.got(1, 0, 1);
+        p.pick(k(1), |_| true, 2, 0);
+        p.check_invariants();
+        p.got(1, 0, k(1));
+        p.check_invariants();
         p.reset(1);
+        p.check_invariants();
         assert_eq!(p.counts(1), (2, 0, 0));
         p.remove(1);
+        p.check_invariants();
         assert!(!p.is_wanted(1));
     }
 

@@ -168,6 +168,7 @@ impl Handshake {
         self.reserved[7] & 0x04 != 0
     }
     /// BEP 5 DHT (the peer may send PORT).
+    #[cfg(test)]
     pub fn dht(&self) -> bool {
         self.reserved[7] & 0x01 != 0
     }

@@ -14,6 +14,9 @@ use std::sync::{Arc, RwLock};
 
 use debtorrent_gen::{IndexKind, Torrent};
 
+use crate::db::{Db, TorrentRow};
+use crate::types::InfoHash;
+
 use crate::release::{self, Release};
 
 /// A registered torrent.
@@ -261,6 +264,99 @@ pub fn build_from_file(path: &Path, kind: IndexKind) -> Result<Torrent, String> 
     debtorrent_gen::build_from_reader(std::io::BufReader::new(f), &opts)
         .map(|b| b.torrent)
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// An index file, cached on disk, to register as a torrent.
+pub struct IndexFile {
+    /// Archive key, e.g. `http://deb.debian.org/debian/`.
+    pub archive: String,
+    /// The index path under the archive, without compression suffix.
+    pub index_path: String,
+    /// Where it is cached.
+    pub file: PathBuf,
+    /// The same, relative to the data folder (as the database keeps it).
+    pub file_rel: String,
+    /// Packages or Sources.
+    pub kind: IndexKind,
+    /// When it was first registered (Unix seconds).
+    pub added: i64,
+}
+
+/// The one way a torrent is registered, when apt fetches an index and at
+/// start-up: the index file is read on a blocking thread, the torrent
+/// built, checked against the info hash the database `known` for it (at
+/// start-up), registered (replacing the torrent of the same index), and
+/// recorded in the database when it is new.
+pub async fn register_index(
+    registry: &Registry,
+    db: &Db,
+    f: IndexFile,
+    known: Option<&str>,
+) -> Result<InfoHash, String> {
+    let (path, kind) = (f.file.clone(), f.kind);
+    let torrent = tokio::task::spawn_blocking(move || build_from_file(&path, kind))
+        .await
+        .map_err(|e| format!("the index reader stopped: {e}"))??;
+    let info_hash = torrent.info_hash();
+    let hex = info_hash.to_hex();
+    if let Some(k) = known {
+        if k != hex {
+            return Err("the cached index changed".into());
+        }
+    }
+    let row = TorrentRow {
+        info_hash: hex.clone(),
+        archive: f.archive.clone(),
+        index_path: f.index_path.clone(),
+        index_file: f.file_rel,
+        pieces: u64::from(torrent.piece_count()),
+        total: torrent.total_size(),
+        added: f.added,
+    };
+    let replaced = registry.register(Registered {
+        archive: f.archive,
+        index_path: f.index_path,
+        index_file: f.file,
+        torrent,
+        added: f.added,
+    });
+    if known.is_none() {
+        tracing::info!(info_hash = %hex, index = %row.index_path, pieces = row.pieces, "torrent registered");
+        if let Some(old) = replaced {
+            db.del_torrent(&old);
+        }
+        db.put_torrent(row);
+    }
+    Ok(info_hash)
+}
+
+/// Registers the torrents of earlier runs from their cached index files;
+/// a torrent whose index is gone or changed is forgotten. Returns how many
+/// were registered.
+pub async fn reload(data_dir: &Path, rows: Vec<TorrentRow>, registry: &Registry, db: &Db) -> usize {
+    let mut n = 0;
+    for row in rows {
+        let Some(kind) = release::index_kind(&row.index_path) else {
+            db.del_torrent(&row.info_hash);
+            continue;
+        };
+        let f = IndexFile {
+            archive: row.archive,
+            index_path: row.index_path.clone(),
+            file: data_dir.join(&row.index_file),
+            file_rel: row.index_file,
+            kind,
+            added: row.added,
+        };
+        match register_index(registry, db, f, Some(&row.info_hash)).await {
+            Ok(_) => n += 1,
+            Err(why) => {
+                tracing::warn!(index = %row.index_path, why, "cached index gone or changed; torrent forgotten");
+                db.del_torrent(&row.info_hash);
+            }
+        }
+    }
+    n
 }
 
 #[cfg(test)]

@@ -21,20 +21,17 @@ use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::store::Store;
+use crate::types::Source;
 
 /// The block size of the wire protocol; also the unit in which sources are
 /// recorded for penalties.
-pub const BLOCK: u64 = 16 * 1024;
-
-/// Source id of the mirror in [`Download::put`].
-pub const MIRROR: u32 = 0;
+const BLOCK: u64 = crate::types::BLOCK as u64;
 
 /// Why a download failed; maps to the status apt gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +105,7 @@ struct Asm {
     /// The verifier's result for this generation.
     verdict: Option<bool>,
     /// Source of each block (the last one that wrote into it).
-    block_src: Vec<u32>,
+    block_src: Vec<Source>,
     /// Bytes that came from peers.
     peer_bytes: u64,
     /// Some reader already sent bytes of this piece.
@@ -136,7 +133,7 @@ pub struct Download {
     /// Unique among downloads (a verdict names its download by it).
     pub id: u64,
     /// The mirror's Last-Modified, once known.
-    pub last_modified: Mutex<Option<i64>>,
+    last_modified: Mutex<Option<i64>>,
 }
 
 impl Download {
@@ -166,7 +163,7 @@ impl Download {
                 got: Vec::new(),
                 gen: 0,
                 verdict: None,
-                block_src: vec![MIRROR; blocks],
+                block_src: vec![Source::Mirror; blocks],
                 peer_bytes: 0,
                 sent_any: false,
             }),
@@ -201,6 +198,21 @@ impl Download {
             .await
             .map(|s| *s);
         res.unwrap_or(State::Failed(Failure::Local))
+    }
+
+    /// The mirror's Last-Modified (the first one given is kept), for the
+    /// stored file's mtime.
+    pub fn note_last_modified(&self, t: Option<i64>) {
+        if let Ok(mut lm) = self.last_modified.lock() {
+            if lm.is_none() {
+                *lm = t;
+            }
+        }
+    }
+
+    /// The mirror's Last-Modified, once known.
+    pub fn last_modified(&self) -> Option<i64> {
+        self.last_modified.lock().ok().and_then(|g| *g)
     }
 
     /// Marks that a source started delivering (readers stop waiting for
@@ -246,13 +258,10 @@ impl Download {
         self.lock().peer_bytes
     }
 
-    /// Whether the range `[begin, end)` is already received.
-    pub fn has_range(&self, begin: u64, end: u64) -> bool {
+    /// What is received: the contiguous prefix and the ranges beyond it.
+    pub fn received(&self) -> (u64, Vec<(u64, u64)>) {
         let a = self.lock();
-        end <= a.received
-            || a.got
-                .iter()
-                .any(|&(s, e)| s <= begin.max(a.received) && end <= e)
+        (a.received, a.got.clone())
     }
 
     fn available(&self, a: &Asm) -> u64 {
@@ -264,10 +273,10 @@ impl Download {
     }
 
     /// Writes the bytes of `[offset, offset + data.len())` that are not yet
-    /// received, from source `src` (a peer id, or [`MIRROR`]), and wakes
+    /// received, from source `src` (a peer or the mirror), and wakes
     /// the verifier, which hashes the contiguous prefix on its own thread.
     /// The caller has checked that the range lies inside the piece.
-    pub fn put(&self, offset: u64, data: &[u8], src: u32) -> std::io::Result<Put> {
+    pub fn put(&self, offset: u64, data: &[u8], src: Source) -> std::io::Result<Put> {
         let end = offset + data.len() as u64;
         if end > self.size {
             return Err(std::io::Error::other("range beyond the piece"));
@@ -310,7 +319,7 @@ impl Download {
             }
             insert_range(&mut a.got, s, e);
         }
-        if src != MIRROR {
+        if src != Source::Mirror {
             a.peer_bytes += new;
         }
         while let Some(&(s, e)) = a.got.first() {
@@ -349,7 +358,7 @@ impl Download {
     /// can be fetched again. Returns `None` when a reader already sent
     /// bytes of it: then the piece cannot be retried under the readers,
     /// and the caller fails it.
-    pub fn reset_for_retry(&self) -> Option<Vec<(u32, [u8; 32])>> {
+    pub fn reset_for_retry(&self) -> Option<Vec<(Source, [u8; 32])>> {
         let mut a = self.lock();
         if a.sent_any {
             return None;
@@ -369,7 +378,7 @@ impl Download {
         a.verdict = None;
         a.got.clear();
         a.peer_bytes = 0;
-        a.block_src.iter_mut().for_each(|s| *s = MIRROR);
+        a.block_src.iter_mut().for_each(|s| *s = Source::Mirror);
         drop(a);
         self.state_tx
             .send_replace(State::Streaming { available: 0 });
@@ -643,122 +652,15 @@ impl Downloads {
     }
 }
 
-/// Fetches `[from, to)` of a piece from the mirror into `dl` (the web
-/// seed). A whole-piece range is a plain GET; a part uses HTTP Range and
-/// needs a `206` with a matching `Content-Range` (a `200` is read from the
-/// start and the bytes before `from` are skipped). Returns when the range
-/// is in (the verifier reports on the whole piece), or why it failed.
-/// `stop` ends it early at a chunk boundary.
-#[allow(clippy::too_many_arguments)]
-pub async fn mirror_range(
-    client: &reqwest::Client,
-    url: &str,
-    dl: &Download,
-    from: u64,
-    to: u64,
-    timeout: Duration,
-    mut on_bytes: impl FnMut(u64),
-    stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<(), Failure> {
-    let whole = from == 0 && to == dl.size;
-    let mut req = client.get(url);
-    if !whole {
-        req = req.header(reqwest::header::RANGE, format!("bytes={}-{}", from, to - 1));
-    }
-    let resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => return Err(Failure::Timeout),
-        Err(e) => {
-            tracing::debug!(error = %e, "mirror unreachable");
-            return Err(Failure::Unreachable);
-        }
-    };
-    let status = resp.status().as_u16();
-    let mut skip = 0u64;
-    match status {
-        200 => {
-            if resp.content_length().is_some_and(|n| n != dl.size) {
-                tracing::warn!(announced = ?resp.content_length(), expected = dl.size, "mirror announces the wrong size");
-                return Err(Failure::Corrupt);
-            }
-            skip = from;
-        }
-        206 if !whole => {
-            let cr = resp
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if cr != format!("bytes {}-{}/{}", from, to - 1, dl.size) {
-                tracing::warn!(content_range = cr, "mirror answered a different range");
-                return Err(Failure::Corrupt);
-            }
-        }
-        s => return Err(Failure::Status(s)),
-    }
-    let last_modified = resp
-        .headers()
-        .get(reqwest::header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs() as i64);
-    if let Ok(mut lm) = dl.last_modified.lock() {
-        if lm.is_none() {
-            *lm = last_modified;
-        }
-    }
-    dl.mark_started();
-    let mut resp = resp;
-    let mut pos = from;
-    loop {
-        if *stop.borrow() {
-            return Ok(());
-        }
-        let chunk = match tokio::time::timeout(timeout, resp.chunk()).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Err(_)) => return Err(Failure::Unreachable),
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(c))) => c,
-        };
-        on_bytes(chunk.len() as u64);
-        let mut c: &[u8] = &chunk;
-        if skip > 0 {
-            let n = (skip as usize).min(c.len());
-            c = &c[n..];
-            skip -= n as u64;
-        }
-        if c.is_empty() {
-            continue;
-        }
-        if pos + c.len() as u64 > to {
-            if status == 200 && pos < to {
-                // A plain GET past our range: keep only what we asked for.
-                c = &c[..(to - pos) as usize];
-            } else if status == 200 {
-                return Ok(());
-            } else {
-                return Err(Failure::Corrupt);
-            }
-        }
-        if let Err(e) = dl.put(pos, c, MIRROR) {
-            tracing::error!(error = %e, "cannot write a download");
-            return Err(Failure::Local);
-        }
-        pos += c.len() as u64;
-        if pos >= to {
-            return Ok(());
-        }
-    }
-    if pos != to {
-        return Err(Failure::Unreachable);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::PeerKey;
+    use std::time::Duration;
+
+    fn p(n: u32) -> Source {
+        Source::Peer(PeerKey::new(n).expect("non-zero"))
+    }
 
     fn download(data: &[u8], hold_whole: u64) -> (tempfile::TempDir, Arc<Download>) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -806,30 +708,30 @@ mod tests {
         let (_dir, dl) = download(&d, 0);
         let b = BLOCK as usize;
         // (offset, len, source, expected put, contiguous afterwards)
-        let steps: &[(usize, usize, u32, Put, u64)] = &[
-            (2 * b, b, 7, Put::Progress { new: b as u64 }, 0),
-            (0, b, 7, Put::Progress { new: b as u64 }, b as u64),
-            (0, b, 8, Put::Duplicate, b as u64),
-            (b, b, 8, Put::Progress { new: b as u64 }, 3 * b as u64),
+        let steps: &[(usize, usize, Source, Put, u64)] = &[
+            (2 * b, b, p(7), Put::Progress { new: b as u64 }, 0),
+            (0, b, p(7), Put::Progress { new: b as u64 }, b as u64),
+            (0, b, p(8), Put::Duplicate, b as u64),
+            (b, b, p(8), Put::Progress { new: b as u64 }, 3 * b as u64),
             // The mirror overlaps what peers sent: only new bytes count.
             (
                 2 * b,
                 3 * b,
-                MIRROR,
+                Source::Mirror,
                 Put::Progress { new: 2 * b as u64 },
                 5 * b as u64,
             ),
             (
                 5 * b,
                 123,
-                9,
+                p(9),
                 Put::Progress { new: 123 },
                 5 * b as u64 + 123,
             ),
         ];
         for &(off, len, src, want, contiguous) in steps {
             let got = dl.put(off as u64, &d[off..off + len], src).expect("put");
-            assert_eq!(got, want, "put {off}+{len} from {src}");
+            assert_eq!(got, want, "put {off}+{len} from {src:?}");
             assert_eq!(dl.contiguous(), contiguous);
         }
         // The last byte is held back until the verifier has matched it.
@@ -841,7 +743,7 @@ mod tests {
         );
         assert_eq!(dl.peer_bytes(), 3 * BLOCK + 123);
         assert_eq!(verdict(&dl).await, (0, true));
-        assert_eq!(dl.put(0, &d[..10], 1).expect("put"), Put::Duplicate);
+        assert_eq!(dl.put(0, &d[..10], p(1)).expect("put"), Put::Duplicate);
     }
 
     #[tokio::test]
@@ -851,21 +753,21 @@ mod tests {
         let mut bad = d.clone();
         bad[BLOCK as usize + 5] ^= 0xff;
         let b = BLOCK as usize;
-        dl.put(0, &d[..b], 1).expect("put");
+        dl.put(0, &d[..b], p(1)).expect("put");
         // Held whole: a piece that took peer bytes shows apt nothing yet.
         assert_eq!(dl.state(), State::Streaming { available: 0 });
-        dl.put(b as u64, &bad[b..2 * b], 2).expect("put");
-        dl.put(2 * b as u64, &d[2 * b..], 1).expect("put");
+        dl.put(b as u64, &bad[b..2 * b], p(2)).expect("put");
+        dl.put(2 * b as u64, &d[2 * b..], p(1)).expect("put");
         assert_eq!(verdict(&dl).await, (0, false));
         let suspect = dl
             .reset_for_retry()
             .expect("nothing was sent, so it can retry");
         assert_eq!(
             suspect.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![1, 2, 1]
+            vec![p(1), p(2), p(1)]
         );
         assert_eq!((dl.contiguous(), dl.gen()), (0, 1));
-        dl.put(0, &d, MIRROR).expect("put");
+        dl.put(0, &d, Source::Mirror).expect("put");
         assert_eq!(verdict(&dl).await, (1, true));
         let good = dl.block_digests();
         let differs: Vec<usize> = (0..3).filter(|&i| suspect[i].1 != good[i]).collect();
@@ -876,7 +778,7 @@ mod tests {
     fn streamed_pieces_cannot_be_retried_under_a_reader() {
         let d = data(2 * BLOCK as usize);
         let (_dir, dl) = download(&d, 0);
-        dl.put(0, &d[..BLOCK as usize], 1).expect("put");
+        dl.put(0, &d[..BLOCK as usize], p(1)).expect("put");
         dl.lock().sent_any = true;
         assert!(dl.reset_for_retry().is_none());
     }
@@ -885,7 +787,7 @@ mod tests {
     fn ranges_beyond_the_piece_are_refused() {
         let d = data(100);
         let (_dir, dl) = download(&d, 0);
-        assert!(dl.put(90, &d[..20], 1).is_err());
+        assert!(dl.put(90, &d[..20], p(1)).is_err());
     }
 
     #[test]

@@ -1,0 +1,200 @@
+//! Byte and event counters, shared by every module that moves bytes; the
+//! pages (`status.rs`) only read them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry as PromRegistry;
+
+/// Byte and event counters. Persisted totals are loaded at start and the
+/// deltas are written to the state database every few seconds.
+pub struct Stats {
+    started: Instant,
+    to_apt: Counter,
+    from_mirror: Counter,
+    requests: Counter,
+    store_hits: Counter,
+    corrupt: Counter,
+    from_peers: Counter,
+    bans: Counter,
+    cache_bytes: Gauge,
+    torrents: Gauge,
+    prom: PromRegistry,
+    persisted_to_apt: AtomicU64,
+    persisted_from_mirror: AtomicU64,
+    persisted_from_peers: AtomicU64,
+}
+
+impl Stats {
+    /// Counters starting from persisted totals.
+    pub fn new(counters: &[(String, u64)]) -> Arc<Stats> {
+        let get = |n: &str| counters.iter().find(|(k, _)| k == n).map_or(0, |(_, v)| *v);
+        let mut prom = PromRegistry::with_prefix("debtorrent");
+        let s = Stats {
+            started: Instant::now(),
+            to_apt: Counter::default(),
+            from_mirror: Counter::default(),
+            requests: Counter::default(),
+            store_hits: Counter::default(),
+            corrupt: Counter::default(),
+            from_peers: Counter::default(),
+            bans: Counter::default(),
+            cache_bytes: Gauge::default(),
+            torrents: Gauge::default(),
+            prom: PromRegistry::default(),
+            persisted_to_apt: AtomicU64::new(0),
+            persisted_from_mirror: AtomicU64::new(0),
+            persisted_from_peers: AtomicU64::new(0),
+        };
+        s.from_peers.inc_by(get("bytes_from_peers"));
+        s.persisted_from_peers
+            .store(s.from_peers.get(), Ordering::Relaxed);
+        s.to_apt.inc_by(get("bytes_to_apt"));
+        s.from_mirror.inc_by(get("bytes_from_mirror"));
+        s.persisted_to_apt.store(s.to_apt.get(), Ordering::Relaxed);
+        s.persisted_from_mirror
+            .store(s.from_mirror.get(), Ordering::Relaxed);
+        prom.register(
+            "bytes_to_apt",
+            "Bytes of response bodies sent to apt",
+            s.to_apt.clone(),
+        );
+        prom.register(
+            "bytes_from_mirror",
+            "Bytes received from mirrors",
+            s.from_mirror.clone(),
+        );
+        prom.register(
+            "bytes_from_peers",
+            "Bytes received from peers",
+            s.from_peers.clone(),
+        );
+        prom.register(
+            "peer_bans",
+            "Peers banned for corrupt data or repeated protocol violations",
+            s.bans.clone(),
+        );
+        prom.register("requests", "Requests from apt", s.requests.clone());
+        prom.register(
+            "store_hits",
+            "Package requests served from the store",
+            s.store_hits.clone(),
+        );
+        prom.register(
+            "corrupt_downloads",
+            "Downloads whose bytes did not match the index",
+            s.corrupt.clone(),
+        );
+        prom.register(
+            "cache_bytes",
+            "Bytes of verified package files in the store",
+            s.cache_bytes.clone(),
+        );
+        prom.register(
+            "torrents",
+            "Registered torrents (one per index)",
+            s.torrents.clone(),
+        );
+        Arc::new(Stats { prom, ..s })
+    }
+
+    /// Bytes sent to apt.
+    pub fn apt_bytes(&self, n: u64) {
+        self.to_apt.inc_by(n);
+    }
+
+    /// Bytes from a mirror.
+    pub fn mirror_bytes(&self, n: u64) {
+        self.from_mirror.inc_by(n);
+    }
+
+    /// New bytes from peers.
+    pub fn peer_bytes(&self, n: u64) {
+        self.from_peers.inc_by(n);
+    }
+
+    /// A peer was banned.
+    pub fn ban(&self) {
+        self.bans.inc();
+    }
+
+    /// A request from apt.
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// A package served from the store.
+    pub fn store_hit(&self) {
+        self.store_hits.inc();
+    }
+
+    /// A download that failed verification.
+    pub fn corrupt(&self) {
+        self.corrupt.inc();
+    }
+
+    /// The counters now, for `/status.json`.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            uptime_seconds: self.started.elapsed().as_secs(),
+            bytes_to_apt: self.to_apt.get(),
+            bytes_from_mirror: self.from_mirror.get(),
+            bytes_from_peers: self.from_peers.get(),
+            bans: self.bans.get(),
+            requests: self.requests.get(),
+            store_hits: self.store_hits.get(),
+            corrupt_downloads: self.corrupt.get(),
+        }
+    }
+
+    /// The Prometheus text, with the two gauges set first.
+    pub fn metrics_text(&self, cache_bytes: u64, torrents: usize) -> String {
+        self.cache_bytes
+            .set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
+        self.torrents
+            .set(i64::try_from(torrents).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if encode(&mut out, &self.prom).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Writes counter deltas to the database.
+    pub fn persist(&self, db: &crate::db::Db) {
+        for (name, counter, persisted) in [
+            ("bytes_to_apt", &self.to_apt, &self.persisted_to_apt),
+            (
+                "bytes_from_mirror",
+                &self.from_mirror,
+                &self.persisted_from_mirror,
+            ),
+            (
+                "bytes_from_peers",
+                &self.from_peers,
+                &self.persisted_from_peers,
+            ),
+        ] {
+            let now = counter.get();
+            let before = persisted.swap(now, Ordering::Relaxed);
+            db.add_counter(name, now.saturating_sub(before));
+        }
+    }
+}
+
+/// The counters at one moment (part of `/status.json`).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Counters {
+    pub uptime_seconds: u64,
+    pub bytes_to_apt: u64,
+    pub bytes_from_mirror: u64,
+    pub bytes_from_peers: u64,
+    pub bans: u64,
+    pub requests: u64,
+    pub store_hits: u64,
+    pub corrupt_downloads: u64,
+}

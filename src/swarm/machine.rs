@@ -1,0 +1,1649 @@
+//! The torrent state machine: every decision of one torrent, pure.
+//!
+//! Inputs (apt wants a piece, a peer connected, a block arrived, the
+//! mirror finished a range, a copy was verified, a tick) go in with the
+//! time and an [`Env`] snapshot; [`Effect`]s come out (send this to that
+//! peer, dial, start a mirror range, commit, look up, announce). No
+//! sockets, no tokio, no clock, no randomness from outside (a seeded
+//! generator): `torrent.rs` is the actor that feeds it and performs its
+//! effects, and the tests below drive it step by step, calling
+//! [`Machine::check_invariants`] after every step. The invariants are
+//! written down in `STATE.md` beside this file.
+//!
+//! When the mirror takes a piece (or part of one), rules from
+//! `docs/swarm-design.md` §6.3:
+//! - (a) nobody can serve it: no connected peer has it, after at most
+//!   `--peer-wait` while discovery runs (at once if discovery found nobody
+//!   at all, a short random delay when peers are connected but lack it, so
+//!   that daemons asking at the same moment do not all go to the mirror;
+//!   longer when a peer said it is fetching it, `dt_wip`); see
+//!   [`picker::mirror_start_at`];
+//! - (b) the peers on it are slower than the mirror would be: the mirror
+//!   takes the tail ([`picker::mirror_tail`]);
+//! - (c) a peer stalls: its blocks are freed, and (a) applies to them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use super::choker::{Choker, PeerSample};
+use super::picker::{self, Picker};
+use super::rate::Rate;
+use super::wire::{self, BlockRef};
+use crate::assembly::Failure;
+use crate::discovery::Origin;
+use crate::mirror::Estimate;
+use crate::types::{PeerKey, PieceIndex, Source, BLOCK};
+
+/// How long a stalled peer gets no requests.
+pub const SNUB_MS: u64 = 30_000;
+/// How often the choker runs without a reason to.
+pub const CHOKE_EVERY_MS: u64 = 10_000;
+/// Addresses remembered per torrent (for `/status.json`).
+pub const KNOWN_MAX: usize = 1000;
+/// Pieces a peer may say it fetches (`dt_wip`) that we remember.
+pub const WIP_MAX: usize = 1024;
+
+/// The torrent's settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long apt may wait for a peer before the mirror starts (ms).
+    pub peer_wait_ms: u64,
+    /// A peer with requests out and no block for this long is snubbed (ms).
+    pub stall_ms: u64,
+    /// Connections (and dials) for this torrent.
+    pub max_peers: usize,
+    /// Regular unchoke slots (0: we do not upload).
+    pub upload_slots: usize,
+    /// Pieces in the torrent, and their total size.
+    pub piece_count: u32,
+    pub total_size: u64,
+    /// Our peer id and address (to resolve double connections and to
+    /// skip ourselves in discovery results).
+    pub peer_id: [u8; 20],
+    pub peer_addr: SocketAddr,
+    /// Seed of the generator for the jitter and the optimistic unchoke.
+    pub seed: u64,
+}
+
+/// What the machine reads of the world beside its inputs: a snapshot the
+/// actor takes before each step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Env {
+    /// The mirror's measured speed.
+    pub mirror: Estimate,
+    /// Discovery is configured (it may still be starting).
+    pub discovery_on: bool,
+    /// Discovery runs: lookups and announces can be made.
+    pub discovery_ready: bool,
+}
+
+/// What a peer told us in its handshakes.
+#[derive(Clone, Debug)]
+pub struct Hello {
+    pub addr: SocketAddr,
+    pub peer_id: [u8; 20],
+    /// We dialled it.
+    pub outgoing: bool,
+    pub client: String,
+    /// Its pieces; `None` = all.
+    pub bits: Option<Vec<u8>>,
+    /// Its request queue (`reqq`), and where it listens (`p`).
+    pub reqq: Option<u32>,
+    pub port: Option<u16>,
+    /// Its ids for our extensions.
+    pub pex_id: Option<u8>,
+    pub wip_id: Option<u8>,
+    /// The bitfield we sent it: pieces we got since go as HAVE.
+    pub sent: Vec<u8>,
+}
+
+/// The received part of an assembly when its mirror range ended: the
+/// contiguous prefix and the ranges beyond it.
+#[derive(Clone, Debug, Default)]
+pub struct Received {
+    pub prefix: u64,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl Received {
+    /// Whether `[begin, end)` is received: inside the prefix, or inside a
+    /// range that starts at or before the later of `begin` and the prefix.
+    fn has(&self, begin: u64, end: u64) -> bool {
+        end <= self.prefix
+            || self
+                .ranges
+                .iter()
+                .any(|&(s, e)| s <= begin.max(self.prefix) && end <= e)
+    }
+}
+
+/// What goes into the machine.
+#[derive(Debug)]
+pub enum Input {
+    /// apt waits for `piece` (a new assembly of `size` bytes).
+    Want {
+        piece: PieceIndex,
+        size: u64,
+    },
+    /// The piece's old job is over (a new assembly replaces it).
+    Abandon {
+        piece: PieceIndex,
+    },
+    /// A connection came in (its handshake read, a slot taken).
+    Incoming {
+        addr: SocketAddr,
+    },
+    /// Discovery found an address.
+    Found {
+        addr: SocketAddr,
+        origin: Origin,
+    },
+    /// A dial or handshake failed (its slot is given back).
+    Failed {
+        addr: SocketAddr,
+    },
+    /// A dial got no connection slot (limits or a ban).
+    NoSlot {
+        addr: SocketAddr,
+    },
+    /// A connection finished its handshakes.
+    Up(Box<Hello>),
+    /// A connection ended.
+    Down {
+        key: PeerKey,
+        violation: bool,
+    },
+    Choked {
+        key: PeerKey,
+        choked: bool,
+        /// The choke dropped our requests (BEP 3).
+        discarded: bool,
+    },
+    Interest {
+        key: PeerKey,
+        interested: bool,
+    },
+    Have {
+        key: PeerKey,
+        piece: PieceIndex,
+    },
+    /// A bitfield that came late (`None`: all).
+    Bits {
+        key: PeerKey,
+        bits: Option<Vec<u8>>,
+    },
+    Rejected {
+        key: PeerKey,
+        req: BlockRef,
+    },
+    /// A block was written into its assembly; `new` bytes of it were new.
+    Block {
+        key: PeerKey,
+        piece: PieceIndex,
+        begin: u32,
+        len: u32,
+        new: u64,
+    },
+    Pex {
+        added: Vec<SocketAddr>,
+    },
+    Wip {
+        key: PeerKey,
+        wip: wire::Wip,
+    },
+    /// A mirror range ended, and what of the piece is in.
+    MirrorDone {
+        piece: PieceIndex,
+        gen: u32,
+        res: Result<(), Failure>,
+        received: Received,
+    },
+    /// The current copy of a piece was hashed; `peer_bytes` of it came
+    /// from peers.
+    Verified {
+        piece: PieceIndex,
+        ok: bool,
+        peer_bytes: u64,
+    },
+    /// The answer to [`Effect::ResetForRetry`]: per block, its source and
+    /// digest, or `None` when a reader already has bytes of it.
+    RetryReset {
+        piece: PieceIndex,
+        suspect: Option<Vec<(Source, [u8; 32])>>,
+    },
+    /// A verified piece was committed (or not, `stored` false); `culprits`
+    /// are the peers the smart ban proved wrong.
+    Committed {
+        piece: PieceIndex,
+        stored: bool,
+        culprits: Vec<PeerKey>,
+    },
+    /// The pieces in the store (at start and every minute when idle).
+    Holding {
+        bits: Vec<u8>,
+        held_bytes: u64,
+    },
+    /// An IP got banned (a strike we made led to it).
+    Banned {
+        ip: IpAddr,
+    },
+    /// Discovery's lookup is over.
+    LookupDone,
+    /// Discovery runs now.
+    DiscoveryReady,
+    /// Every 100 ms: the writers' upload counters, and the contiguous
+    /// prefix of each wanted piece's assembly.
+    Tick {
+        uploads: Vec<(PeerKey, u64)>,
+        contiguous: Vec<(PieceIndex, u64)>,
+    },
+    /// The torrent is no longer registered.
+    Stop,
+}
+
+/// A message to one peer's connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerMsg {
+    /// Request these blocks of `piece` (the actor adds the assembly).
+    Request {
+        piece: PieceIndex,
+        blocks: Vec<BlockRef>,
+    },
+    Cancel(BlockRef),
+    CancelPiece(PieceIndex),
+    CancelAll,
+    Have(PieceIndex),
+    Choke,
+    Unchoke,
+    Interested,
+    NotInterested,
+    /// An extended message, with the peer's id for that extension.
+    Extended(u8, Vec<u8>),
+    Close,
+}
+
+/// What comes out of the machine, for the actor to perform in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Send {
+        key: PeerKey,
+        msg: PeerMsg,
+    },
+    /// Dial `addr` (take a connection slot first; [`Input::NoSlot`] if
+    /// there is none).
+    Dial {
+        addr: SocketAddr,
+    },
+    /// Run the handshakes of the incoming connection from `addr`.
+    Accept {
+        addr: SocketAddr,
+    },
+    /// Start the connection tasks of the peer that just came up as `key`.
+    Attach {
+        key: PeerKey,
+        addr: SocketAddr,
+    },
+    /// Give a connection slot back.
+    ReleaseSlot {
+        ip: IpAddr,
+    },
+    /// A protocol violation by `ip` (repeated ones ban it).
+    Violation {
+        ip: IpAddr,
+    },
+    /// A weighted strike for corrupt data ([`Input::Banned`] if it bans).
+    Strike {
+        ip: IpAddr,
+        weight: f64,
+    },
+    /// Proven corrupt: ban.
+    Ban {
+        ip: IpAddr,
+    },
+    /// Fetch `[from, to)` of `piece` from the mirror as run `gen`.
+    StartMirror {
+        piece: PieceIndex,
+        gen: u32,
+        from: u64,
+        to: u64,
+    },
+    StopMirror {
+        piece: PieceIndex,
+    },
+    /// The piece is verified: commit it; with `suspect`, the smart ban
+    /// compares these digests of the failed copy with the good one.
+    Commit {
+        piece: PieceIndex,
+        suspect: Option<Vec<(Source, [u8; 32])>>,
+    },
+    /// The piece failed its hash: reset the assembly for a retry and
+    /// answer with [`Input::RetryReset`].
+    ResetForRetry {
+        piece: PieceIndex,
+    },
+    /// The job is over: forget its assembly (failing it with `failure`).
+    EndJob {
+        piece: PieceIndex,
+        failure: Option<Failure>,
+    },
+    /// Discovery: look peers up, start announcing, report totals, forget.
+    Lookup,
+    Announce,
+    /// `left` for trackers; the actor adds the byte counters.
+    Totals {
+        left: u64,
+    },
+    Forget,
+    /// Read which pieces are in the store ([`Input::Holding`]).
+    ScanHolding,
+}
+
+/// A connection's life once it is up. (Before, its address is in
+/// `connecting`; after, it is gone.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Exchanging pieces.
+    Active,
+    /// We told it to close (a double connection, a ban); no more requests
+    /// go to it, and it leaves at [`Input::Down`].
+    Closing,
+}
+
+/// How a connection is being set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dial {
+    Outgoing,
+    Incoming,
+}
+
+struct Peer {
+    phase: Phase,
+    /// Where it listens (its address, with the port from its extended
+    /// handshake), used for PEX and to avoid dialling it twice.
+    listen: SocketAddr,
+    peer_id: [u8; 20],
+    outgoing: bool,
+    client: String,
+    /// Its pieces; `None` = all.
+    bits: Option<Vec<u8>>,
+    choked_us: bool,
+    we_interested: bool,
+    interested: bool,
+    unchoked: bool,
+    reqq: usize,
+    /// When it last delivered a block, or was first asked (ms).
+    last_progress: u64,
+    snub_until: u64,
+    rate: Rate,
+    up_seen: u64,
+    up_rate: Rate,
+    wip: HashSet<PieceIndex>,
+    pex_id: Option<u8>,
+    wip_id: Option<u8>,
+}
+
+impl Peer {
+    fn has(&self, piece: PieceIndex) -> bool {
+        self.bits
+            .as_ref()
+            .is_none_or(|b| wire::bitfield_get(b, piece))
+    }
+
+    /// It may get requests now.
+    fn usable(&self, now: u64) -> bool {
+        self.phase == Phase::Active && !self.choked_us && self.snub_until <= now
+    }
+}
+
+/// Where a wanted piece stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Peers and (by the mirror rules) the mirror fetch it.
+    Fetching,
+    /// It failed its hash; the assembly is being reset for a retry.
+    Resetting,
+    /// It is verified and being committed; no source works on it.
+    Committing,
+}
+
+/// The mirror's part in a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MirrorState {
+    Idle,
+    /// After a failed hash: the next fetch goes to the mirror at once.
+    Forced,
+    /// Range run `gen` is under way.
+    Running {
+        gen: u32,
+    },
+}
+
+struct Job {
+    state: JobState,
+    mirror: MirrorState,
+    size: u64,
+    wanted_at: u64,
+    /// Rule (a) with peers connected: start the mirror after this.
+    jitter_at: u64,
+    /// The last mirror run's number.
+    gen: u32,
+    attempts: u8,
+    /// After a failed hash: per block, its source and digest (smart ban).
+    suspect: Option<Vec<(Source, [u8; 32])>>,
+    peer_rate: Rate,
+    peers_since: Option<u64>,
+    /// Peers were told we fetch it from the mirror (`dt_wip`).
+    wip_sent: bool,
+    /// Mirror attempts that failed, and when the next may start (ms).
+    mirror_failures: u8,
+    mirror_not_before: u64,
+    /// Peers that delivered blocks: key -> IP (they may be gone by the
+    /// time the smart ban runs).
+    contributors: HashMap<PeerKey, IpAddr>,
+}
+
+/// One peer as `/status.json` shows it (the actor adds byte counters).
+#[derive(Clone, Debug)]
+pub struct PeerView {
+    pub key: PeerKey,
+    pub listen: SocketAddr,
+    pub client: String,
+    pub pieces: u32,
+    pub rate_from: u64,
+    pub choked_us: bool,
+    pub unchoked: bool,
+    pub interested: bool,
+}
+
+/// The state machine of one torrent.
+pub struct Machine {
+    cfg: Config,
+    rng: fastrand::Rng,
+    out: Vec<Effect>,
+    picker: Picker,
+    jobs: HashMap<PieceIndex, Job>,
+    peers: HashMap<PeerKey, Peer>,
+    next_key: PeerKey,
+    connecting: HashMap<SocketAddr, Dial>,
+    have: Vec<u8>,
+    have_count: u32,
+    /// Bytes of the pieces we hold (for trackers' `left`).
+    held_bytes: u64,
+    choker: Choker,
+    known: HashMap<SocketAddr, Origin>,
+    lookup_done_at: Option<u64>,
+    last_choke: u64,
+    last_pex: u64,
+    last_holding: u64,
+    last_report: u64,
+    last_lookup: u64,
+    announced: bool,
+    stopped: bool,
+}
+
+fn count_bits(b: &[u8]) -> u32 {
+    b.iter().map(|x| x.count_ones()).sum()
+}
+
+impl Machine {
+    /// A torrent that holds nothing yet and knows no peer.
+    pub fn new(cfg: Config) -> Machine {
+        Machine {
+            rng: fastrand::Rng::with_seed(cfg.seed),
+            out: Vec::new(),
+            picker: Picker::default(),
+            jobs: HashMap::new(),
+            peers: HashMap::new(),
+            next_key: PeerKey::FIRST,
+            connecting: HashMap::new(),
+            have: vec![0; wire::bitfield_len(cfg.piece_count)],
+            have_count: 0,
+            held_bytes: 0,
+            choker: Choker::new(cfg.upload_slots, 30_000),
+            known: HashMap::new(),
+            lookup_done_at: None,
+            last_choke: 0,
+            last_pex: 0,
+            last_holding: 0,
+            last_report: 0,
+            last_lookup: 0,
+            announced: false,
+            stopped: false,
+            cfg,
+        }
+    }
+
+    /// Handles one input at `now` (ms since the torrent started) and
+    /// returns the effects, in the order they must be performed.
+    pub fn handle(&mut self, now: u64, env: &Env, input: Input) -> Vec<Effect> {
+        if !self.stopped {
+            self.step(now, env, input);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Our pieces (for the bitfield a new connection gets), and how many.
+    pub fn have(&self) -> (&[u8], u32) {
+        (&self.have, self.have_count)
+    }
+
+    /// Pieces wanted now, in apt's order.
+    pub fn wanted(&self) -> Vec<PieceIndex> {
+        self.picker.wanted().collect()
+    }
+
+    /// Where the job of `piece` stands.
+    #[cfg(test)]
+    pub fn job_state(&self, piece: PieceIndex) -> Option<(JobState, MirrorState)> {
+        self.jobs.get(&piece).map(|j| (j.state, j.mirror))
+    }
+
+    /// Peers, for the status page.
+    pub fn peer_views(&self, now: u64) -> Vec<PeerView> {
+        let mut v: Vec<PeerView> = self
+            .peers
+            .iter()
+            .map(|(&key, p)| PeerView {
+                key,
+                listen: p.listen,
+                client: p.client.clone(),
+                pieces: p
+                    .bits
+                    .as_ref()
+                    .map_or(self.cfg.piece_count, |b| count_bits(b)),
+                rate_from: p.rate.per_sec(now),
+                choked_us: p.choked_us,
+                unchoked: p.unchoked,
+                interested: p.interested,
+            })
+            .collect();
+        v.sort_by_key(|p| p.key);
+        v
+    }
+
+    /// Addresses discovery found, by origin, sorted.
+    pub fn discovered(&self) -> BTreeMap<Origin, Vec<String>> {
+        let mut m: BTreeMap<Origin, Vec<String>> = BTreeMap::new();
+        for (a, o) in &self.known {
+            m.entry(*o).or_default().push(a.to_string());
+        }
+        for v in m.values_mut() {
+            v.sort();
+        }
+        m
+    }
+
+    /// Pieces held, and pieces wanted now.
+    pub fn counts(&self) -> (u32, usize) {
+        (self.have_count, self.jobs.len())
+    }
+
+    fn emit(&mut self, e: Effect) {
+        self.out.push(e);
+    }
+
+    fn send(&mut self, key: PeerKey, msg: PeerMsg) {
+        self.out.push(Effect::Send { key, msg });
+    }
+
+    fn step(&mut self, now: u64, env: &Env, input: Input) {
+        match input {
+            Input::Want { piece, size } => self.want(piece, size, now, env),
+            Input::Abandon { piece } => self.end_job(piece, None),
+            Input::Incoming { addr } => {
+                if self.peers.len() + self.connecting.len() >= self.cfg.max_peers {
+                    self.emit(Effect::ReleaseSlot { ip: addr.ip() });
+                } else {
+                    self.connecting.insert(addr, Dial::Incoming);
+                    self.emit(Effect::Accept { addr });
+                }
+            }
+            Input::Found { addr, origin } => self.found(addr, origin),
+            Input::Failed { addr } => {
+                self.connecting.remove(&addr);
+                self.emit(Effect::ReleaseSlot { ip: addr.ip() });
+                self.drive_all(now, env);
+            }
+            Input::NoSlot { addr } => {
+                self.connecting.remove(&addr);
+            }
+            Input::Up(hello) => self.up(*hello, now, env),
+            Input::Down { key, violation } => {
+                if let Some(p) = self.peers.remove(&key) {
+                    let ip = p.listen.ip();
+                    self.emit(Effect::ReleaseSlot { ip });
+                    if violation {
+                        self.emit(Effect::Violation { ip });
+                    }
+                }
+                self.picker.release(key);
+                self.choke_round(now);
+                self.drive_all(now, env);
+            }
+            Input::Choked {
+                key,
+                choked,
+                discarded,
+            } => {
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.choked_us = choked;
+                    if !choked {
+                        p.last_progress = now;
+                    }
+                }
+                if choked && discarded {
+                    self.picker.release(key);
+                }
+                self.drive_all(now, env);
+            }
+            Input::Interest { key, interested } => {
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.interested = interested;
+                }
+                self.choke_round(now);
+            }
+            Input::Have { key, piece } => {
+                if let Some(p) = self.peers.get_mut(&key) {
+                    if let Some(b) = p.bits.as_mut() {
+                        wire::bitfield_set(b, piece);
+                    }
+                    p.wip.remove(&piece);
+                }
+                if self.picker.is_wanted(piece) {
+                    self.update_interest(key);
+                    self.drive(piece, now, env);
+                }
+            }
+            Input::Bits { key, bits } => {
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.bits = match (bits, p.bits.take()) {
+                        (None, _) | (_, None) => None,
+                        (Some(mut new), Some(old)) => {
+                            for (a, b) in new.iter_mut().zip(old) {
+                                *a |= b;
+                            }
+                            Some(new)
+                        }
+                    };
+                }
+                self.update_interest(key);
+                self.drive_all(now, env);
+            }
+            Input::Rejected { key, req } => {
+                self.picker.rejected(
+                    picker::Req {
+                        piece: req.index,
+                        begin: req.begin,
+                        len: req.length,
+                    },
+                    key,
+                );
+                self.drive(req.index, now, env);
+            }
+            Input::Block {
+                key,
+                piece,
+                begin,
+                len,
+                new,
+            } => self.block(key, piece, begin, len, new, now),
+            Input::Pex { added } => {
+                for a in added.into_iter().take(wire::MAX_PEX) {
+                    self.found(a, Origin::Pex);
+                }
+            }
+            Input::Wip { key, wip } => {
+                let n = self.cfg.piece_count;
+                if let Some(p) = self.peers.get_mut(&key) {
+                    for i in wip.add {
+                        if i < n && p.wip.len() < WIP_MAX {
+                            p.wip.insert(i);
+                        }
+                    }
+                    for i in &wip.done {
+                        p.wip.remove(i);
+                    }
+                    for i in wip.done {
+                        if self.picker.is_wanted(i) {
+                            self.drive(i, now, env);
+                        }
+                    }
+                }
+            }
+            Input::MirrorDone {
+                piece,
+                gen,
+                res,
+                received,
+            } => self.mirror_done(piece, gen, res, &received, now, env),
+            Input::Verified {
+                piece,
+                ok,
+                peer_bytes,
+            } => {
+                if self
+                    .jobs
+                    .get(&piece)
+                    .is_some_and(|j| j.state == JobState::Fetching)
+                {
+                    self.finish(piece, ok, peer_bytes);
+                }
+            }
+            Input::RetryReset { piece, suspect } => self.retry(piece, suspect, now, env),
+            Input::Committed {
+                piece,
+                stored,
+                culprits,
+            } => self.committed(piece, stored, culprits),
+            Input::Holding { bits, held_bytes } => {
+                let fresh: Vec<PieceIndex> = (0..self.cfg.piece_count)
+                    .filter(|&i| wire::bitfield_get(&bits, i) && !wire::bitfield_get(&self.have, i))
+                    .collect();
+                self.have_count = count_bits(&bits);
+                self.held_bytes = held_bytes;
+                self.have = bits;
+                for i in fresh {
+                    self.broadcast_have(i);
+                }
+            }
+            Input::Banned { ip } => self.drop_ip(ip),
+            Input::LookupDone => {
+                self.lookup_done_at = Some(now);
+                self.announce_once(env);
+                self.drive_all(now, env);
+            }
+            Input::DiscoveryReady => self.start_discovery(env),
+            Input::Tick {
+                uploads,
+                contiguous,
+            } => self.tick(now, env, &uploads, &contiguous),
+            Input::Stop => {
+                self.stopped = true;
+                let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+                for k in keys {
+                    self.send(k, PeerMsg::Close);
+                }
+                let mut pieces: Vec<PieceIndex> = self.jobs.keys().copied().collect();
+                pieces.sort_unstable();
+                for piece in pieces {
+                    self.emit(Effect::EndJob {
+                        piece,
+                        failure: Some(Failure::Unreachable),
+                    });
+                }
+                self.emit(Effect::Forget);
+            }
+        }
+    }
+
+    /// The first lookup, once discovery runs. Look up first and announce
+    /// once that is over: mainline folds a lookup into a running query for
+    /// the same info hash (its own announce's), and we saw such lookups
+    /// miss peers.
+    fn start_discovery(&mut self, env: &Env) {
+        if env.discovery_ready {
+            self.emit(Effect::Totals {
+                left: self.cfg.total_size.saturating_sub(self.held_bytes),
+            });
+            self.emit(Effect::Lookup);
+        }
+    }
+
+    /// Starts announcing this torrent (once discovery runs).
+    fn announce_once(&mut self, env: &Env) {
+        if !self.announced && env.discovery_ready {
+            self.announced = true;
+            self.emit(Effect::Announce);
+        }
+    }
+
+    fn want(&mut self, piece: PieceIndex, size: u64, now: u64, env: &Env) {
+        if self.jobs.contains_key(&piece) {
+            // A new assembly of a piece whose old job is over.
+            self.end_job(piece, None);
+        }
+        let jitter_cap = self.cfg.peer_wait_ms.min(250);
+        let jitter = if jitter_cap == 0 {
+            0
+        } else {
+            self.rng.u64(0..=jitter_cap)
+        };
+        self.jobs.insert(
+            piece,
+            Job {
+                state: JobState::Fetching,
+                mirror: MirrorState::Idle,
+                size,
+                wanted_at: now,
+                jitter_at: now + jitter,
+                gen: 0,
+                attempts: 0,
+                suspect: None,
+                peer_rate: Rate::new(2000),
+                peers_since: None,
+                wip_sent: false,
+                mirror_failures: 0,
+                mirror_not_before: 0,
+                contributors: HashMap::new(),
+            },
+        );
+        self.picker.add(piece, size);
+        let holders = self.peers.values().any(|p| p.has(piece));
+        if !holders && env.discovery_ready {
+            self.emit(Effect::Lookup);
+        }
+        self.update_interest_all();
+        self.drive(piece, now, env);
+    }
+
+    fn found(&mut self, addr: SocketAddr, origin: Origin) {
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return;
+        }
+        if self.known.len() < KNOWN_MAX {
+            self.known.entry(addr).or_insert(origin);
+        }
+        let me = self.cfg.peer_addr;
+        if addr == me
+            || (addr.port() == me.port() && me.ip().is_unspecified() && addr.ip().is_loopback())
+        {
+            return;
+        }
+        if self.connecting.contains_key(&addr) || self.peers.values().any(|p| p.listen == addr) {
+            return;
+        }
+        if self.peers.len() + self.connecting.len() >= self.cfg.max_peers {
+            return;
+        }
+        self.connecting.insert(addr, Dial::Outgoing);
+        self.emit(Effect::Dial { addr });
+    }
+
+    fn up(&mut self, h: Hello, now: u64, env: &Env) {
+        let addr = h.addr;
+        if self.connecting.remove(&addr).is_none()
+            && self.peers.len() + self.connecting.len() >= self.cfg.max_peers
+        {
+            // Not one we dialled or accepted, and no room for it.
+            self.emit(Effect::ReleaseSlot { ip: addr.ip() });
+            return;
+        }
+        // The same peer connected both ways at once: both sides keep the
+        // connection dialled by the lower peer id, so they agree.
+        let twin = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.peer_id == h.peer_id && p.phase == Phase::Active)
+            .map(|(&k, p)| (k, p.outgoing));
+        if let Some((k, old_outgoing)) = twin {
+            let ours = self.cfg.peer_id;
+            let dialler_of = |outgoing: bool| if outgoing { ours } else { h.peer_id };
+            if old_outgoing == h.outgoing || dialler_of(old_outgoing) < dialler_of(h.outgoing) {
+                self.emit(Effect::ReleaseSlot { ip: addr.ip() });
+                return;
+            }
+            self.close(k);
+        }
+        let key = self.next_key;
+        self.next_key = key.next();
+        let listen = SocketAddr::new(addr.ip(), h.port.unwrap_or(addr.port()));
+        let peer = Peer {
+            phase: Phase::Active,
+            listen,
+            peer_id: h.peer_id,
+            outgoing: h.outgoing,
+            client: h.client,
+            bits: h.bits,
+            choked_us: true,
+            we_interested: false,
+            interested: false,
+            unchoked: false,
+            reqq: h.reqq.map_or(64, |q| (q as usize).clamp(1, 1000)),
+            last_progress: now,
+            snub_until: 0,
+            rate: Rate::new(5000),
+            up_seen: 0,
+            up_rate: Rate::new(10_000),
+            wip: HashSet::new(),
+            pex_id: h.pex_id,
+            wip_id: h.wip_id,
+        };
+        self.emit(Effect::Attach { key, addr });
+        // Pieces we got between the bitfield snapshot and now.
+        for i in 0..self.cfg.piece_count {
+            if wire::bitfield_get(&self.have, i) && !wire::bitfield_get(&h.sent, i) {
+                self.send(key, PeerMsg::Have(i));
+            }
+        }
+        // What we are fetching from the mirror right now.
+        if let Some(id) = peer.wip_id {
+            let mut add: Vec<PieceIndex> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.wip_sent)
+                .map(|(&i, _)| i)
+                .collect();
+            add.sort_unstable();
+            add.truncate(256);
+            if !add.is_empty() {
+                let w = wire::Wip { add, done: vec![] };
+                self.send(key, PeerMsg::Extended(id, w.encode()));
+            }
+        }
+        self.peers.insert(key, peer);
+        self.pex_on_connect(key);
+        self.update_interest(key);
+        self.choke_round(now);
+        self.drive_all(now, env);
+    }
+
+    /// Tells a peer to close; it leaves at its `Down`.
+    fn close(&mut self, key: PeerKey) {
+        if let Some(p) = self.peers.get_mut(&key) {
+            if p.phase == Phase::Active {
+                p.phase = Phase::Closing;
+                self.out.push(Effect::Send {
+                    key,
+                    msg: PeerMsg::Close,
+                });
+            }
+        }
+        self.picker.release(key);
+    }
+
+    fn update_interest(&mut self, key: PeerKey) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let want = self.picker.wanted().any(|i| p.has(i));
+        if want != p.we_interested {
+            p.we_interested = want;
+            let msg = if want {
+                PeerMsg::Interested
+            } else {
+                PeerMsg::NotInterested
+            };
+            self.out.push(Effect::Send { key, msg });
+        }
+    }
+
+    fn update_interest_all(&mut self) {
+        let mut keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        keys.sort_unstable();
+        for k in keys {
+            self.update_interest(k);
+        }
+    }
+
+    /// Gives peer `key` as many requests as its queue has room for.
+    fn feed(&mut self, key: PeerKey, now: u64) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if !p.usable(now) {
+            return;
+        }
+        // A queue sized to the link: about 200 ms of its rate, at least 64
+        // blocks, at most what it accepts.
+        let depth = ((p.rate.estimate(now) / 5 / u64::from(BLOCK)) as usize)
+            .max(64)
+            .min(p.reqq.clamp(1, 1000));
+        let inflight = self.picker.outstanding(key);
+        // Refill in batches of a quarter of the queue: one write (and one
+        // wake-up of the writer) per batch rather than per block.
+        if inflight >= depth || (inflight > 0 && depth - inflight < depth / 4) {
+            return;
+        }
+        let room = depth - inflight;
+        let reqs = {
+            let p = &*p;
+            self.picker.pick(key, |i| p.has(i), room, now)
+        };
+        if reqs.is_empty() {
+            return;
+        }
+        if inflight == 0 {
+            p.last_progress = now;
+        }
+        let mut by_piece: Vec<(PieceIndex, Vec<BlockRef>)> = Vec::new();
+        for r in reqs {
+            let b = BlockRef {
+                index: r.piece,
+                begin: r.begin,
+                length: r.len,
+            };
+            match by_piece.last_mut() {
+                Some((i, v)) if *i == r.piece => v.push(b),
+                _ => by_piece.push((r.piece, vec![b])),
+            }
+        }
+        for (piece, blocks) in by_piece {
+            if let Some(j) = self.jobs.get_mut(&piece) {
+                j.peers_since.get_or_insert(now);
+            }
+            self.out.push(Effect::Send {
+                key,
+                msg: PeerMsg::Request { piece, blocks },
+            });
+        }
+    }
+
+    fn block(&mut self, key: PeerKey, piece: PieceIndex, begin: u32, len: u32, new: u64, now: u64) {
+        let ip = self.peers.get_mut(&key).map(|p| {
+            p.last_progress = now;
+            p.snub_until = 0;
+            p.rate.add(u64::from(len), now);
+            p.listen.ip()
+        });
+        let mut others = self.picker.got(piece, begin, key);
+        others.sort_unstable();
+        for o in others {
+            if self.peers.contains_key(&o) {
+                self.send(
+                    o,
+                    PeerMsg::Cancel(BlockRef {
+                        index: piece,
+                        begin,
+                        length: len,
+                    }),
+                );
+            }
+        }
+        if let Some(j) = self.jobs.get_mut(&piece) {
+            j.peer_rate.add(new, now);
+            if let (Some(ip), true) = (ip, new > 0) {
+                j.contributors.insert(key, ip);
+            }
+        }
+        self.feed(key, now);
+    }
+
+    /// Decides what happens next for a wanted piece.
+    fn drive(&mut self, piece: PieceIndex, now: u64, env: &Env) {
+        let Some(job) = self.jobs.get(&piece) else {
+            return;
+        };
+        if job.state != JobState::Fetching {
+            return;
+        }
+        let (free, _, _) = self.picker.counts(piece);
+        if free == 0 {
+            return;
+        }
+        let mut usable: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.has(piece) && p.usable(now))
+            .map(|(&k, _)| k)
+            .collect();
+        if !usable.is_empty() && job.mirror != MirrorState::Forced {
+            usable.sort_unstable();
+            for k in usable {
+                self.feed(k, now);
+            }
+            return;
+        }
+        if matches!(job.mirror, MirrorState::Running { .. }) {
+            return;
+        }
+        let active = |p: &&Peer| p.phase == Phase::Active;
+        let holders = self
+            .peers
+            .values()
+            .filter(active)
+            .any(|p| p.has(piece) && p.snub_until <= now);
+        let wip = self.peers.values().any(|p| p.wip.contains(&piece));
+        let lookup_fresh = !env.discovery_on
+            || self
+                .lookup_done_at
+                .is_some_and(|t| now.saturating_sub(t) < 60_000);
+        let deadline = picker::mirror_start_at(&picker::Waiting {
+            now,
+            wanted_at: job.wanted_at,
+            jitter_at: job.jitter_at,
+            peer_wait: self.cfg.peer_wait_ms,
+            force: job.mirror == MirrorState::Forced,
+            holders,
+            fetching: wip,
+            mirror_ms: job.size.saturating_mul(1000) / env.mirror.rate.max(1),
+            no_peers: self.peers.is_empty(),
+            connecting: !self.connecting.is_empty(),
+            lookup_fresh,
+            lookup_done_at: self.lookup_done_at,
+        });
+        if now >= deadline.max(job.mirror_not_before) {
+            self.start_mirror(piece, 0);
+        }
+    }
+
+    fn drive_all(&mut self, now: u64, env: &Env) {
+        for p in self.wanted() {
+            self.drive(p, now, env);
+        }
+    }
+
+    /// Gives the mirror the free blocks of `piece` from `from_block` on;
+    /// false when there were none.
+    fn start_mirror(&mut self, piece: PieceIndex, from_block: usize) -> bool {
+        let Some((from, to)) = self.picker.mirror_take(piece, from_block) else {
+            return false;
+        };
+        let Some(job) = self.jobs.get_mut(&piece) else {
+            return false;
+        };
+        job.gen += 1;
+        job.mirror = MirrorState::Running { gen: job.gen };
+        let gen = job.gen;
+        let send_wip = from == 0 && !job.wip_sent;
+        job.wip_sent |= send_wip;
+        self.emit(Effect::StartMirror {
+            piece,
+            gen,
+            from,
+            to,
+        });
+        if send_wip {
+            self.send_wip(vec![piece], vec![]);
+        }
+        true
+    }
+
+    fn send_wip(&mut self, add: Vec<PieceIndex>, done: Vec<PieceIndex>) {
+        let payload = wire::Wip { add, done }.encode();
+        let mut to: Vec<(PeerKey, u8)> = self
+            .peers
+            .iter()
+            .filter_map(|(&k, p)| p.wip_id.map(|id| (k, id)))
+            .collect();
+        to.sort_unstable();
+        for (k, id) in to {
+            self.send(k, PeerMsg::Extended(id, payload.clone()));
+        }
+    }
+
+    fn mirror_done(
+        &mut self,
+        piece: PieceIndex,
+        gen: u32,
+        res: Result<(), Failure>,
+        received: &Received,
+        now: u64,
+        env: &Env,
+    ) {
+        let Some(job) = self.jobs.get_mut(&piece) else {
+            return;
+        };
+        if job.mirror != (MirrorState::Running { gen }) {
+            return;
+        }
+        job.mirror = MirrorState::Idle;
+        self.picker.mirror_stopped(piece, |s, e| received.has(s, e));
+        match res {
+            Ok(()) => self.drive(piece, now, env),
+            Err(f) => {
+                job.mirror_failures += 1;
+                job.mirror_not_before = now + (1000u64 << job.mirror_failures.min(5));
+                let failures = job.mirror_failures;
+                let holders = self.peers.values().any(|p| p.has(piece));
+                if holders && f != Failure::Local && failures < 4 {
+                    tracing::info!(piece, failure = ?f, "mirror failed; peers go on");
+                    self.drive(piece, now, env);
+                } else {
+                    self.end_job(piece, Some(f));
+                }
+            }
+        }
+    }
+
+    /// The whole piece has been hashed.
+    fn finish(&mut self, piece: PieceIndex, ok: bool, peer_bytes: u64) {
+        self.cancel_piece(piece);
+        let Some(job) = self.jobs.get_mut(&piece) else {
+            return;
+        };
+        let stop = matches!(job.mirror, MirrorState::Running { .. });
+        job.mirror = MirrorState::Idle;
+        if stop {
+            self.out.push(Effect::StopMirror { piece });
+        }
+        if ok {
+            job.state = JobState::Committing;
+            let suspect = job.suspect.take();
+            self.picker.remove(piece);
+            self.emit(Effect::Commit { piece, suspect });
+            return;
+        }
+        job.attempts += 1;
+        tracing::warn!(
+            piece,
+            attempt = job.attempts,
+            from_peers = peer_bytes > 0,
+            "piece failed its SHA-256"
+        );
+        if peer_bytes == 0 || job.attempts >= 3 {
+            // The mirror's own bytes are wrong (or we tried enough): apt
+            // gets the failure, as without peers.
+            self.end_job(piece, Some(Failure::Corrupt));
+            return;
+        }
+        job.state = JobState::Resetting;
+        self.emit(Effect::ResetForRetry { piece });
+    }
+
+    fn retry(
+        &mut self,
+        piece: PieceIndex,
+        suspect: Option<Vec<(Source, [u8; 32])>>,
+        now: u64,
+        env: &Env,
+    ) {
+        let Some(job) = self.jobs.get_mut(&piece) else {
+            return;
+        };
+        if job.state != JobState::Resetting {
+            return;
+        }
+        match suspect {
+            Some(blocks) => {
+                job.suspect = Some(blocks);
+                job.mirror = MirrorState::Forced;
+                job.state = JobState::Fetching;
+                self.picker.reset(piece);
+                self.drive(piece, now, env);
+            }
+            None => {
+                // apt already has bytes of it: the response must fail. Each
+                // contributing peer gets a strike by its share.
+                let mut contributors: Vec<(PeerKey, IpAddr)> =
+                    job.contributors.iter().map(|(&k, &ip)| (k, ip)).collect();
+                contributors.sort_unstable();
+                let srcs: Vec<Option<PeerKey>> =
+                    contributors.iter().map(|(k, _)| Some(*k)).collect();
+                let single = contributors.len() == 1;
+                for (k, w) in super::ban::shares(&srcs) {
+                    if let Some((_, ip)) = contributors.iter().find(|(c, _)| *c == k) {
+                        let weight = if single { 1.0 } else { w };
+                        self.out.push(Effect::Strike { ip: *ip, weight });
+                    }
+                }
+                self.end_job(piece, Some(Failure::Corrupt));
+            }
+        }
+    }
+
+    /// Cancels every outstanding request for `piece` at every peer.
+    fn cancel_piece(&mut self, piece: PieceIndex) {
+        let mut keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        keys.sort_unstable();
+        for k in keys {
+            self.send(k, PeerMsg::CancelPiece(piece));
+        }
+    }
+
+    fn end_job(&mut self, piece: PieceIndex, failure: Option<Failure>) {
+        self.cancel_piece(piece);
+        self.picker.remove(piece);
+        if let Some(j) = self.jobs.remove(&piece) {
+            self.emit(Effect::EndJob { piece, failure });
+            if j.wip_sent {
+                self.send_wip(vec![], vec![piece]);
+            }
+        }
+        self.update_interest_all();
+    }
+
+    fn committed(&mut self, piece: PieceIndex, stored: bool, culprits: Vec<PeerKey>) {
+        let Some(job) = self.jobs.get(&piece) else {
+            return;
+        };
+        let size = job.size;
+        let mut ips: Vec<IpAddr> = culprits
+            .iter()
+            .filter_map(|k| job.contributors.get(k).copied())
+            .collect();
+        ips.sort_unstable();
+        ips.dedup();
+        for ip in ips {
+            tracing::warn!(%ip, piece, "peer sent corrupt blocks: banned");
+            self.emit(Effect::Ban { ip });
+            self.drop_ip(ip);
+        }
+        // HAVE before dt_wip's "done" (sent by end_job): a peer waiting for
+        // this piece must see that we hold it before it hears that we
+        // stopped fetching it, or it would go to the mirror in between.
+        if stored && !wire::bitfield_get(&self.have, piece) {
+            wire::bitfield_set(&mut self.have, piece);
+            self.have_count += 1;
+            self.held_bytes += size;
+            self.broadcast_have(piece);
+        }
+        self.end_job(piece, None);
+    }
+
+    fn broadcast_have(&mut self, piece: PieceIndex) {
+        let mut keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        keys.sort_unstable();
+        for k in keys {
+            self.send(k, PeerMsg::Have(piece));
+        }
+    }
+
+    fn drop_ip(&mut self, ip: IpAddr) {
+        let mut keys: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.listen.ip() == ip)
+            .map(|(&k, _)| k)
+            .collect();
+        keys.sort_unstable();
+        for k in keys {
+            self.close(k);
+        }
+    }
+
+    fn choke_round(&mut self, now: u64) {
+        self.last_choke = now;
+        let downloading = !self.jobs.is_empty();
+        let mut samples: Vec<PeerSample> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.phase == Phase::Active)
+            .map(|(&k, p)| PeerSample {
+                id: u64::from(k.get()),
+                interested: p.interested,
+                down_rate: p.rate.per_sec(now),
+                uploaded_recent: p.up_rate.per_sec(now),
+                snubbed: p.snub_until > now,
+            })
+            .collect();
+        samples.sort_by_key(|s| s.id);
+        let r = self.rng.u64(..);
+        let unchoke: HashSet<u64> = self
+            .choker
+            .decide(&samples, downloading, now, r)
+            .into_iter()
+            .collect();
+        let mut keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        keys.sort_unstable();
+        for k in keys {
+            let Some(p) = self.peers.get_mut(&k) else {
+                continue;
+            };
+            let u = unchoke.contains(&u64::from(k.get()));
+            if u != p.unchoked {
+                p.unchoked = u;
+                let msg = if u { PeerMsg::Unchoke } else { PeerMsg::Choke };
+                self.out.push(Effect::Send { key: k, msg });
+            }
+        }
+    }
+
+    fn tick(
+        &mut self,
+        now: u64,
+        env: &Env,
+        uploads: &[(PeerKey, u64)],
+        contiguous: &[(PieceIndex, u64)],
+    ) {
+        // Upload rates from the writers' counters.
+        for &(k, up) in uploads {
+            if let Some(p) = self.peers.get_mut(&k) {
+                p.up_rate.add(up - p.up_seen.min(up), now);
+                p.up_seen = up;
+            }
+        }
+        // Rule (c): a peer with requests out and no block for `stall_ms`
+        // is snubbed and its blocks go back to the picker.
+        let stall = self.cfg.stall_ms;
+        let mut stalled: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(&k, p)| {
+                self.picker.outstanding(k) > 0
+                    && !p.choked_us
+                    && now.saturating_sub(p.last_progress) > stall
+            })
+            .map(|(&k, _)| k)
+            .collect();
+        stalled.sort_unstable();
+        for k in stalled {
+            if let Some(p) = self.peers.get_mut(&k) {
+                tracing::info!(peer = %p.listen, "peer stalled: its requests go elsewhere");
+                p.snub_until = now + SNUB_MS;
+            }
+            self.send(k, PeerMsg::CancelAll);
+            self.picker.release(k);
+        }
+        // Rule (b): the mirror takes the tail of a piece the peers are too
+        // slow for.
+        for piece in self.wanted() {
+            let Some(j) = self.jobs.get(&piece) else {
+                continue;
+            };
+            let Some(since) = j.peers_since else { continue };
+            if j.mirror != MirrorState::Idle
+                || j.state != JobState::Fetching
+                || now.saturating_sub(since) < 1000
+                || now < j.mirror_not_before
+            {
+                continue;
+            }
+            let Some(&(_, prefix)) = contiguous.iter().find(|(p, _)| *p == piece) else {
+                continue;
+            };
+            let rest = j.size.saturating_sub(prefix);
+            if rest < 256 * 1024 {
+                continue;
+            }
+            // The peers' rate on this piece since they started on it; the
+            // mirror must win clearly (by half) before it costs mirror bytes.
+            let peer_rate = j.peer_rate.estimate(now);
+            let m = env.mirror;
+            if let Some(front) = picker::mirror_tail(rest, peer_rate, m.rate * 2 / 3, m.latency_ms)
+            {
+                let at = ((prefix + front) / u64::from(BLOCK)) as usize;
+                let from = self.picker.tail_start(piece).unwrap_or(0).max(at);
+                if self.start_mirror(piece, from) {
+                    tracing::info!(
+                        piece,
+                        from_block = from,
+                        peer_rate,
+                        mirror_rate = m.rate,
+                        "peers slower than the mirror: it takes the tail"
+                    );
+                } else if let Some(j) = self.jobs.get_mut(&piece) {
+                    // Nothing free at the tail: look again in a while.
+                    j.mirror_not_before = now + 1000;
+                }
+            }
+        }
+        self.drive_all(now, env);
+        if now.saturating_sub(self.last_choke) >= CHOKE_EVERY_MS {
+            self.choke_round(now);
+        }
+        // Look for more peers while we have few: every 5 s while apt waits
+        // on a piece nobody connected holds, every minute otherwise.
+        if env.discovery_ready {
+            let starving = self
+                .jobs
+                .keys()
+                .any(|&i| !self.peers.values().any(|p| p.has(i)));
+            let every = if starving { 5_000 } else { 60_000 };
+            if self.peers.len() < 4 && now.saturating_sub(self.last_lookup) >= every {
+                self.last_lookup = now;
+                self.emit(Effect::Lookup);
+            }
+        }
+        if now >= 10_000 {
+            self.announce_once(env);
+        }
+        if now.saturating_sub(self.last_pex) >= 60_000 {
+            self.last_pex = now;
+            self.send_pex();
+        }
+        if now.saturating_sub(self.last_holding) >= 60_000 && self.jobs.is_empty() {
+            self.last_holding = now;
+            self.emit(Effect::ScanHolding);
+        }
+        if now.saturating_sub(self.last_report) >= 1000 {
+            self.last_report = now;
+            if env.discovery_ready {
+                self.emit(Effect::Totals {
+                    left: self.cfg.total_size.saturating_sub(self.held_bytes),
+                });
+            }
+        }
+    }
+
+    /// PEX at once when a peer connects: it learns our other peers, and
+    /// they learn it, so a swarm joins up within a round trip of the first
+    /// connection rather than at the next DHT lookup.
+    fn pex_on_connect(&mut self, key: PeerKey) {
+        let Some(new) = self.peers.get(&key) else {
+            return;
+        };
+        let (new_listen, new_pex) = (new.listen, new.pex_id);
+        let mut others: Vec<(PeerKey, SocketAddr, Option<u8>)> = self
+            .peers
+            .iter()
+            .filter(|(&k, _)| k != key)
+            .map(|(&k, p)| (k, p.listen, p.pex_id))
+            .collect();
+        others.sort_unstable();
+        if let (Some(id), false) = (new_pex, others.is_empty()) {
+            let msg = wire::Pex {
+                added: others.iter().map(|o| o.1).take(wire::MAX_PEX).collect(),
+                dropped: vec![],
+            };
+            self.send(key, PeerMsg::Extended(id, msg.encode()));
+        }
+        let about_new = wire::Pex {
+            added: vec![new_listen],
+            dropped: vec![],
+        }
+        .encode();
+        for (k, _, id) in others {
+            if let Some(id) = id {
+                self.send(k, PeerMsg::Extended(id, about_new.clone()));
+            }
+        }
+    }
+
+    fn send_pex(&mut self) {
+        let mut peers: Vec<(PeerKey, SocketAddr, Option<u8>)> = self
+            .peers
+            .iter()
+            .map(|(&k, p)| (k, p.listen, p.pex_id))
+            .collect();
+        peers.sort_unstable();
+        for &(k, listen, id) in &peers {
+            let Some(id) = id else { continue };
+            let added: Vec<SocketAddr> = peers
+                .iter()
+                .map(|o| o.1)
+                .filter(|a| *a != listen)
+                .take(wire::MAX_PEX)
+                .collect();
+            if added.is_empty() {
+                continue;
+            }
+            let msg = wire::Pex {
+                added,
+                dropped: vec![],
+            };
+            self.out.push(Effect::Send {
+                key: k,
+                msg: PeerMsg::Extended(id, msg.encode()),
+            });
+        }
+    }
+
+    /// Panics if the state breaks an invariant of `STATE.md`. Tests call
+    /// it after every step.
+    #[cfg(test)]
+    pub fn check_invariants(&self) {
+        self.picker.check_invariants();
+        // Jobs and the picker: a piece being fetched (or reset) is in the
+        // picker, a committing one is not, and nothing else is.
+        for piece in self.picker.wanted() {
+            let j = self
+                .jobs
+                .get(&piece)
+                .unwrap_or_else(|| panic!("piece {piece} in the picker without a job"));
+            assert_ne!(
+                j.state,
+                JobState::Committing,
+                "piece {piece}: committing yet wanted"
+            );
+            assert_eq!(self.picker.size(piece), Some(j.size), "piece {piece}: size");
+        }
+        for (&piece, j) in &self.jobs {
+            assert_eq!(
+                self.picker.is_wanted(piece),
+                j.state != JobState::Committing,
+                "piece {piece}: {:?} and the picker disagree",
+                j.state
+            );
+            if matches!(j.mirror, MirrorState::Running { .. } | MirrorState::Forced) {
+                assert_eq!(
+                    j.state,
+                    JobState::Fetching,
+                    "piece {piece}: a mirror run outside fetching"
+                );
+            }
+            if let MirrorState::Running { gen } = j.mirror {
+                assert_eq!(
+                    gen, j.gen,
+                    "piece {piece}: a mirror run of an old generation"
+                );
+            }
+            assert!(j.attempts < 3, "piece {piece}: retried past the limit");
+        }
+        // Requests are only out at peers we know, and never at one that
+        // is closing.
+        for (&k, p) in &self.peers {
+            if p.phase == Phase::Closing {
+                assert_eq!(
+                    self.picker.outstanding(k),
+                    0,
+                    "{k:?}: requests while closing"
+                );
+            }
+            assert!(p.wip.len() <= WIP_MAX, "{k:?}: dt_wip set too large");
+            assert!((1..=1000).contains(&p.reqq), "{k:?}: reqq out of range");
+        }
+        for k in self.picker.sources() {
+            assert!(
+                self.peers.contains_key(&k),
+                "{k:?}: requests at a peer that is gone"
+            );
+        }
+        // Connections within the limit.
+        assert!(
+            self.peers.len() + self.connecting.len() <= self.cfg.max_peers,
+            "over the per-torrent connection limit"
+        );
+        // What we hold.
+        assert_eq!(self.have_count, count_bits(&self.have), "have count");
+        assert_eq!(
+            self.have.len(),
+            wire::bitfield_len(self.cfg.piece_count),
+            "bitfield length"
+        );
+        assert!(self.held_bytes <= self.cfg.total_size, "held bytes");
+        // Unchoked: at most the regular slots plus the optimistic one, and
+        // nobody when we do not upload.
+        let unchoked = self.peers.values().filter(|p| p.unchoked).count();
+        let cap = if self.cfg.upload_slots == 0 {
+            0
+        } else {
+            self.cfg.upload_slots + 1
+        };
+        assert!(unchoked <= cap, "{unchoked} unchoked over {cap}");
+        assert!(self.known.len() <= KNOWN_MAX, "known addresses");
+        assert!(self.out.is_empty(), "effects left behind");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1068 @@
+//! Table-driven tests of the torrent state machine. Each table is a list
+//! of steps (time, input, the exact effects expected); the runner checks
+//! the invariants after every step. A randomised run at the end feeds
+//! thousands of arbitrary inputs and checks only the invariants.
+
+use std::net::SocketAddr;
+
+use super::*;
+
+const K: u64 = BLOCK as u64;
+const PIECES: u32 = 16;
+
+fn key(n: u32) -> PeerKey {
+    PeerKey::new(n).expect("test keys are not zero")
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, n], 6881))
+}
+
+fn cfg() -> Config {
+    Config {
+        peer_wait_ms: 1000,
+        stall_ms: 2000,
+        max_peers: 8,
+        upload_slots: 4,
+        piece_count: PIECES,
+        total_size: 100 * K,
+        peer_id: [b'z'; 20],
+        peer_addr: addr(1),
+        seed: 7,
+    }
+}
+
+/// Discovery off: rule (a) sees no lookup to wait for.
+fn no_discovery() -> Env {
+    Env::default()
+}
+
+/// Discovery running.
+fn discovery() -> Env {
+    Env {
+        discovery_on: true,
+        discovery_ready: true,
+        ..Env::default()
+    }
+}
+
+/// A bitfield with `held` set.
+fn bits(held: &[u32]) -> Vec<u8> {
+    let mut b = vec![0; wire::bitfield_len(PIECES)];
+    for &i in held {
+        wire::bitfield_set(&mut b, i);
+    }
+    b
+}
+
+/// Peer `n` at 127.0.0.n came up (we dialled it); `has`: its pieces,
+/// `None` for all.
+fn hello(n: u8, has: Option<&[u32]>) -> Input {
+    Input::Up(Box::new(Hello {
+        addr: addr(n),
+        peer_id: [n; 20],
+        outgoing: true,
+        client: format!("peer {n}"),
+        bits: has.map(bits),
+        reqq: Some(250),
+        port: Some(6881),
+        pex_id: None,
+        wip_id: None,
+        sent: bits(&[]),
+    }))
+}
+
+fn send(k: u32, msg: PeerMsg) -> Effect {
+    Effect::Send { key: key(k), msg }
+}
+
+fn br(piece: u32, begin: u64, length: u64) -> BlockRef {
+    BlockRef {
+        index: piece,
+        begin: begin as u32,
+        length: length as u32,
+    }
+}
+
+/// A request to peer `k` for the blocks of `piece` at these (begin, len).
+fn req(k: u32, piece: u32, blocks: &[(u64, u64)]) -> Effect {
+    send(
+        k,
+        PeerMsg::Request {
+            piece,
+            blocks: blocks.iter().map(|&(b, l)| br(piece, b, l)).collect(),
+        },
+    )
+}
+
+fn block(k: u32, piece: u32, begin: u64, len: u64) -> Input {
+    Input::Block {
+        key: key(k),
+        piece,
+        begin: begin as u32,
+        len: len as u32,
+        new: len,
+    }
+}
+
+fn tick(now_contiguous: &[(u32, u64)]) -> Input {
+    Input::Tick {
+        uploads: Vec::new(),
+        contiguous: now_contiguous.to_vec(),
+    }
+}
+
+fn attach(k: u32, n: u8) -> Effect {
+    Effect::Attach {
+        key: key(k),
+        addr: addr(n),
+    }
+}
+
+/// One step: at `now`, `input` gives exactly `effects`.
+type Step = (u64, Input, Vec<Effect>);
+
+fn run(m: &mut Machine, env: &Env, steps: Vec<Step>) {
+    m.check_invariants();
+    for (i, (now, input, want)) in steps.into_iter().enumerate() {
+        let label = format!("step {i} at {now} ms: {input:?}");
+        let got = m.handle(now, env, input);
+        m.check_invariants();
+        assert_eq!(got, want, "{label}");
+    }
+}
+
+/// A piece of three and a bit blocks.
+const P: u32 = 3;
+const SIZE: u64 = 3 * K + 100;
+const BLOCKS: [(u64, u64); 4] = [(0, K), (K, K), (2 * K, K), (3 * K, 100)];
+
+#[test]
+fn a_wanted_piece_is_requested_received_verified_and_committed() {
+    let mut m = Machine::new(cfg());
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello(2, None), vec![attach(1, 2)]),
+            (
+                5,
+                Input::Choked {
+                    key: key(1),
+                    choked: false,
+                    discarded: false,
+                },
+                vec![],
+            ),
+            // apt asks: interest, then every block at once (queue of 64).
+            (
+                10,
+                Input::Want {
+                    piece: P,
+                    size: SIZE,
+                },
+                vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+            ),
+            (20, block(1, P, 0, K), vec![]),
+            (21, block(1, P, K, K), vec![]),
+            (22, block(1, P, 2 * K, K), vec![]),
+            (23, block(1, P, 3 * K, 100), vec![]),
+            (
+                30,
+                Input::Verified {
+                    piece: P,
+                    ok: true,
+                    peer_bytes: SIZE,
+                },
+                vec![
+                    send(1, PeerMsg::CancelPiece(P)),
+                    Effect::Commit {
+                        piece: P,
+                        suspect: None,
+                    },
+                ],
+            ),
+            // A second verdict for the same copy changes nothing.
+            (
+                31,
+                Input::Verified {
+                    piece: P,
+                    ok: true,
+                    peer_bytes: SIZE,
+                },
+                vec![],
+            ),
+            (
+                40,
+                Input::Committed {
+                    piece: P,
+                    stored: true,
+                    culprits: vec![],
+                },
+                vec![
+                    send(1, PeerMsg::Have(P)),
+                    send(1, PeerMsg::CancelPiece(P)),
+                    Effect::EndJob {
+                        piece: P,
+                        failure: None,
+                    },
+                    send(1, PeerMsg::NotInterested),
+                ],
+            ),
+        ],
+    );
+    assert_eq!(m.counts(), (1, 0));
+    assert_eq!(m.have().1, 1);
+}
+
+#[test]
+fn choke_and_unchoke() {
+    let mut m = Machine::new(cfg());
+    let unchoke = |choked| Input::Choked {
+        key: key(1),
+        choked,
+        discarded: choked,
+    };
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello(2, None), vec![attach(1, 2)]),
+            (1, unchoke(false), vec![]),
+            (
+                2,
+                Input::Want {
+                    piece: P,
+                    size: SIZE,
+                },
+                vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+            ),
+            (3, block(1, P, 0, K), vec![]),
+            // A BEP 3 choke drops the rest: nothing to ask while choked,
+            // and the mirror waits (the peer holds it: --peer-wait).
+            (4, unchoke(true), vec![]),
+            (500, tick(&[(P, K)]), vec![]),
+            // Unchoked again: the three blocks it dropped, asked again.
+            (600, unchoke(false), vec![req(1, P, &BLOCKS[1..])]),
+            // A fast peer's reject frees one block, asked again at once.
+            (
+                700,
+                Input::Rejected {
+                    key: key(1),
+                    req: br(P, K, K),
+                },
+                vec![req(1, P, &[(K, K)])],
+            ),
+        ],
+    );
+    // A choke that keeps the requests (BEP 6) frees nothing: the peer
+    // rejects them one by one.
+    let kept = m.handle(
+        800,
+        &no_discovery(),
+        Input::Choked {
+            key: key(1),
+            choked: true,
+            discarded: false,
+        },
+    );
+    m.check_invariants();
+    assert!(kept.is_empty(), "{kept:?}");
+    assert_eq!(m.picker.outstanding(key(1)), 3);
+}
+
+#[test]
+fn a_stalled_peer_is_snubbed_and_rule_a_gives_its_blocks_to_the_mirror() {
+    let mut m = Machine::new(cfg());
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello(2, None), vec![attach(1, 2)]),
+            (
+                0,
+                Input::Choked {
+                    key: key(1),
+                    choked: false,
+                    discarded: false,
+                },
+                vec![],
+            ),
+            (
+                0,
+                Input::Want {
+                    piece: P,
+                    size: SIZE,
+                },
+                vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+            ),
+            // Within --stall-timeout: nothing.
+            (2000, tick(&[(P, 0)]), vec![]),
+            // Past it: its requests are cancelled, and with no usable peer
+            // the mirror takes the whole piece (peers connected, none
+            // usable: after the jitter, long past).
+            (
+                2001,
+                tick(&[(P, 0)]),
+                vec![
+                    send(1, PeerMsg::CancelAll),
+                    Effect::StartMirror {
+                        piece: P,
+                        gen: 1,
+                        from: 0,
+                        to: SIZE,
+                    },
+                ],
+            ),
+            // The stalled peer's late block still counts; the mirror, done,
+            // leaves nothing free: no new request, no second mirror run.
+            (2100, block(1, P, 0, K), vec![]),
+            (
+                2200,
+                Input::MirrorDone {
+                    piece: P,
+                    gen: 1,
+                    res: Ok(()),
+                    received: Received {
+                        prefix: SIZE,
+                        ranges: vec![],
+                    },
+                },
+                vec![],
+            ),
+            // A result of an old run is ignored.
+            (
+                2300,
+                Input::MirrorDone {
+                    piece: P,
+                    gen: 1,
+                    res: Err(Failure::Timeout),
+                    received: Received::default(),
+                },
+                vec![],
+            ),
+        ],
+    );
+    assert_eq!(
+        m.job_state(P),
+        Some((JobState::Fetching, MirrorState::Idle))
+    );
+}
+
+/// Rule (a) in its cases: when the mirror starts on a piece nobody serves.
+#[test]
+fn rule_a_when_the_mirror_starts() {
+    let start = |gen| Effect::StartMirror {
+        piece: P,
+        gen,
+        from: 0,
+        to: SIZE,
+    };
+    let want = || Input::Want {
+        piece: P,
+        size: SIZE,
+    };
+    // (name, env, steps before apt asks, steps after)
+    let cases: Vec<(&str, Env, Vec<Step>, Vec<Step>)> = vec![
+        (
+            "no discovery, no peers: at once",
+            no_discovery(),
+            vec![],
+            vec![(0, want(), vec![start(1)])],
+        ),
+        (
+            "discovery running, no peers: a lookup, then --peer-wait",
+            discovery(),
+            vec![],
+            vec![
+                (0, want(), vec![Effect::Lookup]),
+                (999, tick(&[(P, 0)]), vec![]),
+                // (Totals for trackers once a second.)
+                (
+                    1000,
+                    tick(&[(P, 0)]),
+                    vec![start(1), Effect::Totals { left: 100 * K }],
+                ),
+            ],
+        ),
+        (
+            "the lookup found nobody: 200 ms after it ended",
+            discovery(),
+            vec![],
+            vec![
+                (0, want(), vec![Effect::Lookup]),
+                (100, Input::LookupDone, vec![Effect::Announce]),
+                (299, tick(&[(P, 0)]), vec![]),
+                (300, tick(&[(P, 0)]), vec![start(1)]),
+            ],
+        ),
+        (
+            "a holder that chokes us: --peer-wait",
+            no_discovery(),
+            vec![(0, hello(2, None), vec![attach(1, 2)])],
+            vec![
+                (0, want(), vec![send(1, PeerMsg::Interested)]),
+                (999, tick(&[(P, 0)]), vec![]),
+                (1000, tick(&[(P, 0)]), vec![start(1)]),
+            ],
+        ),
+        (
+            "a peer fetching it from the mirror (dt_wip): twice --peer-wait plus the mirror's time",
+            no_discovery(),
+            vec![
+                (0, hello(2, Some(&[])), vec![attach(1, 2)]),
+                (
+                    0,
+                    Input::Wip {
+                        key: key(1),
+                        wip: wire::Wip {
+                            add: vec![P],
+                            done: vec![],
+                        },
+                    },
+                    vec![],
+                ),
+            ],
+            vec![
+                (0, want(), vec![]),
+                (1999, tick(&[(P, 0)]), vec![]),
+                // 10 MB/s: 6 ms for the piece.
+                (2006, tick(&[(P, 0)]), vec![start(1)]),
+            ],
+        ),
+    ];
+    for (name, env, before, after) in cases {
+        let mut m = Machine::new(cfg());
+        run(&mut m, &env, before);
+        eprintln!("case: {name}");
+        run(&mut m, &env, after);
+    }
+}
+
+/// Rule (b): the peers are slower than the mirror, which takes the tail.
+#[test]
+fn rule_b_the_mirror_takes_the_tail_of_a_slow_piece() {
+    let mut m = Machine::new(cfg());
+    let size = 64 * K;
+    let env = no_discovery();
+    let mut hello2 = hello(2, None);
+    if let Input::Up(h) = &mut hello2 {
+        h.reqq = Some(4);
+    }
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, hello2, vec![attach(1, 2)]),
+            (
+                0,
+                Input::Choked {
+                    key: key(1),
+                    choked: false,
+                    discarded: false,
+                },
+                vec![],
+            ),
+            (
+                0,
+                Input::Want { piece: P, size },
+                vec![
+                    send(1, PeerMsg::Interested),
+                    req(1, P, &[(0, K), (K, K), (2 * K, K), (3 * K, K)]),
+                ],
+            ),
+            // One block in 1.5 s: about 11 KB/s against 10 MB/s.
+            (1500, block(1, P, 0, K), vec![req(1, P, &[(4 * K, K)])]),
+        ],
+    );
+    let effects = m.handle(1600, &env, tick(&[(P, K)]));
+    m.check_invariants();
+    // The tail starts after the peer's last request (block 5) and runs to
+    // the end; the peer keeps its front.
+    assert_eq!(
+        effects,
+        vec![Effect::StartMirror {
+            piece: P,
+            gen: 1,
+            from: 5 * K,
+            to: size,
+        }]
+    );
+    // A fast peer keeps the piece: same start, 16 blocks in 100 ms.
+    let mut m = Machine::new(cfg());
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, hello(2, None), vec![attach(1, 2)]),
+            (
+                0,
+                Input::Choked {
+                    key: key(1),
+                    choked: false,
+                    discarded: false,
+                },
+                vec![],
+            ),
+        ],
+    );
+    let _ = m.handle(0, &env, Input::Want { piece: P, size });
+    for b in 0..16u64 {
+        let _ = m.handle(1000 + b * 6, &env, block(1, P, b * K, K));
+        m.check_invariants();
+    }
+    let effects = m.handle(1100, &env, tick(&[(P, 16 * K)]));
+    m.check_invariants();
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::StartMirror { .. })),
+        "{effects:?}"
+    );
+}
+
+/// A mirror failure: peers that hold the piece go on (with a back-off
+/// before the mirror is asked again); with no holder, apt gets the failure.
+#[test]
+fn a_mirror_failure() {
+    let env = no_discovery();
+    let failed = |gen, f| Input::MirrorDone {
+        piece: P,
+        gen,
+        res: Err(f),
+        received: Received::default(),
+    };
+    let want = || Input::Want {
+        piece: P,
+        size: SIZE,
+    };
+    let start = |gen| Effect::StartMirror {
+        piece: P,
+        gen,
+        from: 0,
+        to: SIZE,
+    };
+    // No holder: the failure reaches apt.
+    let mut m = Machine::new(cfg());
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, want(), vec![start(1)]),
+            (
+                50,
+                failed(1, Failure::Status(404)),
+                vec![Effect::EndJob {
+                    piece: P,
+                    failure: Some(Failure::Status(404)),
+                }],
+            ),
+        ],
+    );
+    // A holder that chokes us: the mirror failed, peers go on, and the
+    // mirror is asked again only after 2 s.
+    let mut m = Machine::new(cfg());
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, hello(2, None), vec![attach(1, 2)]),
+            (0, want(), vec![send(1, PeerMsg::Interested)]),
+            (1000, tick(&[(P, 0)]), vec![start(1)]),
+            (1100, failed(1, Failure::Timeout), vec![]),
+            (3099, tick(&[(P, 0)]), vec![]),
+            (3100, tick(&[(P, 0)]), vec![start(2)]),
+        ],
+    );
+}
+
+/// A corrupt piece: refetched from the mirror at once, then the smart ban
+/// proves the peer wrong and bans it.
+#[test]
+fn a_corrupt_piece_is_refetched_and_the_sender_banned() {
+    let mut m = Machine::new(cfg());
+    let suspect = vec![
+        (Source::Peer(key(1)), [1; 32]),
+        (Source::Peer(key(1)), [2; 32]),
+        (Source::Peer(key(1)), [3; 32]),
+        (Source::Peer(key(1)), [4; 32]),
+    ];
+    let mut steps: Vec<Step> = vec![
+        (0, hello(2, None), vec![attach(1, 2)]),
+        (
+            0,
+            Input::Choked {
+                key: key(1),
+                choked: false,
+                discarded: false,
+            },
+            vec![],
+        ),
+        (
+            0,
+            Input::Want {
+                piece: P,
+                size: SIZE,
+            },
+            vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+        ),
+    ];
+    for (b, l) in BLOCKS {
+        steps.push((10, block(1, P, b, l), vec![]));
+    }
+    steps.extend([
+        (
+            20,
+            Input::Verified {
+                piece: P,
+                ok: false,
+                peer_bytes: SIZE,
+            },
+            vec![
+                send(1, PeerMsg::CancelPiece(P)),
+                Effect::ResetForRetry { piece: P },
+            ],
+        ),
+        // Reset: the mirror fetches it again, at once, although the peer
+        // still has it and is unchoked.
+        (
+            20,
+            Input::RetryReset {
+                piece: P,
+                suspect: Some(suspect.clone()),
+            },
+            vec![Effect::StartMirror {
+                piece: P,
+                gen: 1,
+                from: 0,
+                to: SIZE,
+            }],
+        ),
+        (
+            60,
+            Input::MirrorDone {
+                piece: P,
+                gen: 1,
+                res: Ok(()),
+                received: Received {
+                    prefix: SIZE,
+                    ranges: vec![],
+                },
+            },
+            vec![],
+        ),
+        (
+            70,
+            Input::Verified {
+                piece: P,
+                ok: true,
+                peer_bytes: 0,
+            },
+            vec![
+                send(1, PeerMsg::CancelPiece(P)),
+                Effect::Commit {
+                    piece: P,
+                    suspect: Some(suspect),
+                },
+            ],
+        ),
+        (
+            80,
+            Input::Committed {
+                piece: P,
+                stored: true,
+                culprits: vec![key(1)],
+            },
+            vec![
+                Effect::Ban { ip: addr(2).ip() },
+                send(1, PeerMsg::Close),
+                send(1, PeerMsg::Have(P)),
+                send(1, PeerMsg::CancelPiece(P)),
+                Effect::EndJob {
+                    piece: P,
+                    failure: None,
+                },
+                send(1, PeerMsg::NotInterested),
+            ],
+        ),
+        (
+            90,
+            Input::Down {
+                key: key(1),
+                violation: false,
+            },
+            vec![Effect::ReleaseSlot { ip: addr(2).ip() }],
+        ),
+    ]);
+    run(&mut m, &no_discovery(), steps);
+}
+
+/// A corrupt piece that apt already streams cannot be retried: every
+/// contributor gets a strike by its share, and apt gets the failure.
+#[test]
+fn a_corrupt_streamed_piece_fails_with_strikes() {
+    let mut m = Machine::new(cfg());
+    let mut steps: Vec<Step> = vec![
+        (0, hello(2, None), vec![attach(1, 2)]),
+        (0, hello(3, None), vec![attach(2, 3)]),
+    ];
+    for k in [1, 2] {
+        steps.push((
+            0,
+            Input::Choked {
+                key: key(k),
+                choked: false,
+                discarded: false,
+            },
+            vec![],
+        ));
+    }
+    steps.push((
+        0,
+        Input::Want {
+            piece: P,
+            size: SIZE,
+        },
+        vec![
+            send(1, PeerMsg::Interested),
+            send(2, PeerMsg::Interested),
+            req(1, P, &BLOCKS),
+            // Endgame: the second peer duplicates the oldest requests.
+            req(2, P, &BLOCKS),
+        ],
+    ));
+    run(&mut m, &no_discovery(), steps);
+    // Peer 1 sends two blocks, peer 2 the other two (each cancelled at
+    // the other).
+    for (k, other, (b, l)) in [
+        (1, 2, BLOCKS[0]),
+        (1, 2, BLOCKS[1]),
+        (2, 1, BLOCKS[2]),
+        (2, 1, BLOCKS[3]),
+    ] {
+        let e = m.handle(10, &no_discovery(), block(k, P, b, l));
+        m.check_invariants();
+        assert_eq!(e, vec![send(other, PeerMsg::Cancel(br(P, b, l)))]);
+    }
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (
+                20,
+                Input::Verified {
+                    piece: P,
+                    ok: false,
+                    peer_bytes: SIZE,
+                },
+                vec![
+                    send(1, PeerMsg::CancelPiece(P)),
+                    send(2, PeerMsg::CancelPiece(P)),
+                    Effect::ResetForRetry { piece: P },
+                ],
+            ),
+            (
+                20,
+                Input::RetryReset {
+                    piece: P,
+                    suspect: None,
+                },
+                vec![
+                    Effect::Strike {
+                        ip: addr(2).ip(),
+                        weight: 0.5,
+                    },
+                    Effect::Strike {
+                        ip: addr(3).ip(),
+                        weight: 0.5,
+                    },
+                    send(1, PeerMsg::CancelPiece(P)),
+                    send(2, PeerMsg::CancelPiece(P)),
+                    Effect::EndJob {
+                        piece: P,
+                        failure: Some(Failure::Corrupt),
+                    },
+                    send(1, PeerMsg::NotInterested),
+                    send(2, PeerMsg::NotInterested),
+                ],
+            ),
+            // One of the strikes banned: its connections close.
+            (
+                30,
+                Input::Banned { ip: addr(3).ip() },
+                vec![send(2, PeerMsg::Close)],
+            ),
+        ],
+    );
+}
+
+/// A peer leaves mid-piece: its blocks are free again and the next peer
+/// that can serve gets them.
+#[test]
+fn a_peer_leaving_mid_piece_hands_its_blocks_on() {
+    let mut m = Machine::new(cfg());
+    let env = discovery();
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, hello(2, None), vec![attach(1, 2)]),
+            (
+                0,
+                Input::Choked {
+                    key: key(1),
+                    choked: false,
+                    discarded: false,
+                },
+                vec![],
+            ),
+            (
+                0,
+                Input::Want {
+                    piece: P,
+                    size: SIZE,
+                },
+                vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+            ),
+            (10, block(1, P, 0, K), vec![]),
+            (
+                20,
+                Input::Down {
+                    key: key(1),
+                    violation: true,
+                },
+                vec![
+                    Effect::ReleaseSlot { ip: addr(2).ip() },
+                    Effect::Violation { ip: addr(2).ip() },
+                ],
+            ),
+            // Another holder: three blocks left, all for it.
+            (
+                30,
+                hello(3, None),
+                vec![attach(2, 3), send(2, PeerMsg::Interested)],
+            ),
+            (
+                40,
+                Input::Choked {
+                    key: key(2),
+                    choked: false,
+                    discarded: false,
+                },
+                vec![req(2, P, &BLOCKS[1..])],
+            ),
+        ],
+    );
+}
+
+/// The same peer connected both ways at once: both sides keep the
+/// connection dialled by the lower peer id.
+#[test]
+fn a_double_connection_keeps_the_one_the_lower_id_dialled() {
+    // Our id is "zzz…", the peer's is [2; 20]: the peer's dial wins.
+    let mut m = Machine::new(cfg());
+    let mut incoming = hello(2, None);
+    if let Input::Up(h) = &mut incoming {
+        h.outgoing = false;
+    }
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello(2, None), vec![attach(1, 2)]),
+            (1, incoming, vec![send(1, PeerMsg::Close), attach(2, 2)]),
+            // Our own dial again: refused, its slot given back.
+            (
+                2,
+                hello(2, None),
+                vec![Effect::ReleaseSlot { ip: addr(2).ip() }],
+            ),
+        ],
+    );
+}
+
+/// Discovery results: ourselves, duplicates and the connection limit.
+#[test]
+fn found_addresses_are_dialled_once_within_the_limit() {
+    let mut m = Machine::new(cfg());
+    let found = |n: u8| Input::Found {
+        addr: addr(n),
+        origin: Origin::Dht,
+    };
+    let mut steps: Vec<Step> = vec![
+        (0, found(1), vec![]), // ourselves
+        (0, found(2), vec![Effect::Dial { addr: addr(2) }]),
+        (0, found(2), vec![]), // already dialling
+        (0, Input::NoSlot { addr: addr(2) }, vec![]),
+        (0, found(2), vec![Effect::Dial { addr: addr(2) }]),
+    ];
+    for n in 3..=9 {
+        steps.push((0, found(n), vec![Effect::Dial { addr: addr(n) }]));
+    }
+    // Eight dials out: the limit.
+    steps.push((0, found(10), vec![]));
+    steps.push((
+        0,
+        Input::Incoming { addr: addr(11) },
+        vec![Effect::ReleaseSlot { ip: addr(11).ip() }],
+    ));
+    steps.push((
+        0,
+        Input::Failed { addr: addr(3) },
+        vec![Effect::ReleaseSlot { ip: addr(3).ip() }],
+    ));
+    steps.push((
+        0,
+        Input::Incoming { addr: addr(11) },
+        vec![Effect::Accept { addr: addr(11) }],
+    ));
+    run(&mut m, &no_discovery(), steps);
+    assert_eq!(m.discovered().get(&Origin::Dht).map(Vec::len), Some(10));
+}
+
+/// Stop: every peer is told, every job fails, discovery forgets us; after
+/// that, nothing happens any more.
+#[test]
+fn stop_closes_fails_and_forgets() {
+    let mut m = Machine::new(cfg());
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello(2, None), vec![attach(1, 2)]),
+            (
+                0,
+                Input::Want {
+                    piece: P,
+                    size: SIZE,
+                },
+                vec![send(1, PeerMsg::Interested)],
+            ),
+            (
+                1,
+                Input::Stop,
+                vec![
+                    send(1, PeerMsg::Close),
+                    Effect::EndJob {
+                        piece: P,
+                        failure: Some(Failure::Unreachable),
+                    },
+                    Effect::Forget,
+                ],
+            ),
+            (2, tick(&[]), vec![]),
+        ],
+    );
+}
+
+/// Thousands of arbitrary inputs, answered the way the actor would: the
+/// machine must keep its invariants and never panic.
+#[test]
+fn random_inputs_keep_the_invariants() {
+    for seed in 0..20u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut m = Machine::new(Config { seed, ..cfg() });
+        let mut now = 0u64;
+        let mut follow: Vec<Input> = Vec::new();
+        for _ in 0..1500 {
+            now += rng.u64(0..300);
+            let env = if rng.bool() {
+                discovery()
+            } else {
+                no_discovery()
+            };
+            let k = key(rng.u32(1..12));
+            let piece = rng.u32(0..PIECES);
+            let size = rng.u64(1..6) * K - rng.u64(0..100);
+            let input = match follow.pop() {
+                Some(i) => i,
+                None => match rng.u8(0..18) {
+                    0 => Input::Want { piece, size },
+                    1 => hello(
+                        rng.u8(2..14),
+                        if rng.bool() { None } else { Some(&[1, 3, 5]) },
+                    ),
+                    2 => Input::Down {
+                        key: k,
+                        violation: rng.bool(),
+                    },
+                    3 => Input::Choked {
+                        key: k,
+                        choked: rng.bool(),
+                        discarded: rng.bool(),
+                    },
+                    4 => Input::Interest {
+                        key: k,
+                        interested: rng.bool(),
+                    },
+                    5 => Input::Have { key: k, piece },
+                    6 => Input::Rejected {
+                        key: k,
+                        req: br(piece, rng.u64(0..5) * K, K),
+                    },
+                    7 | 8 => block(k.get(), piece, rng.u64(0..5) * K, K),
+                    9 => Input::Verified {
+                        piece,
+                        ok: rng.bool(),
+                        peer_bytes: rng.u64(0..2),
+                    },
+                    10 => Input::MirrorDone {
+                        piece,
+                        gen: rng.u32(0..4),
+                        res: if rng.bool() {
+                            Ok(())
+                        } else {
+                            Err(Failure::Unreachable)
+                        },
+                        received: Received {
+                            prefix: rng.u64(0..6) * K,
+                            ranges: vec![],
+                        },
+                    },
+                    11 => Input::Found {
+                        addr: addr(rng.u8(1..20)),
+                        origin: Origin::Pex,
+                    },
+                    12 => Input::Failed {
+                        addr: addr(rng.u8(1..20)),
+                    },
+                    13 => Input::Incoming {
+                        addr: addr(rng.u8(1..20)),
+                    },
+                    14 => Input::Wip {
+                        key: k,
+                        wip: wire::Wip {
+                            add: vec![piece],
+                            done: vec![rng.u32(0..PIECES)],
+                        },
+                    },
+                    15 => Input::Bits {
+                        key: k,
+                        bits: Some(bits(&[piece])),
+                    },
+                    16 => Input::LookupDone,
+                    _ => tick(&[(piece, rng.u64(0..4) * K)]),
+                },
+            };
+            for e in m.handle(now, &env, input) {
+                match e {
+                    Effect::ResetForRetry { piece } => follow.push(Input::RetryReset {
+                        piece,
+                        suspect: rng.bool().then(Vec::new),
+                    }),
+                    Effect::Commit { piece, .. } => follow.push(Input::Committed {
+                        piece,
+                        stored: rng.bool(),
+                        culprits: vec![k],
+                    }),
+                    Effect::Dial { addr } if rng.bool() => {
+                        follow.push(Input::NoSlot { addr });
+                    }
+                    Effect::Strike { ip, .. } => follow.push(Input::Banned { ip }),
+                    _ => {}
+                }
+            }
+            m.check_invariants();
+        }
+    }
+}
