@@ -53,6 +53,9 @@ pub mod types;
 mod url;
 
 pub use commands::run;
+/// The peer wire codec (BEP 3, 6, 10, 11 and `dt_wip`), pure: for tests
+/// that play a peer, and for the fuzz targets.
+pub use swarm::wire;
 
 /// The parsers that read the network or a file, for the fuzz targets.
 /// Each takes arbitrary bytes and must return an error, never panic.

@@ -13,6 +13,7 @@
 //!   first node of a network learn the nodes that query it.
 //! - IPv4 only (the crate's limit).
 
+use crate::types::InfoHash;
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -65,7 +66,7 @@ struct State {
     bootstrap_done: AtomicBool,
     /// The routing table has held nodes.
     bootstrapped: AtomicBool,
-    announced: Mutex<HashSet<[u8; 20]>>,
+    announced: Mutex<HashSet<InfoHash>>,
 }
 
 pub(crate) struct DhtNode {
@@ -246,9 +247,9 @@ impl DhtNode {
     }
 
     /// Announce `ih` now and every [`ANNOUNCE_EVERY`] until aborted.
-    pub(crate) async fn announce_loop(self: Arc<Self>, ih: [u8; 20]) {
+    pub(crate) async fn announce_loop(self: Arc<Self>, ih: InfoHash) {
         // 20 bytes always make an id; nothing to do if the crate disagrees.
-        let Ok(id) = Id::from_bytes(ih) else { return };
+        let Ok(id) = Id::from_bytes(ih.0) else { return };
         self.watch.set_ours(ih, true);
         let mut failures = 0u32;
         let mut announced = 0u32;
@@ -290,7 +291,7 @@ impl DhtNode {
         }
     }
 
-    pub(crate) fn forget(&self, ih: &[u8; 20]) {
+    pub(crate) fn forget(&self, ih: &InfoHash) {
         self.watch.set_ours(*ih, false);
         self.state
             .announced
@@ -301,9 +302,9 @@ impl DhtNode {
 
     /// `get_peers` until the query ends or [`LOOKUP_TIMEOUT`]; each new
     /// address is sent at once.
-    pub(crate) async fn lookup(&self, ih: [u8; 20], emit: &Emitter) {
+    pub(crate) async fn lookup(&self, ih: InfoHash, emit: &Emitter) {
         // 20 bytes always make an id; nothing to do if the crate disagrees.
-        let Ok(id) = Id::from_bytes(ih) else { return };
+        let Ok(id) = Id::from_bytes(ih.0) else { return };
         let mut stream = self.dht.get_peers(id);
         let deadline = Instant::now() + LOOKUP_TIMEOUT;
         let mut seen = HashSet::new();
@@ -367,14 +368,14 @@ pub(crate) struct AnnounceWatch {
     seen: Arc<Mutex<Announced>>,
     /// Torrents we announce: a node asking for one of them is a peer that
     /// wants it (see `looker`).
-    ours: Arc<Mutex<HashSet<[u8; 20]>>>,
+    ours: Arc<Mutex<HashSet<InfoHash>>>,
     /// Lookers already reported, with when (at most once a minute each).
     told: Arc<Mutex<Told>>,
     events: Option<tokio::sync::mpsc::Sender<super::Event>>,
     own: SocketAddr,
 }
 
-type Told = std::collections::HashMap<([u8; 20], SocketAddrV4), Instant>;
+type Told = std::collections::HashMap<(InfoHash, SocketAddrV4), Instant>;
 
 impl Default for AnnounceWatch {
     fn default() -> Self {
@@ -389,12 +390,12 @@ impl Default for AnnounceWatch {
 }
 
 /// Per info hash: who announced it to us, and when.
-type Announced = std::collections::HashMap<[u8; 20], Vec<(SocketAddrV4, Instant)>>;
+type Announced = std::collections::HashMap<InfoHash, Vec<(SocketAddrV4, Instant)>>;
 
 const WATCH_TTL: Duration = Duration::from_secs(30 * 60);
 
 impl AnnounceWatch {
-    fn record(&self, ih: [u8; 20], addr: SocketAddrV4) {
+    fn record(&self, ih: InfoHash, addr: SocketAddrV4) {
         let mut m = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= 2000 && !m.contains_key(&ih) {
             let now = Instant::now();
@@ -412,7 +413,7 @@ impl AnnounceWatch {
     }
 
     /// Addresses announced to us for `ih` in the last 30 min.
-    pub(crate) fn peers(&self, ih: &[u8; 20]) -> Vec<SocketAddrV4> {
+    pub(crate) fn peers(&self, ih: &InfoHash) -> Vec<SocketAddrV4> {
         let m = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         m.get(ih)
@@ -430,7 +431,7 @@ impl AnnounceWatch {
 /// from the request's `Debug` text: the crate exports neither the request
 /// enum nor the announce arguments, only their `Debug` (see
 /// [`AnnounceWatch`]). Anything unexpected gives `None`.
-pub(crate) fn parse_announce(debug: &str) -> Option<([u8; 20], u16, bool)> {
+pub(crate) fn parse_announce(debug: &str) -> Option<(InfoHash, u16, bool)> {
     let rest = debug.split_once("AnnouncePeer(")?.1;
     let hex = rest.split_once("info_hash: Id(")?.1.get(..40)?;
     let ih = crate::discovery::unhex20(hex)?;
@@ -448,7 +449,7 @@ pub(crate) fn parse_announce(debug: &str) -> Option<([u8; 20], u16, bool)> {
 }
 
 /// The info hash of a `get_peers` request, from its `Debug` text.
-pub(crate) fn parse_get_peers(debug: &str) -> Option<[u8; 20]> {
+pub(crate) fn parse_get_peers(debug: &str) -> Option<InfoHash> {
     let rest = debug.split_once("GetPeers(")?.1;
     let hex = rest.split_once("info_hash: Id(")?.1.get(..40)?;
     crate::discovery::unhex20(hex)
@@ -456,7 +457,7 @@ pub(crate) fn parse_get_peers(debug: &str) -> Option<[u8; 20]> {
 
 impl AnnounceWatch {
     /// Marks a torrent as ours (announced) or not.
-    pub(crate) fn set_ours(&self, ih: [u8; 20], ours: bool) {
+    pub(crate) fn set_ours(&self, ih: InfoHash, ours: bool) {
         let mut s = self.ours.lock().unwrap_or_else(|e| e.into_inner());
         if ours {
             s.insert(ih);
@@ -470,7 +471,7 @@ impl AnnounceWatch {
     /// reported as a peer to dial. This is what lets the first daemon of a
     /// private DHT find the second at once: the second's lookup reaches
     /// the first, whose own announce is stored nowhere yet.
-    fn looker(&self, ih: [u8; 20], from: SocketAddrV4) {
+    fn looker(&self, ih: InfoHash, from: SocketAddrV4) {
         if SocketAddr::V4(from) == self.own
             || !self
                 .ours
@@ -558,7 +559,7 @@ mod tests {
         let text = |port: &str, implied: &str| {
             format!("RequestSpecific {{ requester_id: Id(aa), request_type: Put(PutRequest {{ token: [1, 2], put_request_type: AnnouncePeer(AnnouncePeerRequestArguments {{ info_hash: Id({ih}), port: {port}, implied_port: {implied} }}) }}) }}")
         };
-        let want: [u8; 20] = std::array::from_fn(|i| i as u8 + 1);
+        let want = InfoHash(std::array::from_fn(|i| i as u8 + 1));
         assert_eq!(
             parse_announce(&text("41000", "None")),
             Some((want, 41000, false))
@@ -582,7 +583,7 @@ mod tests {
         w.record(want, a);
         w.record(want, a);
         assert_eq!(w.peers(&want), vec![a]);
-        assert!(w.peers(&[0; 20]).is_empty());
+        assert!(w.peers(&InfoHash([0; 20])).is_empty());
     }
 
     #[test]

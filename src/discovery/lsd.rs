@@ -9,6 +9,7 @@
 //! Multicast is not loopback traffic: tests drive the socket task with
 //! unicast addresses on 127.0.0.0/8 instead of the group ([`LsdNet`]).
 
+use crate::types::InfoHash;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{hex, Emitter, Origin};
+use super::{Emitter, Origin};
 
 /// The BEP 14 IPv4 multicast group.
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(239, 192, 152, 143);
@@ -40,7 +41,7 @@ pub const SEARCH_MEMORY: Duration = Duration::from_secs(10 * 60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Search {
     pub port: u16,
-    pub info_hashes: Vec<[u8; 20]>,
+    pub info_hashes: Vec<InfoHash>,
     pub cookie: Option<String>,
 }
 
@@ -62,11 +63,11 @@ pub enum LsdError {
 
 /// Encode one `BT-SEARCH` message naming `info_hashes` (the caller keeps
 /// it under [`MAX_HASHES_PER_MSG`]).
-pub fn encode_search(port: u16, info_hashes: &[[u8; 20]], cookie: &str) -> Vec<u8> {
+pub fn encode_search(port: u16, info_hashes: &[InfoHash], cookie: &str) -> Vec<u8> {
     let mut s = format!("BT-SEARCH * HTTP/1.1\r\nHost: {GROUP}:{PORT}\r\nPort: {port}\r\n");
     for ih in info_hashes {
         s.push_str("Infohash: ");
-        s.push_str(&hex(ih));
+        s.push_str(&ih.to_hex());
         s.push_str("\r\n");
     }
     if !cookie.is_empty() {
@@ -78,7 +79,7 @@ pub fn encode_search(port: u16, info_hashes: &[[u8; 20]], cookie: &str) -> Vec<u
     s.into_bytes()
 }
 
-fn parse_hash(v: &str) -> Option<[u8; 20]> {
+fn parse_hash(v: &str) -> Option<InfoHash> {
     let v = v.as_bytes();
     if v.len() != 40 {
         return None;
@@ -88,7 +89,7 @@ fn parse_hash(v: &str) -> Option<[u8; 20]> {
         let s = std::str::from_utf8(pair).ok()?;
         out[i] = u8::from_str_radix(s, 16).ok()?;
     }
-    Some(out)
+    Some(InfoHash(out))
 }
 
 /// Parse a `BT-SEARCH` message. Header names are case-insensitive, lines
@@ -151,33 +152,33 @@ struct Entry {
 /// Which torrents the next message names. Pure: time comes in as `now`.
 #[derive(Debug, Default)]
 pub struct Schedule {
-    entries: HashMap<[u8; 20], Entry>,
+    entries: HashMap<InfoHash, Entry>,
 }
 
 impl Schedule {
     /// We hold this torrent: name it now (rate permitting) and every
     /// [`ANNOUNCE_EVERY`].
-    pub fn announce(&mut self, ih: [u8; 20]) {
+    pub fn announce(&mut self, ih: InfoHash) {
         let e = self.entries.entry(ih).or_default();
         e.announced = true;
         e.wanted = true;
     }
-    pub fn forget(&mut self, ih: [u8; 20]) {
+    pub fn forget(&mut self, ih: InfoHash) {
         self.entries.remove(&ih);
     }
     /// Name this torrent once, as soon as the rate allows.
-    pub fn search(&mut self, ih: [u8; 20]) {
+    pub fn search(&mut self, ih: InfoHash) {
         self.entries.entry(ih).or_default().wanted = true;
     }
     /// Whether answers about this torrent interest us.
-    pub fn knows(&self, ih: &[u8; 20]) -> bool {
+    pub fn knows(&self, ih: &InfoHash) -> bool {
         self.entries.contains_key(ih)
     }
-    pub fn is_announced(&self, ih: &[u8; 20]) -> bool {
+    pub fn is_announced(&self, ih: &InfoHash) -> bool {
         self.entries.get(ih).is_some_and(|e| e.announced)
     }
     /// The torrents to name now; marks them sent.
-    pub fn due(&mut self, now: Instant) -> Vec<[u8; 20]> {
+    pub fn due(&mut self, now: Instant) -> Vec<InfoHash> {
         let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
         let mut out = Vec::new();
         self.entries.retain(|ih, e| {
@@ -200,9 +201,9 @@ impl Schedule {
 /// Commands from [`super::Discovery`] to the socket task.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Cmd {
-    Announce([u8; 20]),
-    Forget([u8; 20]),
-    Search([u8; 20]),
+    Announce(InfoHash),
+    Forget(InfoHash),
+    Search(InfoHash),
 }
 
 /// Where the socket task listens and sends.
@@ -343,8 +344,8 @@ async fn run(
 mod tests {
     use super::*;
 
-    const A: [u8; 20] = [0xab; 20];
-    const B: [u8; 20] = [0x01; 20];
+    const A: InfoHash = InfoHash([0xab; 20]);
+    const B: InfoHash = InfoHash([0x01; 20]);
 
     #[test]
     fn encode_golden() {
@@ -354,7 +355,9 @@ mod tests {
             "ab".repeat(20)
         );
         assert_eq!(String::from_utf8(m).unwrap(), want);
-        let big: Vec<[u8; 20]> = (0..MAX_HASHES_PER_MSG as u8).map(|i| [i; 20]).collect();
+        let big: Vec<InfoHash> = (0..MAX_HASHES_PER_MSG as u8)
+            .map(|i| InfoHash([i; 20]))
+            .collect();
         assert!(encode_search(65535, &big, "dt0123456789abcdef").len() <= 1400);
     }
 
@@ -378,7 +381,7 @@ mod tests {
     fn parse_table() {
         let h = "ab".repeat(20);
         let hu = "AB".repeat(20);
-        let ok = |port: u16, hashes: Vec<[u8; 20]>, cookie: Option<&str>| {
+        let ok = |port: u16, hashes: Vec<InfoHash>, cookie: Option<&str>| {
             Ok(Search {
                 port,
                 info_hashes: hashes,
@@ -427,7 +430,10 @@ mod tests {
         assert_eq!(parse_search(&[b'B'; MAX_MSG + 1]), Err(LsdError::TooLong));
         let mut many = String::from("BT-SEARCH * HTTP/1.1\r\nPort: 5\r\n");
         for i in 0..30u8 {
-            many.push_str(&format!("Infohash: {}\r\n", hex(&[i; 20])));
+            many.push_str(&format!(
+                "Infohash: {}\r\n",
+                debtorrent_gen::encode_hex(&[i; 20])
+            ));
         }
         assert_eq!(parse_search(many.as_bytes()).unwrap().info_hashes.len(), 30);
         for seed in 0..200u64 {

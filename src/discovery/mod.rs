@@ -18,6 +18,7 @@ pub mod dht;
 pub mod lsd;
 pub mod tracker;
 
+use crate::types::InfoHash;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,13 +56,13 @@ pub enum Origin {
 pub enum Event {
     /// A peer address for a torrent.
     Peer {
-        info_hash: [u8; 20],
+        info_hash: InfoHash,
         addr: SocketAddr,
         source: Origin,
     },
     /// A lookup started by `lookup()` has finished on every mechanism (DHT
     /// query done / timed out, tracker answered / failed).
-    LookupDone { info_hash: [u8; 20] },
+    LookupDone { info_hash: InfoHash },
 }
 
 #[derive(Clone, Debug)]
@@ -98,14 +99,9 @@ pub struct Totals {
     pub left: u64,
 }
 
-/// Lower-case hex of a hash (the workspace's one hex encoder).
-pub(crate) fn hex(b: &[u8]) -> String {
-    debtorrent_gen::encode_hex(b)
-}
-
 /// A 20-byte hash from 40 hex digits.
-pub(crate) fn unhex20(s: &str) -> Option<[u8; 20]> {
-    debtorrent_gen::decode_hex::<20>(s.as_bytes())
+pub(crate) fn unhex20(s: &str) -> Option<InfoHash> {
+    InfoHash::from_hex(s)
 }
 
 /// Sends events, dropping our own address and unusable ones.
@@ -119,7 +115,7 @@ impl Emitter {
     pub(crate) fn new(tx: mpsc::Sender<Event>, own: SocketAddr) -> Emitter {
         Emitter { tx, own }
     }
-    pub(crate) async fn peer(&self, info_hash: [u8; 20], addr: SocketAddr, source: Origin) {
+    pub(crate) async fn peer(&self, info_hash: InfoHash, addr: SocketAddr, source: Origin) {
         if addr == self.own || addr.port() == 0 || addr.ip().is_unspecified() {
             return;
         }
@@ -132,7 +128,7 @@ impl Emitter {
             })
             .await;
     }
-    async fn done(&self, info_hash: [u8; 20]) {
+    async fn done(&self, info_hash: InfoHash) {
         let _ = self.tx.send(Event::LookupDone { info_hash }).await;
     }
 }
@@ -178,8 +174,10 @@ impl LookupGate {
     }
 }
 
+/// What discovery keeps per torrent: whether it is announced, its
+/// announce tasks, and the gate that folds concurrent lookups.
 #[derive(Default)]
-struct Torrent {
+struct Entry {
     announced: bool,
     tasks: Vec<JoinHandle<()>>,
     gate: LookupGate,
@@ -191,7 +189,7 @@ struct Inner {
     dht: Option<Arc<dht::DhtNode>>,
     trackers: Arc<tracker::Trackers>,
     lsd: Option<mpsc::UnboundedSender<lsd::Cmd>>,
-    torrents: Mutex<HashMap<[u8; 20], Torrent>>,
+    torrents: Mutex<HashMap<InfoHash, Entry>>,
     background: Mutex<Vec<JoinHandle<()>>>,
     shut: AtomicBool,
 }
@@ -270,7 +268,7 @@ impl Discovery {
 
     /// Keep announcing this torrent (DHT at once and every 15 min; tracker
     /// `started` then every interval; LSD every 5 min) until `forget`.
-    pub fn announce(&self, info_hash: [u8; 20]) {
+    pub fn announce(&self, info_hash: InfoHash) {
         let i = &self.inner;
         if i.shut.load(Ordering::Relaxed) {
             return;
@@ -281,7 +279,7 @@ impl Discovery {
             return;
         }
         t.announced = true;
-        let h = hex(&info_hash);
+        let h = info_hash.to_hex();
         if let Some(d) = &i.dht {
             let span = tracing::info_span!("dht_announce", info_hash = %h);
             t.tasks
@@ -301,7 +299,7 @@ impl Discovery {
     }
 
     /// Stop announcing this torrent; trackers get `stopped`.
-    pub fn forget(&self, info_hash: [u8; 20]) {
+    pub fn forget(&self, info_hash: InfoHash) {
         let i = &self.inner;
         {
             let mut torrents = i.torrents.lock().unwrap_or_else(|e| e.into_inner());
@@ -323,7 +321,7 @@ impl Discovery {
         });
     }
 
-    pub fn set_totals(&self, info_hash: [u8; 20], t: Totals) {
+    pub fn set_totals(&self, info_hash: InfoHash, t: Totals) {
         self.inner.trackers.set_totals(info_hash, t);
     }
 
@@ -332,7 +330,7 @@ impl Discovery {
     /// window gets its `LookupDone` after the running or last lookup.
     /// Results come through the events channel. DHT lookups time out after
     /// 10 s, tracker announces too.
-    pub fn lookup(&self, info_hash: [u8; 20]) {
+    pub fn lookup(&self, info_hash: InfoHash) {
         let i = &self.inner;
         let gate = if i.shut.load(Ordering::Relaxed) {
             Gate::DoneNow
@@ -351,7 +349,7 @@ impl Discovery {
                 i.rt.spawn(async move { emit.done(info_hash).await });
             }
             Gate::Start => {
-                let span = tracing::info_span!("lookup", info_hash = %hex(&info_hash));
+                let span = tracing::info_span!("lookup", info_hash = %info_hash);
                 i.rt.spawn(run_lookup(i.clone(), info_hash).instrument(span));
             }
         }
@@ -405,7 +403,7 @@ impl Discovery {
     }
 }
 
-async fn run_lookup(i: Arc<Inner>, ih: [u8; 20]) {
+async fn run_lookup(i: Arc<Inner>, ih: InfoHash) {
     if let Some(l) = &i.lsd {
         let _ = l.send(lsd::Cmd::Search(ih));
     }
@@ -541,7 +539,7 @@ mod tests {
         let (n2, a2, _rx2) = start_on("127.0.0.32", boot.clone(), &state_file("n2").1).await;
         let (_dir, n3_state) = state_file("n3");
         let (n3, _a3, mut rx3) = start_on("127.0.0.33", boot, &n3_state).await;
-        let ih = [0x42; 20];
+        let ih = InfoHash([0x42; 20]);
         let t0 = tokio::time::Instant::now();
         n2.announce(ih);
         assert!(
@@ -603,7 +601,7 @@ mod tests {
             &state_file("x").1,
         )
         .await;
-        let ih = [7; 20];
+        let ih = InfoHash([7; 20]);
         d.lookup(ih);
         let deadline = tokio::time::Instant::now() + dht::LOOKUP_TIMEOUT + Duration::from_secs(2);
         let e = wait_for(&mut rx, deadline, |e| matches!(e, Event::LookupDone { .. })).await;
@@ -627,7 +625,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(json(&d)["dht"]["enabled"], false);
-        d.lookup([1; 20]);
+        d.lookup(InfoHash([1; 20]));
         let e = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
         assert!(matches!(e, Ok(Some(Event::LookupDone { .. }))), "{e:?}");
     }
@@ -664,7 +662,7 @@ mod tests {
         let (tb, mut rb) = mpsc::channel(64);
         let a = Discovery::start(mk(40101), ta).await.unwrap();
         let b = Discovery::start(mk(40102), tb).await.unwrap();
-        let ih = [0x77; 20];
+        let ih = InfoHash([0x77; 20]);
         a.set_totals(
             ih,
             Totals {

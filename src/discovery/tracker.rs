@@ -40,7 +40,7 @@ struct UrlStatus {
     last_error: Option<String>,
     announces: u64,
     /// Peers in the last answer, per torrent.
-    peers: HashMap<[u8; 20], usize>,
+    peers: HashMap<InfoHash, usize>,
 }
 
 /// Every tracker of the daemon.
@@ -50,10 +50,10 @@ pub(crate) struct Trackers {
     peer_id: [u8; 20],
     port: u16,
     key: u32,
-    totals: Mutex<HashMap<[u8; 20], Totals>>,
+    totals: Mutex<HashMap<InfoHash, Totals>>,
     status: Vec<Mutex<UrlStatus>>,
     /// (torrent, URL index) pairs that got a successful `started`.
-    started: Mutex<HashSet<([u8; 20], usize)>>,
+    started: Mutex<HashSet<(InfoHash, usize)>>,
 }
 
 impl Trackers {
@@ -83,7 +83,7 @@ impl Trackers {
         self.urls.len()
     }
 
-    pub(crate) fn set_totals(&self, ih: [u8; 20], t: Totals) {
+    pub(crate) fn set_totals(&self, ih: InfoHash, t: Totals) {
         self.totals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -93,7 +93,7 @@ impl Trackers {
     async fn announce_once(
         &self,
         i: usize,
-        ih: [u8; 20],
+        ih: InfoHash,
         event: TEvent,
         emit: &Emitter,
     ) -> Result<Duration, ClientError> {
@@ -110,7 +110,7 @@ impl Trackers {
                 ..Totals::default()
             });
         let params = AnnounceParams {
-            info_hash: InfoHash(ih),
+            info_hash: ih,
             peer_id: PeerId(self.peer_id),
             port: self.port,
             uploaded: t.uploaded,
@@ -154,7 +154,7 @@ impl Trackers {
     }
 
     /// Announce `ih` to tracker `i` until aborted.
-    pub(crate) async fn announce_loop(self: Arc<Self>, i: usize, ih: [u8; 20], emit: Emitter) {
+    pub(crate) async fn announce_loop(self: Arc<Self>, i: usize, ih: InfoHash, emit: Emitter) {
         let mut event = TEvent::Started;
         let mut failures = 0u32;
         loop {
@@ -181,7 +181,7 @@ impl Trackers {
 
     /// One announce to every tracker at once (a lookup); returns when all
     /// answered or failed.
-    pub(crate) async fn lookup(self: &Arc<Self>, ih: [u8; 20], emit: &Emitter) {
+    pub(crate) async fn lookup(self: &Arc<Self>, ih: InfoHash, emit: &Emitter) {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..self.urls.len() {
             let (me, emit) = (self.clone(), emit.clone());
@@ -196,7 +196,7 @@ impl Trackers {
 
     /// Send `stopped` for `ih` (`None`: every torrent) to every tracker that
     /// got its `started`. Unbounded: the caller sets the time limit.
-    pub(crate) async fn stopped(self: &Arc<Self>, ih: Option<[u8; 20]>, emit: &Emitter) {
+    pub(crate) async fn stopped(self: &Arc<Self>, ih: Option<InfoHash>, emit: &Emitter) {
         let pairs: Vec<_> = {
             let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
             let pairs: Vec<_> = started

@@ -365,14 +365,14 @@ pub async fn establish(
     our_bits: Vec<u8>,
     have_count: u32,
 ) -> Result<Established, ConnError> {
-    let ours = Handshake::new(sh.info_hash.0, sh.peer_id);
+    let ours = Handshake::new(sh.info_hash, sh.peer_id);
     let fut = async {
         s.write_all(&ours.encode()).await?;
         let hs = match theirs {
             Some(h) => h,
             None => read_handshake(&mut s).await?,
         };
-        if hs.info_hash != sh.info_hash.0 {
+        if hs.info_hash != sh.info_hash {
             return Err(ConnError::Protocol("handshake for another torrent"));
         }
         if hs.peer_id == sh.peer_id {

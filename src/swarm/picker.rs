@@ -50,7 +50,7 @@ pub struct Req {
 
 /// One wanted piece.
 #[derive(Debug)]
-struct Job {
+struct Wanted {
     piece: u32,
     size: u64,
     blocks: Vec<Blk>,
@@ -58,7 +58,7 @@ struct Job {
     free_hint: usize,
 }
 
-impl Job {
+impl Wanted {
     fn req(&self, b: usize) -> Req {
         let begin = b as u64 * u64::from(BLOCK);
         Req {
@@ -78,7 +78,7 @@ impl Job {
 #[derive(Debug, Default)]
 pub struct Picker {
     /// In apt's order.
-    jobs: Vec<Job>,
+    jobs: Vec<Wanted>,
     /// Per peer: blocks requested from it (as first or duplicate source).
     outstanding: HashMap<Src, usize>,
 }
@@ -112,7 +112,7 @@ impl Picker {
             return;
         }
         let n = size.div_ceil(u64::from(BLOCK)) as usize;
-        self.jobs.push(Job {
+        self.jobs.push(Wanted {
             piece,
             size,
             blocks: vec![Blk::Free; n],
@@ -155,7 +155,7 @@ impl Picker {
         self.outstanding.get(&src).copied().unwrap_or(0)
     }
 
-    fn job(&mut self, piece: u32) -> Option<&mut Job> {
+    fn job(&mut self, piece: u32) -> Option<&mut Wanted> {
         self.jobs.iter_mut().find(|j| j.piece == piece)
     }
 

@@ -20,8 +20,8 @@ use tracing::Instrument;
 
 use super::conn::{self, Established, Out, PeerShared};
 use super::machine::{self, Effect, Env, Hello, Input, Machine, PeerMsg, Received};
+use super::shared::Ctx;
 use super::wire::{self, Handshake};
-use super::Ctx;
 use crate::assembly::{Download, Failure};
 use crate::discovery::Origin;
 use crate::registry::Registered;
@@ -582,18 +582,18 @@ impl Task {
             }
             Effect::Lookup => {
                 if let Some(d) = self.ctx.discovery() {
-                    d.lookup(self.info_hash.0);
+                    d.lookup(self.info_hash);
                 }
             }
             Effect::Announce => {
                 if let Some(d) = self.ctx.discovery() {
-                    d.announce(self.info_hash.0);
+                    d.announce(self.info_hash);
                 }
             }
             Effect::Totals { left } => {
                 if let Some(d) = self.ctx.discovery() {
                     d.set_totals(
-                        self.info_hash.0,
+                        self.info_hash,
                         crate::discovery::Totals {
                             uploaded: self.conns.uploaded.load(Ordering::Relaxed),
                             downloaded: self.shown.from_peers.load(Ordering::Relaxed)
@@ -605,7 +605,7 @@ impl Task {
             }
             Effect::Forget => {
                 if let Some(d) = self.ctx.discovery() {
-                    d.forget(self.info_hash.0);
+                    d.forget(self.info_hash);
                 }
             }
             Effect::ScanHolding => {

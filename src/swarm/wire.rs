@@ -27,7 +27,7 @@ pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
 /// Length of the handshake: pstrlen, pstr, reserved, info hash, peer id.
 pub const HANDSHAKE_LEN: usize = 68;
 /// Largest block a REQUEST may ask for and a PIECE may carry (dt1 rule).
-pub const BLOCK: u32 = 16 * 1024;
+pub use crate::types::BLOCK;
 /// Largest EXTENDED frame body (extended id + payload); also the cap on
 /// frames with ids we do not know, which are skipped.
 pub const MAX_EXTENDED: usize = 64 * 1024;
@@ -113,7 +113,7 @@ pub enum BitfieldError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Handshake {
     pub reserved: [u8; 8],
-    pub info_hash: [u8; 20],
+    pub info_hash: crate::types::InfoHash,
     pub peer_id: [u8; 20],
 }
 
@@ -121,7 +121,7 @@ impl Handshake {
     /// Our handshake: announces BEP 10 (bit 20: byte 5, 0x10), BEP 6 fast
     /// (bit 2: byte 7, 0x04) and BEP 5 DHT (bit 0: byte 7, 0x01), counting
     /// bits from the low end of the 64-bit field.
-    pub fn new(info_hash: [u8; 20], peer_id: [u8; 20]) -> Self {
+    pub fn new(info_hash: crate::types::InfoHash, peer_id: [u8; 20]) -> Self {
         let mut reserved = [0u8; 8];
         reserved[5] |= 0x10;
         reserved[7] |= 0x04 | 0x01;
@@ -137,7 +137,7 @@ impl Handshake {
         out[0] = PROTOCOL.len() as u8;
         out[1..20].copy_from_slice(PROTOCOL);
         out[20..28].copy_from_slice(&self.reserved);
-        out[28..48].copy_from_slice(&self.info_hash);
+        out[28..48].copy_from_slice(&self.info_hash.0);
         out[48..68].copy_from_slice(&self.peer_id);
         out
     }
@@ -150,11 +150,11 @@ impl Handshake {
         }
         let mut h = Handshake {
             reserved: [0; 8],
-            info_hash: [0; 20],
+            info_hash: crate::types::InfoHash([0; 20]),
             peer_id: [0; 20],
         };
         h.reserved.copy_from_slice(&b[20..28]);
-        h.info_hash.copy_from_slice(&b[28..48]);
+        h.info_hash.0.copy_from_slice(&b[28..48]);
         h.peer_id.copy_from_slice(&b[48..68]);
         Ok(h)
     }
@@ -458,21 +458,12 @@ pub fn bitfield_check(bits: &[u8], piece_count: u32) -> Result<(), BitfieldError
 
 // ---- bencode ---------------------------------------------------------------
 //
-// Encoding is written by hand: our payloads are a few known keys, written in
+// Encoding goes through the workspace's one bencode writer
+// (`debtorrent_gen::bencode`): our payloads are a few known keys, written in
 // sorted order (bencode requires it, and bendy rejects unsorted dicts).
 // Decoding walks bendy `Object`s with a small depth limit.
 
-fn ben_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(b.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(b);
-}
-
-fn ben_int(out: &mut Vec<u8>, i: i64) {
-    out.push(b'i');
-    out.extend_from_slice(i.to_string().as_bytes());
-    out.push(b'e');
-}
+use debtorrent_gen::bencode::to_vec as bencode;
 
 fn ben_err(e: bendy::decoding::Error) -> WireError {
     WireError::BadBencode(e.to_string())
@@ -533,37 +524,30 @@ impl ExtHandshake {
         let mut m: Vec<&(String, u8)> = self.m.iter().filter(|(_, id)| *id != 0).collect();
         m.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         m.dedup_by(|a, b| a.0 == b.0);
-        let mut out = Vec::with_capacity(64);
-        out.push(b'd');
-        if let Some(d) = self.debtorrent {
-            ben_bytes(&mut out, b"debtorrent");
-            ben_int(&mut out, d);
-        }
-        ben_bytes(&mut out, b"m");
-        out.push(b'd');
-        for (name, id) in m {
-            ben_bytes(&mut out, name.as_bytes());
-            ben_int(&mut out, i64::from(*id));
-        }
-        out.push(b'e');
-        if let Some(p) = self.p {
-            ben_bytes(&mut out, b"p");
-            ben_int(&mut out, i64::from(p));
-        }
-        if let Some(q) = self.reqq {
-            ben_bytes(&mut out, b"reqq");
-            ben_int(&mut out, i64::from(q));
-        }
-        if let Some(v) = &self.v {
-            ben_bytes(&mut out, b"v");
-            ben_bytes(&mut out, v.as_bytes());
-        }
-        if let Some(ip) = &self.yourip {
-            ben_bytes(&mut out, b"yourip");
-            ben_bytes(&mut out, ip);
-        }
-        out.push(b'e');
-        out
+        bencode(|w| {
+            w.dict();
+            if let Some(d) = self.debtorrent {
+                w.bytes(b"debtorrent").int(d);
+            }
+            w.bytes(b"m").dict();
+            for (name, id) in m {
+                w.bytes(name.as_bytes()).int(i64::from(*id));
+            }
+            w.end();
+            if let Some(p) = self.p {
+                w.bytes(b"p").int(i64::from(p));
+            }
+            if let Some(q) = self.reqq {
+                w.bytes(b"reqq").int(i64::from(q));
+            }
+            if let Some(v) = &self.v {
+                w.bytes(b"v").bytes(v.as_bytes());
+            }
+            if let Some(ip) = &self.yourip {
+                w.bytes(b"yourip").bytes(ip);
+            }
+            w.end();
+        })
     }
 
     /// Lenient on values (clients differ): unknown keys, wrong types and
@@ -675,22 +659,22 @@ impl Pex {
         for a in self.dropped.iter().take(MAX_PEX) {
             compact_put(&mut d4, &mut d6, a);
         }
-        let mut out = Vec::with_capacity(64 + a4.len() + a6.len() + d4.len() + d6.len());
-        out.push(b'd');
-        ben_bytes(&mut out, b"added");
-        ben_bytes(&mut out, &a4);
-        ben_bytes(&mut out, b"added.f");
-        ben_bytes(&mut out, &vec![0; a4.len() / 6]);
-        ben_bytes(&mut out, b"added6");
-        ben_bytes(&mut out, &a6);
-        ben_bytes(&mut out, b"added6.f");
-        ben_bytes(&mut out, &vec![0; a6.len() / 18]);
-        ben_bytes(&mut out, b"dropped");
-        ben_bytes(&mut out, &d4);
-        ben_bytes(&mut out, b"dropped6");
-        ben_bytes(&mut out, &d6);
-        out.push(b'e');
-        out
+        bencode(|w| {
+            w.dict()
+                .bytes(b"added")
+                .bytes(&a4)
+                .bytes(b"added.f")
+                .bytes(&vec![0; a4.len() / 6])
+                .bytes(b"added6")
+                .bytes(&a6)
+                .bytes(b"added6.f")
+                .bytes(&vec![0; a6.len() / 18])
+                .bytes(b"dropped")
+                .bytes(&d4)
+                .bytes(b"dropped6")
+                .bytes(&d6)
+                .end();
+        })
     }
 
     /// Takes at most [`MAX_PEX`] peers per list (IPv4 first, then IPv6) and
@@ -773,17 +757,17 @@ impl Wip {
     /// Writes at most [`MAX_WIP`] entries per list (the first ones), since
     /// peers refuse longer lists; the caller sends the rest in a later one.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + 8 * (self.add.len() + self.done.len()));
-        out.extend_from_slice(b"d1:al");
-        for &i in self.add.iter().take(MAX_WIP) {
-            ben_int(&mut out, i64::from(i));
-        }
-        out.extend_from_slice(b"e1:dl");
-        for &i in self.done.iter().take(MAX_WIP) {
-            ben_int(&mut out, i64::from(i));
-        }
-        out.extend_from_slice(b"ee");
-        out
+        bencode(|w| {
+            w.dict().bytes(b"a").list();
+            for &i in self.add.iter().take(MAX_WIP) {
+                w.uint(u64::from(i));
+            }
+            w.end().bytes(b"d").list();
+            for &i in self.done.iter().take(MAX_WIP) {
+                w.uint(u64::from(i));
+            }
+            w.end().end();
+        })
     }
 
     /// Strict, since it is our own format: a missing list is empty, but a
@@ -886,7 +870,7 @@ mod tests {
 
     #[test]
     fn handshake_golden_and_flags() {
-        let h = Handshake::new([0xaa; 20], [0xbb; 20]);
+        let h = Handshake::new(crate::types::InfoHash([0xaa; 20]), [0xbb; 20]);
         assert_eq!(h.reserved, [0, 0, 0, 0, 0, 0x10, 0, 0x05]);
         assert!(h.extensions() && h.fast() && h.dht());
         let b = h.encode();
@@ -1325,12 +1309,13 @@ mod tests {
     #[test]
     fn wip_limits() {
         let list = |n: usize| -> Vec<u8> {
-            let mut b = b"d1:dl".to_vec();
-            for i in 0..n {
-                ben_int(&mut b, i as i64);
-            }
-            b.extend_from_slice(b"ee");
-            b
+            bencode(|w| {
+                w.dict().bytes(b"d").list();
+                for i in 0..n {
+                    w.uint(i as u64);
+                }
+                w.end().end();
+            })
         };
         assert_eq!(
             Wip::decode(&list(MAX_WIP)).map(|w| w.done.len()),

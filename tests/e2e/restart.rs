@@ -1,14 +1,14 @@
 //! Issue 3, test 6: kill -9 in the middle of a 50 MB download, restart on the
 //! same data folder and port, and apt completes with an intact file; a
-//! graceful stop (SIGTERM) keeps the store.
+//! graceful stop (SIGTERM) keeps the store and finishes what is in flight.
 
 use std::time::{Duration, Instant};
 
 use crate::support::apt::{check_debs, AptClient, Mode};
 use crate::support::daemon::Daemon;
 use crate::support::mirror::{Fault, Mirror};
-use crate::support::repo::{repo, BIG};
-use crate::support::{sha256_hex, wait_until, RawConn};
+use crate::support::repo::{repo, BIG, SMALL};
+use crate::support::{http_get, sha256_hex, wait_until, RawConn};
 
 #[test]
 fn kill9_during_big_download_then_restart() {
@@ -128,5 +128,48 @@ fn sigterm_then_restart_keeps_the_store() {
         mirror.stats().pool_bytes,
         before.pool_bytes,
         "the store was lost over a restart"
+    );
+}
+
+/// Graceful shutdown (mini-redis style): SIGTERM while apt's download of a
+/// package is in flight from a slow mirror. The daemon stops accepting,
+/// lets the response that is already flowing finish (it fits in the 2 s
+/// drain), and exits 0 within 5 s; the counters it flushed on the way out
+/// are there after a restart.
+#[test]
+fn sigterm_finishes_the_response_in_flight_and_exits_within_5_s() {
+    let mut u = crate::support::updated();
+    let p = u.repo.package(SMALL).clone();
+    // About 53 KB at 60 KB/s: the response takes about a second.
+    u.mirror.set_pool_fault(Some(Fault::Throttle(60_000)));
+    let target = Daemon::prefix_target(&u.mirror, &p.pool_path);
+    let addr = u.daemon.addr();
+    let get = std::thread::spawn(move || http_get(addr, &target, &[]));
+    // The request is in flight once the mirror has sent its first bytes.
+    let started = wait_until(Duration::from_secs(10), || {
+        u.mirror.body_requests_for(&p.file_name) > 0
+    });
+    assert!(started, "the mirror never saw the request");
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let status = u.daemon.stop(Duration::from_secs(10));
+    let took = t0.elapsed();
+    let r = get.join().expect("the client thread");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(
+        sha256_hex(&r.body),
+        p.sha256,
+        "the response in flight was cut at shutdown"
+    );
+    let status = status.expect("the daemon did not exit within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    // What it counted reached the database before it exited.
+    u.mirror.heal();
+    u.daemon.restart();
+    let st = u.daemon.status_json();
+    assert!(
+        st["bytes_to_apt"].as_u64().unwrap_or(0) >= p.size,
+        "counters lost over a graceful stop: {st:#}"
     );
 }

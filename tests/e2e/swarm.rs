@@ -23,11 +23,8 @@ use crate::support::daemon::Daemon;
 use crate::support::mirror::Mirror;
 use crate::support::repo::repo;
 
-#[path = "../../src/swarm/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
-use wire::{ExtHandshake, Handshake, Msg};
+// The daemon's own codec, from its library.
+use debtorrent::wire::{self, ExtHandshake, Handshake, Msg};
 
 /// The torrent apt's `apt-get update` registers for the binary packages.
 const PACKAGES: &str = "dists/stable/main/binary-amd64/Packages";
@@ -44,12 +41,12 @@ fn torrent(d: &Daemon) -> Value {
         .unwrap_or_else(|| panic!("no torrent for {PACKAGES} in {:#}", d.status_json()))
 }
 
-fn info_hash(d: &Daemon) -> [u8; 20] {
+fn info_hash(d: &Daemon) -> debtorrent_gen::InfoHash {
     let t = torrent(d);
     let hex = t["info_hash"]
         .as_str()
         .unwrap_or_else(|| panic!("no info_hash: {t:#}"));
-    debtorrent_gen::decode_hex::<20>(hex.as_bytes())
+    debtorrent_gen::InfoHash::from_hex(hex)
         .unwrap_or_else(|| panic!("info_hash {hex:?} is not 40 hex digits"))
 }
 
@@ -254,7 +251,7 @@ fn ext_handshake(client: &str) -> Vec<u8> {
 async fn join_swarm(
     src: &str,
     to: SocketAddr,
-    ih: [u8; 20],
+    ih: debtorrent_gen::InfoHash,
     tag: u8,
     have: Msg<'_>,
 ) -> Result<RawPeer, String> {
@@ -269,7 +266,7 @@ async fn join_swarm(
         .await
         .map_err(|e| format!("the daemon's handshake: {e:?}"))?;
     if hs.info_hash != ih {
-        return Err(format!("the daemon answered for {:02x?}", hs.info_hash));
+        return Err(format!("the daemon answered for {}", hs.info_hash));
     }
     let ext = ext_handshake(&format!("hx-test {tag}"));
     p.send_msgs(&[
@@ -508,7 +505,7 @@ struct HostileReport {
 async fn hostile_peer(
     src: &str,
     to: SocketAddr,
-    ih: [u8; 20],
+    ih: debtorrent_gen::InfoHash,
     ready: std::sync::mpsc::Sender<()>,
     give_up: Duration,
 ) -> HostileReport {

@@ -1,7 +1,7 @@
 //! debtorrent-gen: a Debian `Packages` or `Sources` index becomes the dt1
 //! torrent that every peer holding the same index derives by itself.
 //!
-//! The format is fixed in `shared/design/torrent-format.md`: one file of the
+//! The format is fixed in `docs/torrent-format.md`: one file of the
 //! archive is one piece, its SHA-256 from the index is the piece hash, and
 //! the info hash depends on nothing but the index content. The daemon uses
 //! this library for every index apt fetches, so the URL -> piece mapping it
@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bencode;
 mod decompress;
 mod hex;
 mod metainfo;

@@ -45,48 +45,38 @@ pub fn write_metainfo<W: Write>(
     index_path: Option<&str>,
     comment: Option<&str>,
 ) -> io::Result<()> {
-    fn bytes<W: Write>(w: &mut W, b: &[u8]) -> io::Result<()> {
-        write!(w, "{}:", b.len())?;
-        w.write_all(b)
-    }
-    w.write_all(b"d")?;
+    let mut b = crate::bencode::Writer::new(&mut *w);
+    b.dict();
     if let Some(first) = trackers.first() {
-        bytes(w, b"announce")?;
-        bytes(w, first.as_bytes())?;
-        bytes(w, b"announce-list")?;
+        b.bytes(b"announce").bytes(first.as_bytes());
         // BEP 12: one tier per tracker, tried in the order given.
-        w.write_all(b"l")?;
+        b.bytes(b"announce-list").list();
         for t in trackers {
-            w.write_all(b"l")?;
-            bytes(w, t.as_bytes())?;
-            w.write_all(b"e")?;
+            b.list().bytes(t.as_bytes()).end();
         }
-        w.write_all(b"e")?;
+        b.end();
     }
     if let Some(c) = comment {
-        bytes(w, b"comment")?;
-        bytes(w, c.as_bytes())?;
+        b.bytes(b"comment").bytes(c.as_bytes());
     }
-    bytes(w, b"created by")?;
-    bytes(
-        w,
-        concat!("debtorrent-gen ", env!("CARGO_PKG_VERSION")).as_bytes(),
-    )?;
-    bytes(w, b"info")?;
+    b.bytes(b"created by")
+        .bytes(concat!("debtorrent-gen ", env!("CARGO_PKG_VERSION")).as_bytes());
+    b.bytes(b"info");
+    let w = b.finish()?;
     torrent.write_info(&mut *w)?;
+    let mut b = crate::bencode::Writer::new(w);
     if !webseeds.is_empty() {
-        bytes(w, b"url-list")?;
-        w.write_all(b"l")?;
+        b.bytes(b"url-list").list();
         for u in webseeds {
-            bytes(w, u.as_bytes())?;
+            b.bytes(u.as_bytes());
         }
-        w.write_all(b"e")?;
+        b.end();
     }
     if let Some(p) = index_path {
-        bytes(w, b"x-index")?;
-        bytes(w, p.as_bytes())?;
+        b.bytes(b"x-index").bytes(p.as_bytes());
     }
-    w.write_all(b"e")
+    b.end();
+    b.finish().map(|_| ())
 }
 
 fn bad(msg: impl Into<String>) -> MetainfoError {

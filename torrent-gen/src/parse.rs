@@ -1,5 +1,5 @@
 //! Streaming reader for Debian index files (`Packages`, `Sources`): the
-//! deb822 rules of section 1 of `shared/design/torrent-format.md` and the
+//! deb822 rules of section 1 of `docs/torrent-format.md` and the
 //! entry rules of section 2.
 //!
 //! Pure code: bytes in, entries out. The parser takes the input in chunks of

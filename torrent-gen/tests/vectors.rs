@@ -1,5 +1,5 @@
-//! The normative byte-exact vectors of `shared/design/torrent-format.md`
-//! (copied from `shared/vectors/`): each input must produce its exact info
+//! The normative byte-exact vectors of `docs/torrent-format.md`
+//! (in `tests/data/`, with `EXPECTED`): each input must produce its exact info
 //! dict, info hash, piece count and total size.
 
 use debtorrent_gen::{build_from_bytes, read_metainfo, IndexKind, Options, Torrent};

@@ -310,27 +310,17 @@ pub fn parse_scrape(query: &[u8], max: usize) -> Result<Vec<InfoHash>, RequestEr
 
 // ---------------------------------------------------------------- encoding
 
-fn put_int(out: &mut Vec<u8>, key: &str, v: i64) {
-    put_str(out, key.as_bytes());
-    out.push(b'i');
-    out.extend_from_slice(v.to_string().as_bytes());
-    out.push(b'e');
-}
-
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(s.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(s);
-}
+// Through the workspace's one bencode writer (`debtorrent_gen::bencode`).
+use debtorrent_gen::bencode::Writer;
 
 /// A bencoded failure response.
 pub fn encode_failure(reason: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(reason.len() + 32);
-    out.push(b'd');
-    put_str(&mut out, b"failure reason");
-    put_str(&mut out, reason.as_bytes());
-    out.push(b'e');
-    out
+    debtorrent_gen::bencode::to_vec(|w| {
+        w.dict()
+            .bytes(b"failure reason")
+            .bytes(reason.as_bytes())
+            .end();
+    })
 }
 
 /// Fields of an announce response.
@@ -350,21 +340,23 @@ pub struct AnnounceAnswer<'a> {
 
 /// Encode an announce response (keys in bencode's sorted order).
 pub fn encode_announce(a: &AnnounceAnswer<'_>, out: &mut Vec<u8>) {
-    out.push(b'd');
-    put_int(out, "complete", a.complete as i64);
-    put_int(out, "incomplete", a.incomplete as i64);
-    put_int(out, "interval", a.interval as i64);
-    put_int(out, "min interval", a.min_interval as i64);
+    let mut w = Writer::new(out);
+    w.dict()
+        .bytes(b"complete")
+        .uint(u64::from(a.complete))
+        .bytes(b"incomplete")
+        .uint(u64::from(a.incomplete))
+        .bytes(b"interval")
+        .uint(u64::from(a.interval))
+        .bytes(b"min interval")
+        .uint(u64::from(a.min_interval));
     if a.compact {
-        put_str(out, b"peers");
-        put_str(out, a.peers4);
+        w.bytes(b"peers").bytes(a.peers4);
         if !a.peers6.is_empty() {
-            put_str(out, b"peers6");
-            put_str(out, a.peers6);
+            w.bytes(b"peers6").bytes(a.peers6);
         }
     } else {
-        put_str(out, b"peers");
-        out.push(b'l');
+        w.bytes(b"peers").list();
         let v4 = a.peers4.chunks_exact(6).map(|c| {
             let ip = IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]));
             (ip, u16::from_be_bytes([c[4], c[5]]))
@@ -378,15 +370,16 @@ pub fn encode_announce(a: &AnnounceAnswer<'_>, out: &mut Vec<u8>) {
             )
         });
         for (ip, port) in v4.chain(v6) {
-            out.push(b'd');
-            put_str(out, b"ip");
-            put_str(out, ip.to_string().as_bytes());
-            put_int(out, "port", port as i64);
-            out.push(b'e');
+            w.dict()
+                .bytes(b"ip")
+                .bytes(ip.to_string().as_bytes())
+                .bytes(b"port")
+                .uint(u64::from(port))
+                .end();
         }
-        out.push(b'e');
+        w.end();
     }
-    out.push(b'e');
+    w.end();
 }
 
 /// Scrape counts for one torrent, as encoded.
@@ -400,18 +393,22 @@ pub struct ScrapeEntry {
 /// Encode a scrape response; `files` need not be sorted.
 pub fn encode_scrape(files: &mut [(InfoHash, ScrapeEntry)]) -> Vec<u8> {
     files.sort_by_key(|a| a.0);
-    let mut out = Vec::with_capacity(16 + files.len() * 80);
-    out.extend_from_slice(b"d5:filesd");
+    let mut w = Writer::new(Vec::with_capacity(16 + files.len() * 80));
+    w.dict().bytes(b"files").dict();
     for (h, e) in files.iter() {
-        put_str(&mut out, &h.0);
-        out.push(b'd');
-        put_int(&mut out, "complete", e.complete as i64);
-        put_int(&mut out, "downloaded", e.downloaded as i64);
-        put_int(&mut out, "incomplete", e.incomplete as i64);
-        out.push(b'e');
+        w.bytes(&h.0)
+            .dict()
+            .bytes(b"complete")
+            .uint(u64::from(e.complete))
+            .bytes(b"downloaded")
+            .uint(u64::from(e.downloaded))
+            .bytes(b"incomplete")
+            .uint(u64::from(e.incomplete))
+            .end();
     }
-    out.extend_from_slice(b"ee");
-    out
+    w.end().end();
+    // A Vec never fails a write.
+    w.finish().unwrap_or_default()
 }
 
 // ------------------------------------------------------------ client side

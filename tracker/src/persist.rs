@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
-use crate::swarm::{Peer, Swarm};
+use crate::swarm::{Peer, PeerSet};
 use crate::types::InfoHash;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ fn open(path: &Path) -> Result<Connection, PersistError> {
 }
 
 /// Write a snapshot, replacing the previous one atomically.
-pub fn save(path: &Path, swarms: &[(InfoHash, Swarm)], now: u64) -> Result<usize, PersistError> {
+pub fn save(path: &Path, swarms: &[(InfoHash, PeerSet)], now: u64) -> Result<usize, PersistError> {
     let mut c = open(path)?;
     let tx = c.transaction()?;
     tx.execute("DELETE FROM torrents", [])?;
@@ -73,12 +73,12 @@ pub fn save(path: &Path, swarms: &[(InfoHash, Swarm)], now: u64) -> Result<usize
 
 /// Load a snapshot, skipping malformed rows and peers last seen before
 /// `cutoff` (unix seconds). A missing file is an empty snapshot.
-pub fn load(path: &Path, cutoff: u32) -> Result<Vec<(InfoHash, Swarm)>, PersistError> {
+pub fn load(path: &Path, cutoff: u32) -> Result<Vec<(InfoHash, PeerSet)>, PersistError> {
     if !path.exists() {
         return Ok(Vec::new());
     }
     let c = open(path)?;
-    let mut swarms: hashbrown::HashMap<InfoHash, Swarm> = hashbrown::HashMap::new();
+    let mut swarms: hashbrown::HashMap<InfoHash, PeerSet> = hashbrown::HashMap::new();
     let mut st = c.prepare("SELECT info_hash, downloaded FROM torrents")?;
     let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u32>(1)?)))?;
     for row in rows {

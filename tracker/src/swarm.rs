@@ -41,7 +41,7 @@ pub struct Peer<const N: usize> {
 
 /// The peers of one torrent.
 #[derive(Default, Debug, Clone)]
-pub struct Swarm {
+pub struct PeerSet {
     pub v4: Vec<Peer<6>>,
     pub v6: Vec<Peer<18>>,
     /// Seeders among `v4` and `v6`.
@@ -50,7 +50,7 @@ pub struct Swarm {
     pub downloaded: u32,
 }
 
-impl Swarm {
+impl PeerSet {
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
@@ -137,7 +137,7 @@ pub struct Totals {
     pub peers_v6: usize,
 }
 
-type Shard = HashMap<InfoHash, Swarm>;
+type Shard = HashMap<InfoHash, PeerSet>;
 
 /// The sharded peer table.
 pub struct PeerTable {
@@ -507,7 +507,7 @@ impl PeerTable {
     }
 
     /// Copy of the whole table, one shard at a time (for snapshots).
-    pub fn snapshot(&self) -> Vec<(InfoHash, Swarm)> {
+    pub fn snapshot(&self) -> Vec<(InfoHash, PeerSet)> {
         let mut out = Vec::new();
         for m in &self.shards {
             let shard = lock(m);
@@ -519,7 +519,7 @@ impl PeerTable {
     /// Restore swarms (from a snapshot), respecting the limits. Peers are
     /// sorted and deduplicated here, so a hand-edited snapshot cannot break
     /// the table's invariants.
-    pub fn restore(&self, swarms: Vec<(InfoHash, Swarm)>) {
+    pub fn restore(&self, swarms: Vec<(InfoHash, PeerSet)>) {
         for (h, mut s) in swarms {
             s.v4.sort_by_key(|a| a.addr);
             s.v4.dedup_by(|a, b| a.addr == b.addr);

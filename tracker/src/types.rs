@@ -2,51 +2,17 @@
 
 use std::fmt;
 
-/// A 20-byte BitTorrent v1 info hash.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct InfoHash(pub [u8; 20]);
+/// A 20-byte BitTorrent v1 info hash: the generator's type, one for the
+/// whole workspace.
+pub use debtorrent_gen::InfoHash;
 
 /// A 20-byte peer id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct PeerId(pub [u8; 20]);
 
-fn hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    for b in bytes {
-        write!(f, "{b:02x}")?;
-    }
-    Ok(())
-}
-
-impl fmt::Display for InfoHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        hex(&self.0, f)
-    }
-}
-impl fmt::Debug for InfoHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        hex(&self.0, f)
-    }
-}
 impl fmt::Debug for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", String::from_utf8_lossy(&self.0).escape_debug())
-    }
-}
-
-impl InfoHash {
-    /// Parse 40 hex digits (as in allowlist files and opentracker's whitelist).
-    pub fn from_hex(s: &str) -> Option<InfoHash> {
-        let s = s.as_bytes();
-        if s.len() != 40 {
-            return None;
-        }
-        let mut out = [0u8; 20];
-        for (i, pair) in s.chunks(2).enumerate() {
-            let hi = (pair[0] as char).to_digit(16)?;
-            let lo = (pair[1] as char).to_digit(16)?;
-            out[i] = (hi * 16 + lo) as u8;
-        }
-        Some(InfoHash(out))
     }
 }
 

@@ -1,0 +1,206 @@
+//! What every torrent task of the swarm shares: the settings, our peer
+//! id and address, the store, the counters, the mirror, discovery once it
+//! runs, the upload limit, and the limits and bans that span torrents.
+//! Each lock here is taken alone, never while another is held.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::ban::Bans;
+use super::rate::TokenBucket;
+use crate::discovery::Discovery;
+use crate::mirror::Mirror;
+use crate::stats::Stats;
+use crate::store::Store;
+
+/// Swarm settings (from `debtorrent serve`'s options).
+#[derive(Clone, Debug)]
+pub struct SwarmConfig {
+    /// How long apt may wait for a peer before the mirror starts (ms).
+    pub peer_wait_ms: u64,
+    /// A peer with requests out and no block for this long is snubbed (ms).
+    pub stall_ms: u64,
+    /// Connections in total, per IP and per torrent.
+    pub max_peers: usize,
+    pub max_peers_per_ip: usize,
+    pub max_peers_per_torrent: usize,
+    /// Regular unchoke slots per torrent.
+    pub upload_slots: usize,
+    /// Upload limit in bytes/s (0 = none).
+    pub upload_rate: u64,
+    /// Whether we upload at all.
+    pub seed: bool,
+    pub ban_ms: u64,
+    pub ban_strikes: u32,
+}
+
+/// What every torrent task shares.
+pub struct Ctx {
+    pub cfg: SwarmConfig,
+    pub peer_id: [u8; 20],
+    /// Our BitTorrent address (TCP; the DHT uses the same port over UDP).
+    pub peer_addr: SocketAddr,
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
+    /// The mirror: the web seed of every torrent.
+    pub mirror: Arc<Mirror>,
+    /// Set once discovery has started (in the background: resolving the
+    /// public DHT routers may take seconds, and apt must not wait for it).
+    discovery: std::sync::OnceLock<Arc<Discovery>>,
+    /// Whether discovery is configured at all.
+    discovery_on: bool,
+    pub upload_limit: Arc<Mutex<TokenBucket>>,
+    bans: Mutex<Bans>,
+    conns: Mutex<HashMap<IpAddr, usize>>,
+    total: AtomicUsize,
+    epoch: Instant,
+}
+
+impl Ctx {
+    /// The context of a swarm that has no discovery yet.
+    pub fn new(
+        cfg: SwarmConfig,
+        peer_id: [u8; 20],
+        peer_addr: SocketAddr,
+        store: Arc<Store>,
+        stats: Arc<Stats>,
+        mirror: Arc<Mirror>,
+        discovery_on: bool,
+    ) -> Ctx {
+        Ctx {
+            peer_id,
+            peer_addr,
+            store,
+            stats,
+            mirror,
+            discovery: std::sync::OnceLock::new(),
+            discovery_on,
+            // A quarter of a second of burst: smooth enough for the link,
+            // and one 16 KiB block always fits.
+            upload_limit: Arc::new(Mutex::new(TokenBucket::new(
+                cfg.upload_rate,
+                (cfg.upload_rate / 4).max(64 * 1024),
+            ))),
+            bans: Mutex::new(Bans::new(cfg.ban_ms, cfg.ban_strikes, 10_000)),
+            conns: Mutex::new(HashMap::new()),
+            total: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            cfg,
+        }
+    }
+
+    /// Discovery has started.
+    pub fn set_discovery(&self, d: Arc<Discovery>) {
+        let _ = self.discovery.set(d);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Discovery, once it runs.
+    pub fn discovery(&self) -> Option<&Arc<Discovery>> {
+        self.discovery.get()
+    }
+
+    /// Whether discovery is configured (it may still be starting).
+    pub fn discovery_on(&self) -> bool {
+        self.discovery_on
+    }
+
+    /// Whether `ip` is banned.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        let now = self.now_ms();
+        self.bans
+            .lock()
+            .map(|mut b| b.is_banned(ip, now))
+            .unwrap_or(false)
+    }
+
+    /// Bans `ip` (proven to have sent corrupt data).
+    pub fn ban(&self, ip: IpAddr) {
+        let now = self.now_ms();
+        if let Ok(mut b) = self.bans.lock() {
+            b.ban(ip, now);
+        }
+        self.stats.ban();
+    }
+
+    /// A weighted strike; true when it led to a ban.
+    pub fn strike(&self, ip: IpAddr, weight: f64) -> bool {
+        let now = self.now_ms();
+        let banned = self
+            .bans
+            .lock()
+            .map(|mut b| b.strike(ip, weight, now))
+            .unwrap_or(false);
+        if banned {
+            self.stats.ban();
+        }
+        banned
+    }
+
+    /// A protocol violation; true when the IP is banned now.
+    pub fn violation(&self, ip: IpAddr) -> bool {
+        let now = self.now_ms();
+        self.bans
+            .lock()
+            .map(|mut b| b.violation(ip, now))
+            .unwrap_or(false)
+    }
+
+    /// Takes a connection slot for `ip` (total and per-IP limits, bans).
+    pub fn acquire_conn(&self, ip: IpAddr) -> bool {
+        if self.is_banned(ip) {
+            return false;
+        }
+        let Ok(mut c) = self.conns.lock() else {
+            return false;
+        };
+        let n = c.entry(ip).or_insert(0);
+        if *n >= self.cfg.max_peers_per_ip
+            || self.total.load(Ordering::Relaxed) >= self.cfg.max_peers
+        {
+            if *n == 0 {
+                c.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Gives a connection slot back.
+    pub fn release_conn(&self, ip: IpAddr) {
+        if let Ok(mut c) = self.conns.lock() {
+            if let Some(n) = c.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.remove(&ip);
+                }
+                self.total.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Bans in force now.
+    pub fn bans_active(&self) -> usize {
+        let now = self.now_ms();
+        self.bans
+            .lock()
+            .map(|mut b| {
+                b.expire(now);
+                b.banned_count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
