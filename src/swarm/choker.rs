@@ -1,5 +1,5 @@
 //! Who we upload to (§11): tit-for-tat regular slots plus one optimistic slot,
-//! as in BEP 3 and libtorrent. Pure: the torrent task calls [`Choker::decide`]
+//! as in BEP 3 and libtorrent. Pure: the torrent's state machine calls [`Choker::decide`]
 //! every 10 s (and when peers come or go) with a snapshot of its peers, the
 //! time and a random number, and sends CHOKE/UNCHOKE for the difference.
 //!
@@ -16,7 +16,7 @@ use std::collections::HashMap;
 /// What the choker needs to know about one peer at decision time.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerSample {
-    /// The torrent task's id for this connection.
+    /// The state machine's id for this connection (its `PeerKey`).
     pub id: u64,
     /// The peer wants something we have.
     pub interested: bool,

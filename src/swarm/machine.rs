@@ -17,15 +17,16 @@
 //!   at all, a short random delay when peers are connected but lack it, so
 //!   that daemons asking at the same moment do not all go to the mirror;
 //!   longer when a peer said it is fetching it, `dt_wip`); see
-//!   [`picker::mirror_start_at`];
+//!   [`mirror_rules::mirror_start_at`];
 //! - (b) the peers on it are slower than the mirror would be: the mirror
-//!   takes the tail ([`picker::mirror_tail`]);
+//!   takes the tail ([`mirror_rules::mirror_tail`]);
 //! - (c) a peer stalls: its blocks are freed, and (a) applies to them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::choker::{Choker, PeerSample};
+use super::mirror_rules;
 use super::picker::{self, Picker};
 use super::rate::Rate;
 use super::wire::{self, BlockRef};
@@ -1097,7 +1098,7 @@ impl Machine {
             || self
                 .lookup_done_at
                 .is_some_and(|t| now.saturating_sub(t) < 60_000);
-        let deadline = picker::mirror_start_at(&picker::Waiting {
+        let deadline = mirror_rules::mirror_start_at(&mirror_rules::Waiting {
             now,
             wanted_at: job.wanted_at,
             jitter_at: job.jitter_at,
@@ -1439,7 +1440,8 @@ impl Machine {
             // mirror must win clearly (by half) before it costs mirror bytes.
             let peer_rate = j.peer_rate.estimate(now);
             let m = env.mirror;
-            if let Some(front) = picker::mirror_tail(rest, peer_rate, m.rate * 2 / 3, m.latency_ms)
+            if let Some(front) =
+                mirror_rules::mirror_tail(rest, peer_rate, m.rate * 2 / 3, m.latency_ms)
             {
                 let at = ((prefix + front) / u64::from(BLOCK)) as usize;
                 let from = self.picker.tail_start(piece).unwrap_or(0).max(at);

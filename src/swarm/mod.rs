@@ -4,7 +4,7 @@
 //! (`conn.rs`), the listener, and the limits and bans that span torrents.
 //!
 //! Pure parts: `wire` (codec), `machine` (every decision of a torrent),
-//! `picker`, `choker`, `rate`, `ban`. `service.rs` calls [`Swarm::fetch`]
+//! `picker`, `mirror_rules`, `choker`, `rate`, `ban`. `service.rs` calls [`Swarm::fetch`]
 //! for every pool file that is not in the store; the torrent's machine then
 //! decides which peers (and when the mirror) deliver it. See `STATE.md`
 //! and `docs/ARCHITECTURE.md`.
@@ -13,6 +13,7 @@ pub mod ban;
 pub mod choker;
 pub mod conn;
 pub mod machine;
+pub mod mirror_rules;
 pub mod picker;
 pub mod rate;
 pub mod shared;

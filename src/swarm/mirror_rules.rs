@@ -1,0 +1,229 @@
+//! When the mirror helps with a piece: the rules of `docs/swarm-design.md`
+//! §6.3, as pure functions of what the torrent's state machine sees. The
+//! machine (`machine.rs`) calls them; the mirror's I/O is `src/mirror.rs`.
+//!
+//! - (a) nobody can serve the piece: [`mirror_start_at`];
+//! - (b) the peers on it are slower than the mirror would be: the mirror
+//!   takes the tail, [`mirror_tail`];
+//! - (c) a peer stalls: its blocks are freed (the machine's tick), and (a)
+//!   applies to them.
+
+/// Rule (b): should the mirror take the tail of a piece because the peers
+/// are slower than the mirror would be? `rest` bytes remain, the peers on
+/// it deliver `peer_rate` B/s, the mirror is estimated at `mirror_rate` B/s
+/// with `latency_ms` to its first byte. Returns the byte offset (from the
+/// start of the remaining part) where the mirror's tail should begin, so
+/// both finish together, or `None` when the peers are faster.
+pub fn mirror_tail(rest: u64, peer_rate: u64, mirror_rate: u64, latency_ms: u64) -> Option<u64> {
+    if rest == 0 || mirror_rate == 0 {
+        return None;
+    }
+    // Time for the mirror alone vs the peers alone, in ms.
+    let t_mirror = latency_ms + rest.saturating_mul(1000) / mirror_rate;
+    let t_peers = rest
+        .saturating_mul(1000)
+        .checked_div(peer_rate)
+        .unwrap_or(u64::MAX);
+    if t_mirror >= t_peers {
+        return None;
+    }
+    // Peers keep the front: split so that both end together (ignoring the
+    // latency, which only favours the peers).
+    let front =
+        (rest as u128 * peer_rate as u128 / (peer_rate as u128 + mirror_rate as u128)) as u64;
+    Some(front)
+}
+
+/// What rule (a) looks at for a piece that no usable peer serves now.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Waiting {
+    /// Now, and when apt asked for the piece (ms).
+    pub now: u64,
+    pub wanted_at: u64,
+    /// `wanted_at` plus a random delay of up to 250 ms.
+    pub jitter_at: u64,
+    /// `--peer-wait` (ms).
+    pub peer_wait: u64,
+    /// Refetch from the mirror at once (after a failed hash).
+    pub force: bool,
+    /// A connected peer holds the piece but chokes us.
+    pub holders: bool,
+    /// A connected peer said it is fetching the piece (`dt_wip`).
+    pub fetching: bool,
+    /// How long the mirror would take for the piece (ms).
+    pub mirror_ms: u64,
+    /// No peer connected.
+    pub no_peers: bool,
+    /// Connections being set up.
+    pub connecting: bool,
+    /// Discovery ran in the last minute (or there is none).
+    pub lookup_fresh: bool,
+    /// When the last lookup ended.
+    pub lookup_done_at: Option<u64>,
+}
+
+/// Rule (a): when the mirror starts on a piece no usable peer serves.
+///
+/// - after a failed hash: at once (the mirror tells the bad copy apart);
+/// - a peer has it but chokes us: `--peer-wait` after apt asked;
+/// - a peer is fetching it from the mirror: wait for it, about as long as
+///   the mirror would take us plus twice `--peer-wait`, so 8 daemons asking
+///   together fetch it once (at most 60 s);
+/// - discovery found nobody at all: 200 ms after it ended (a peer our DHT
+///   query reached may dial in);
+/// - no peer yet, discovery running: `--peer-wait` after apt asked;
+/// - peers connected, none has it: a random delay of up to 250 ms, so that
+///   daemons asking at the same moment do not all start at once; the first
+///   tells the others (`dt_wip`).
+pub fn mirror_start_at(w: &Waiting) -> u64 {
+    if w.force {
+        w.now
+    } else if w.holders {
+        w.wanted_at + w.peer_wait
+    } else if w.fetching {
+        w.wanted_at + w.peer_wait * 2 + w.mirror_ms.min(60_000)
+    } else if w.no_peers && !w.connecting && w.lookup_fresh {
+        w.lookup_done_at.map_or(w.now, |t| t + 200.min(w.peer_wait))
+    } else if w.no_peers {
+        w.wanted_at + w.peer_wait
+    } else {
+        w.jitter_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_a_start_times() {
+        let base = Waiting {
+            now: 10_000,
+            wanted_at: 9_900,
+            jitter_at: 10_050,
+            peer_wait: 1000,
+            mirror_ms: 5000,
+            lookup_done_at: Some(9_950),
+            ..Waiting::default()
+        };
+        // (what, change, expected start)
+        let cases: Vec<(&str, Waiting, u64)> = vec![
+            (
+                "refetch after a bad hash",
+                Waiting {
+                    force: true,
+                    holders: true,
+                    ..base
+                },
+                10_000,
+            ),
+            (
+                "a holder chokes us",
+                Waiting {
+                    holders: true,
+                    fetching: true,
+                    ..base
+                },
+                10_900,
+            ),
+            (
+                "a peer fetches it",
+                Waiting {
+                    fetching: true,
+                    ..base
+                },
+                9_900 + 2000 + 5000,
+            ),
+            (
+                "a peer fetches a huge one",
+                Waiting {
+                    fetching: true,
+                    mirror_ms: 10_000_000,
+                    ..base
+                },
+                9_900 + 2000 + 60_000,
+            ),
+            (
+                "nobody anywhere",
+                Waiting {
+                    no_peers: true,
+                    lookup_fresh: true,
+                    ..base
+                },
+                10_150,
+            ),
+            (
+                "nobody, no discovery at all",
+                Waiting {
+                    no_peers: true,
+                    lookup_fresh: true,
+                    lookup_done_at: None,
+                    ..base
+                },
+                10_000,
+            ),
+            (
+                "nobody, short peer wait",
+                Waiting {
+                    no_peers: true,
+                    lookup_fresh: true,
+                    peer_wait: 50,
+                    ..base
+                },
+                10_000,
+            ),
+            (
+                "no peer yet, discovery running",
+                Waiting {
+                    no_peers: true,
+                    ..base
+                },
+                10_900,
+            ),
+            (
+                "dialling the first peer",
+                Waiting {
+                    no_peers: true,
+                    connecting: true,
+                    lookup_fresh: true,
+                    ..base
+                },
+                10_900,
+            ),
+            (
+                "peers lack it, more being dialled",
+                Waiting {
+                    connecting: true,
+                    lookup_fresh: true,
+                    ..base
+                },
+                10_050,
+            ),
+            ("peers lack it", base, 10_050),
+        ];
+        for (what, w, want) in cases {
+            assert_eq!(mirror_start_at(&w), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn mirror_tail_rule() {
+        let m = 1_000_000u64; // 1 MB
+                              // (rest, peer rate, mirror rate, latency) -> split
+        let cases = [
+            (10 * m, 100 * m, 10 * m, 100, None),    // peers 10x faster
+            (10 * m, 0, 10 * m, 100, Some(0)),       // no peer delivers: all to the mirror
+            (10 * m, m, 10 * m, 100, Some(909_090)), // peers 10x slower: they keep ~1/11
+            (10 * m, 10 * m, 10 * m, 100, None),     // equal: latency favours peers
+            (0, m, m, 0, None),
+            (10 * m, m, 0, 0, None), // no mirror rate known
+        ];
+        for (rest, pr, mr, lat, want) in cases {
+            assert_eq!(
+                mirror_tail(rest, pr, mr, lat),
+                want,
+                "{rest} {pr} {mr} {lat}"
+            );
+        }
+    }
+}
