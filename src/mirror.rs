@@ -72,13 +72,15 @@ pub struct Mirror {
     estimate: Mutex<Estimate>,
 }
 
-/// What a finished range fetch moved.
+/// What a finished range fetch moved, and how fast.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Moved {
     /// Bytes received.
     pub bytes: u64,
-    /// Milliseconds from request to end.
-    pub ms: u64,
+    /// Milliseconds from the request to the response headers.
+    pub latency_ms: u64,
+    /// Milliseconds from the headers to the end.
+    pub transfer_ms: u64,
 }
 
 impl Mirror {
@@ -149,8 +151,9 @@ impl Mirror {
     /// a `206` with a matching `Content-Range` (a `200` is read from the
     /// start and the bytes before `from` are skipped). Returns when the
     /// range is in (the verifier reports on the whole piece), or why it
-    /// failed. `stop` ends it early at a chunk boundary. The time to the
-    /// headers and the transfer rate feed the estimate.
+    /// failed. `stop` ends it early at a chunk boundary. What it moved
+    /// feeds the estimate through [`Mirror::note`], when the caller still
+    /// wants the run.
     pub async fn fetch_range(
         &self,
         url: &str,
@@ -169,12 +172,9 @@ impl Mirror {
         let mut moved = Moved::default();
         let resp = match self.send(rb).await {
             Ok(r) => r,
-            Err(f) => {
-                moved.ms = t0.elapsed().as_millis() as u64;
-                return (Err(f), moved);
-            }
+            Err(f) => return (Err(f), moved),
         };
-        let latency = t0.elapsed();
+        moved.latency_ms = t0.elapsed().as_millis() as u64;
         let t1 = Instant::now();
         let res = self
             .read_range(
@@ -188,17 +188,15 @@ impl Mirror {
                 stop,
             )
             .await;
-        moved.ms = t0.elapsed().as_millis() as u64;
-        if res.is_ok() {
-            if let Ok(mut e) = self.estimate.lock() {
-                e.fold(
-                    latency.as_millis() as u64,
-                    moved.bytes,
-                    t1.elapsed().as_millis() as u64,
-                );
-            }
-        }
+        moved.transfer_ms = t1.elapsed().as_millis() as u64;
         (res, moved)
+    }
+
+    /// Folds what a range fetch moved into the estimate.
+    pub fn note(&self, moved: &Moved) {
+        if let Ok(mut e) = self.estimate.lock() {
+            e.fold(moved.latency_ms, moved.bytes, moved.transfer_ms);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

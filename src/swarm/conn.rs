@@ -72,13 +72,15 @@ pub enum Event {
         req: BlockRef,
     },
     /// A block we asked for was written into its assembly; `new` bytes of
-    /// it were not there yet.
+    /// it were not there yet; `gen` is the assembly's generation before the
+    /// write.
     Block {
         key: PeerKey,
         piece: PieceIndex,
         begin: u32,
         len: u32,
         new: u64,
+        gen: u64,
     },
     Pex {
         added: Vec<SocketAddr>,
@@ -707,6 +709,10 @@ async fn handle(
                 return Err(ConnError::Protocol("a block of the wrong length"));
             }
             shared.down.fetch_add(u64::from(len), Ordering::Relaxed);
+            // The generation before the write: if a reset for a retry comes
+            // in between, the block counts as stale (fetched again), never
+            // as received while its bytes are gone.
+            let gen = dl.gen();
             let new = match dl.put(u64::from(begin), data, Source::Peer(key)) {
                 Ok(Put::Progress { new }) => new,
                 Ok(Put::Duplicate) => 0,
@@ -721,6 +727,7 @@ async fn handle(
                 begin,
                 len,
                 new,
+                gen,
             })
             .await;
         }

@@ -178,15 +178,15 @@ pub enum Input {
         req: BlockRef,
     },
     /// A block was written into its assembly; `new` bytes of it were new.
+    /// Not `current`: the assembly was reset for a retry since (the
+    /// block's bytes are gone; it only shows the peer is alive).
     Block {
         key: PeerKey,
         piece: PieceIndex,
         begin: u32,
         len: u32,
         new: u64,
-    },
-    Pex {
-        added: Vec<SocketAddr>,
+        current: bool,
     },
     Wip {
         key: PeerKey,
@@ -216,6 +216,7 @@ pub enum Input {
     /// are the peers the smart ban proved wrong.
     Committed {
         piece: PieceIndex,
+        size: u64,
         stored: bool,
         culprits: Vec<PeerKey>,
     },
@@ -426,7 +427,8 @@ struct Job {
     wanted_at: u64,
     /// Rule (a) with peers connected: start the mirror after this.
     jitter_at: u64,
-    /// The last mirror run's number.
+    /// Its last mirror run's number (numbers are unique per torrent, so a
+    /// late result of an earlier job's run is never taken for this one's).
     gen: u32,
     attempts: u8,
     /// After a failed hash: per block, its source and digest (smart ban).
@@ -480,6 +482,8 @@ pub struct Machine {
     last_lookup: u64,
     announced: bool,
     stopped: bool,
+    /// The last mirror run's number, over all jobs.
+    mirror_gen: u32,
 }
 
 fn count_bits(b: &[u8]) -> u32 {
@@ -510,6 +514,7 @@ impl Machine {
             last_lookup: 0,
             announced: false,
             stopped: false,
+            mirror_gen: 0,
             cfg,
         }
     }
@@ -687,12 +692,8 @@ impl Machine {
                 begin,
                 len,
                 new,
-            } => self.block(key, piece, begin, len, new, now),
-            Input::Pex { added } => {
-                for a in added.into_iter().take(wire::MAX_PEX) {
-                    self.found(a, Origin::Pex);
-                }
-            }
+                current,
+            } => self.block(key, piece, begin, len, new, current, now),
             Input::Wip { key, wip } => {
                 let n = self.cfg.piece_count;
                 if let Some(p) = self.peers.get_mut(&key) {
@@ -733,9 +734,10 @@ impl Machine {
             Input::RetryReset { piece, suspect } => self.retry(piece, suspect, now, env),
             Input::Committed {
                 piece,
+                size,
                 stored,
                 culprits,
-            } => self.committed(piece, stored, culprits),
+            } => self.committed(piece, size, stored, culprits),
             Input::Holding { bits, held_bytes } => {
                 let fresh: Vec<PieceIndex> = (0..self.cfg.piece_count)
                     .filter(|&i| wire::bitfield_get(&bits, i) && !wire::bitfield_get(&self.have, i))
@@ -759,10 +761,21 @@ impl Machine {
                 contiguous,
             } => self.tick(now, env, &uploads, &contiguous),
             Input::Stop => {
+                // Connections end with the task: their slots go back now,
+                // since their `Down` (or `Up`/`Failed`) will not be handled.
                 self.stopped = true;
-                let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+                let mut keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+                keys.sort_unstable();
                 for k in keys {
                     self.send(k, PeerMsg::Close);
+                    if let Some(p) = self.peers.get(&k) {
+                        self.out.push(Effect::ReleaseSlot { ip: p.listen.ip() });
+                    }
+                }
+                let mut connecting: Vec<SocketAddr> = self.connecting.keys().copied().collect();
+                connecting.sort_unstable();
+                for a in connecting {
+                    self.out.push(Effect::ReleaseSlot { ip: a.ip() });
                 }
                 let mut pieces: Vec<PieceIndex> = self.jobs.keys().copied().collect();
                 pieces.sort_unstable();
@@ -1029,13 +1042,27 @@ impl Machine {
         }
     }
 
-    fn block(&mut self, key: PeerKey, piece: PieceIndex, begin: u32, len: u32, new: u64, now: u64) {
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &mut self,
+        key: PeerKey,
+        piece: PieceIndex,
+        begin: u32,
+        len: u32,
+        new: u64,
+        current: bool,
+        now: u64,
+    ) {
         let ip = self.peers.get_mut(&key).map(|p| {
             p.last_progress = now;
             p.snub_until = 0;
             p.rate.add(u64::from(len), now);
             p.listen.ip()
         });
+        if !current {
+            self.feed(key, now);
+            return;
+        }
         let mut others = self.picker.got(piece, begin, key);
         others.sort_unstable();
         for o in others {
@@ -1132,9 +1159,10 @@ impl Machine {
         let Some(job) = self.jobs.get_mut(&piece) else {
             return false;
         };
-        job.gen += 1;
-        job.mirror = MirrorState::Running { gen: job.gen };
-        let gen = job.gen;
+        self.mirror_gen += 1;
+        let gen = self.mirror_gen;
+        job.gen = gen;
+        job.mirror = MirrorState::Running { gen };
         let send_wip = from == 0 && !job.wip_sent;
         job.wip_sent |= send_wip;
         self.emit(Effect::StartMirror {
@@ -1293,15 +1321,21 @@ impl Machine {
         self.update_interest_all();
     }
 
-    fn committed(&mut self, piece: PieceIndex, stored: bool, culprits: Vec<PeerKey>) {
-        let Some(job) = self.jobs.get(&piece) else {
-            return;
-        };
-        let size = job.size;
-        let mut ips: Vec<IpAddr> = culprits
-            .iter()
-            .filter_map(|k| job.contributors.get(k).copied())
-            .collect();
+    /// A committed piece: `size` bytes, stored or not. Only a job that is
+    /// committing ends here; a job started since for the same piece (a new
+    /// assembly after this one was over) goes on.
+    fn committed(&mut self, piece: PieceIndex, size: u64, stored: bool, culprits: Vec<PeerKey>) {
+        let job = self
+            .jobs
+            .get(&piece)
+            .filter(|j| j.state == JobState::Committing);
+        let mut ips: Vec<IpAddr> = job.map_or_else(Vec::new, |j| {
+            culprits
+                .iter()
+                .filter_map(|k| j.contributors.get(k).copied())
+                .collect()
+        });
+        let ending = job.is_some();
         ips.sort_unstable();
         ips.dedup();
         for ip in ips {
@@ -1312,13 +1346,15 @@ impl Machine {
         // HAVE before dt_wip's "done" (sent by end_job): a peer waiting for
         // this piece must see that we hold it before it hears that we
         // stopped fetching it, or it would go to the mirror in between.
-        if stored && !wire::bitfield_get(&self.have, piece) {
+        if stored && piece < self.cfg.piece_count && !wire::bitfield_get(&self.have, piece) {
             wire::bitfield_set(&mut self.have, piece);
             self.have_count += 1;
-            self.held_bytes += size;
+            self.held_bytes = (self.held_bytes + size).min(self.cfg.total_size);
             self.broadcast_have(piece);
         }
-        self.end_job(piece, None);
+        if ending {
+            self.end_job(piece, None);
+        }
     }
 
     fn broadcast_have(&mut self, piece: PieceIndex) {
@@ -1394,15 +1430,14 @@ impl Machine {
             }
         }
         // Rule (c): a peer with requests out and no block for `stall_ms`
-        // is snubbed and its blocks go back to the picker.
+        // is snubbed and its blocks go back to the picker. That includes a
+        // BEP 6 peer that choked us and neither served nor rejected them.
         let stall = self.cfg.stall_ms;
         let mut stalled: Vec<PeerKey> = self
             .peers
             .iter()
             .filter(|(&k, p)| {
-                self.picker.outstanding(k) > 0
-                    && !p.choked_us
-                    && now.saturating_sub(p.last_progress) > stall
+                self.picker.outstanding(k) > 0 && now.saturating_sub(p.last_progress) > stall
             })
             .map(|(&k, _)| k)
             .collect();

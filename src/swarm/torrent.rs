@@ -45,11 +45,12 @@ pub enum Ev {
     LookupDone,
     /// Discovery has started (after this torrent did).
     DiscoveryReady,
-    /// A mirror range ended.
+    /// A mirror range ended, and what it moved.
     MirrorDone {
         piece: PieceIndex,
         gen: u32,
         res: Result<(), Failure>,
+        moved: crate::mirror::Moved,
     },
     /// The verifier hashed a whole copy of a piece: the download
     /// (`Download::id`) and its generation.
@@ -151,11 +152,12 @@ struct Link {
     shared: Arc<PeerShared>,
 }
 
-/// A wanted piece's assembly, mirror URL and mirror run.
+/// A wanted piece's assembly, mirror URL and mirror run (its number and
+/// the switch that stops it).
 struct JobIo {
     dl: Arc<Download>,
     url: String,
-    mirror: Option<watch::Sender<bool>>,
+    mirror: Option<(u32, watch::Sender<bool>)>,
 }
 
 /// The torrent task.
@@ -276,6 +278,16 @@ impl Task {
             }
         }
         self.feed(Input::Stop);
+        // What was queued behind the stop: apt's wants fail (as the jobs
+        // did), incoming connections give their slots back.
+        rx.close();
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                Ev::Want { dl, .. } => dl.fail(Failure::Unreachable),
+                Ev::Incoming(_, addr, _) => self.ctx.release_conn(addr.ip()),
+                _ => {}
+            }
+        }
         tracing::debug!("torrent task stopped");
     }
 
@@ -342,11 +354,25 @@ impl Task {
             }
             Ev::LookupDone => self.feed(Input::LookupDone),
             Ev::DiscoveryReady => self.feed(Input::DiscoveryReady),
-            Ev::MirrorDone { piece, gen, res } => {
-                let received = self.jobs.get(&piece).map_or_else(Received::default, |j| {
-                    let (prefix, ranges) = j.dl.received();
-                    Received { prefix, ranges }
-                });
+            Ev::MirrorDone {
+                piece,
+                gen,
+                res,
+                moved,
+            } => {
+                let Some(j) = self.jobs.get_mut(&piece) else {
+                    return;
+                };
+                // Only the run the job still wants tells how fast the
+                // mirror is.
+                if res.is_ok() && j.mirror.as_ref().is_some_and(|(g, _)| *g == gen) {
+                    self.ctx.mirror.note(&moved);
+                }
+                if j.mirror.as_ref().is_some_and(|(g, _)| *g == gen) {
+                    j.mirror = None;
+                }
+                let (prefix, ranges) = j.dl.received();
+                let received = Received { prefix, ranges };
                 self.feed(Input::MirrorDone {
                     piece,
                     gen,
@@ -376,8 +402,10 @@ impl Task {
                 stored,
                 culprits,
             } => {
+                let size = self.reg.torrent.piece(piece).map_or(0, |p| p.size);
                 self.feed(Input::Committed {
                     piece,
+                    size,
                     stored,
                     culprits,
                 });
@@ -447,18 +475,30 @@ impl Task {
                 begin,
                 len,
                 new,
+                gen,
             } => {
                 self.shown.from_peers.fetch_add(new, Ordering::Relaxed);
                 self.ctx.stats.peer_bytes(new);
+                let current = self.jobs.get(&piece).is_none_or(|j| j.dl.gen() == gen);
                 self.feed(Input::Block {
                     key,
                     piece,
                     begin,
                     len,
                     new,
+                    current,
                 });
             }
-            E::Pex { added } => self.feed(Input::Pex { added }),
+            E::Pex { added } => {
+                // One address at a time, so that one refused dial (no
+                // slot) is settled before the next is considered.
+                for addr in added.into_iter().take(wire::MAX_PEX) {
+                    self.feed(Input::Found {
+                        addr,
+                        origin: Origin::Pex,
+                    });
+                }
+            }
             E::Wip { key, wip } => {
                 tracing::debug!(%key, add = ?wip.add, done = ?wip.done, "a peer fetches from the mirror (dt_wip)");
                 self.feed(Input::Wip { key, wip });
@@ -504,22 +544,27 @@ impl Task {
                 );
             }
             Effect::Accept { addr } => {
-                if let Some((stream, hs)) = self.pending_in.take() {
-                    let (bits, count) = self.m.have();
-                    conn::spawn_accept(self.conns.clone(), stream, addr, hs, bits.to_vec(), count);
-                }
+                let Some((stream, hs)) = self.pending_in.take() else {
+                    return Some(Input::Failed { addr });
+                };
+                let (bits, count) = self.m.have();
+                conn::spawn_accept(self.conns.clone(), stream, addr, hs, bits.to_vec(), count);
             }
             Effect::Attach { key, addr } => {
-                if let Some(est) = self.pending_up.take().filter(|e| e.addr == addr) {
-                    self.links.insert(
+                let Some(est) = self.pending_up.take().filter(|e| e.addr == addr) else {
+                    return Some(Input::Down {
                         key,
-                        Link {
-                            tx: est.tx.clone(),
-                            shared: est.shared.clone(),
-                        },
-                    );
-                    est.run(key, self.conns.clone());
-                }
+                        violation: false,
+                    });
+                };
+                self.links.insert(
+                    key,
+                    Link {
+                        tx: est.tx.clone(),
+                        shared: est.shared.clone(),
+                    },
+                );
+                est.run(key, self.conns.clone());
             }
             Effect::ReleaseSlot { ip } => self.ctx.release_conn(ip),
             Effect::Violation { ip } => {
@@ -540,7 +585,7 @@ impl Task {
                 to,
             } => self.start_mirror(piece, gen, from, to),
             Effect::StopMirror { piece } => {
-                if let Some(stop) = self.jobs.get_mut(&piece).and_then(|j| j.mirror.take()) {
+                if let Some((_, stop)) = self.jobs.get_mut(&piece).and_then(|j| j.mirror.take()) {
                     let _ = stop.send(true);
                 }
             }
@@ -572,7 +617,7 @@ impl Task {
             }
             Effect::EndJob { piece, failure } => {
                 if let Some(j) = self.jobs.remove(&piece) {
-                    if let Some(stop) = j.mirror {
+                    if let Some((_, stop)) = j.mirror {
                         let _ = stop.send(true);
                     }
                     if let Some(f) = failure {
@@ -651,14 +696,14 @@ impl Task {
         };
         tracing::debug!(piece, from, to, "mirror takes a range");
         let (stop, stop_rx) = watch::channel(false);
-        if let Some(old) = j.mirror.replace(stop) {
+        if let Some((_, old)) = j.mirror.replace((gen, stop)) {
             let _ = old.send(true);
         }
         let (dl, url) = (j.dl.clone(), j.url.clone());
         let (mirror, shown, tx) = (self.ctx.mirror.clone(), self.shown.clone(), self.tx.clone());
         tokio::spawn(
             async move {
-                let (res, _moved) = mirror
+                let (res, moved) = mirror
                     .fetch_range(
                         &url,
                         &dl,
@@ -670,7 +715,14 @@ impl Task {
                         &stop_rx,
                     )
                     .await;
-                let _ = tx.send(Ev::MirrorDone { piece, gen, res }).await;
+                let _ = tx
+                    .send(Ev::MirrorDone {
+                        piece,
+                        gen,
+                        res,
+                        moved,
+                    })
+                    .await;
             }
             .in_current_span(),
         );

@@ -23,6 +23,7 @@ mod decompress;
 mod hex;
 mod metainfo;
 mod parse;
+mod swarm;
 mod torrent;
 
 use std::io::Read;
@@ -31,6 +32,7 @@ pub use decompress::{Compression, IndexReader, DEFAULT_MAX_SIZE};
 pub use hex::{decode_hex, encode_hex};
 pub use metainfo::{read_metainfo, write_metainfo, Metainfo};
 pub use parse::{check_hash, check_path, check_size, DropReason, IndexKind, Report};
+pub use swarm::{family, swarm_id};
 pub use torrent::{sha256_hex, InfoHash, Piece, Torrent};
 
 /// Why an index could not become a torrent.

@@ -67,6 +67,20 @@ enum Command {
         #[arg(long)]
         files: bool,
     },
+    /// Print the 40-hex dt2 swarm id of a suite's component: one swarm for
+    /// every index version of the suite family (docs/torrent-format.md §7).
+    SwarmId {
+        /// The Release's Origin field, e.g. Debian.
+        #[arg(long)]
+        origin: String,
+        /// The Release's Codename (or Suite where there is none), e.g.
+        /// bookworm-updates; its family (bookworm) is what counts.
+        #[arg(long, value_name = "CODENAME")]
+        suite: String,
+        /// The component, e.g. main (empty for a flat repository).
+        #[arg(long, default_value = "")]
+        component: String,
+    },
     /// Write man pages (debtorrent-gen.1 and one per subcommand) into a folder.
     #[command(hide = true)]
     Man {
@@ -145,6 +159,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let built = build(&index)?;
             let out = format!("{}\n", built.torrent.info_hash());
             write_stdout(out.as_bytes())
+        }
+        Command::SwarmId {
+            origin,
+            suite,
+            component,
+        } => {
+            let id = debtorrent_gen::swarm_id(&origin, debtorrent_gen::family(&suite), &component);
+            write_stdout(format!("{id}\n").as_bytes())
         }
         Command::Make {
             index,

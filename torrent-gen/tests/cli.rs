@@ -54,6 +54,29 @@ fn assert_fails(out: &Output, code: i32, needle: &str) {
 }
 
 #[test]
+fn swarm_id_prints_the_dt2_id_of_the_suite_family() {
+    let id = |suite: &str| {
+        let out = bin()
+            .args(["swarm-id", "--origin", "Debian", "--suite", suite])
+            .args(["--component", "main"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The vector of docs/torrent-format.md section 7.
+    assert_eq!(id("bookworm"), "f9621662903b050026304cd01dabbb8e8f3ad6c2\n");
+    assert_eq!(id("bookworm-updates"), id("bookworm"));
+    assert_eq!(id("bookworm-security"), id("bookworm"));
+    assert_ne!(id("trixie"), id("bookworm"));
+    let out = bin()
+        .args(["swarm-id", "--suite", "bookworm"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--origin is required");
+}
+
+#[test]
 fn hash_prints_the_info_hash_and_nothing_else() {
     let out = bin()
         .arg("hash")

@@ -102,6 +102,7 @@ fn block(k: u32, piece: u32, begin: u64, len: u64) -> Input {
         begin: begin as u32,
         len: len as u32,
         new: len,
+        current: true,
     }
 }
 
@@ -196,6 +197,7 @@ fn a_wanted_piece_is_requested_received_verified_and_committed() {
                 40,
                 Input::Committed {
                     piece: P,
+                    size: SIZE,
                     stored: true,
                     culprits: vec![],
                 },
@@ -670,6 +672,7 @@ fn a_corrupt_piece_is_refetched_and_the_sender_banned() {
             80,
             Input::Committed {
                 piece: P,
+                size: SIZE,
                 stored: true,
                 culprits: vec![key(1)],
             },
@@ -920,8 +923,9 @@ fn found_addresses_are_dialled_once_within_the_limit() {
     assert_eq!(m.discovered().get(&Origin::Dht).map(Vec::len), Some(10));
 }
 
-/// Stop: every peer is told, every job fails, discovery forgets us; after
-/// that, nothing happens any more.
+/// Stop: every peer is told and its slot given back (its `Down` will not
+/// be handled), so are the slots of connections being set up; every job
+/// fails; discovery forgets us; after that, nothing happens any more.
 #[test]
 fn stop_closes_fails_and_forgets() {
     let mut m = Machine::new(cfg());
@@ -930,6 +934,14 @@ fn stop_closes_fails_and_forgets() {
         &no_discovery(),
         vec![
             (0, hello(2, None), vec![attach(1, 2)]),
+            (
+                0,
+                Input::Found {
+                    addr: addr(3),
+                    origin: Origin::Lsd,
+                },
+                vec![Effect::Dial { addr: addr(3) }],
+            ),
             (
                 0,
                 Input::Want {
@@ -943,6 +955,8 @@ fn stop_closes_fails_and_forgets() {
                 Input::Stop,
                 vec![
                     send(1, PeerMsg::Close),
+                    Effect::ReleaseSlot { ip: addr(2).ip() },
+                    Effect::ReleaseSlot { ip: addr(3).ip() },
                     Effect::EndJob {
                         piece: P,
                         failure: Some(Failure::Unreachable),
@@ -1000,7 +1014,14 @@ fn random_inputs_keep_the_invariants() {
                         key: k,
                         req: br(piece, rng.u64(0..5) * K, K),
                     },
-                    7 | 8 => block(k.get(), piece, rng.u64(0..5) * K, K),
+                    7 | 8 => Input::Block {
+                        key: k,
+                        piece,
+                        begin: (rng.u64(0..5) * K) as u32,
+                        len: K as u32,
+                        new: K,
+                        current: rng.u8(0..10) > 0,
+                    },
                     9 => Input::Verified {
                         piece,
                         ok: rng.bool(),
@@ -1052,11 +1073,23 @@ fn random_inputs_keep_the_invariants() {
                     }),
                     Effect::Commit { piece, .. } => follow.push(Input::Committed {
                         piece,
+                        size: K,
                         stored: rng.bool(),
                         culprits: vec![k],
                     }),
                     Effect::Dial { addr } if rng.bool() => {
                         follow.push(Input::NoSlot { addr });
+                    }
+                    Effect::StartMirror { piece, gen, .. } if rng.bool() => {
+                        follow.push(Input::MirrorDone {
+                            piece,
+                            gen,
+                            res: Ok(()),
+                            received: Received {
+                                prefix: rng.u64(0..6) * K,
+                                ranges: vec![],
+                            },
+                        });
                     }
                     Effect::Strike { ip, .. } => follow.push(Input::Banned { ip }),
                     _ => {}
@@ -1065,4 +1098,250 @@ fn random_inputs_keep_the_invariants() {
             m.check_invariants();
         }
     }
+}
+
+/// Regression (review of the split): a block of a copy that failed its hash
+/// and was reset can be handled after the reset; it must not count as
+/// received, or a failed mirror run would leave the piece stuck.
+#[test]
+fn a_late_block_of_a_reset_copy_is_fetched_again() {
+    let mut m = Machine::new(cfg());
+    let env = no_discovery();
+    let mut steps: Vec<Step> = vec![
+        (0, hello(2, None), vec![attach(1, 2)]),
+        (
+            0,
+            Input::Choked {
+                key: key(1),
+                choked: false,
+                discarded: false,
+            },
+            vec![],
+        ),
+        (
+            0,
+            Input::Want {
+                piece: P,
+                size: SIZE,
+            },
+            vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+        ),
+    ];
+    for (b, l) in &BLOCKS[..3] {
+        steps.push((10, block(1, P, *b, *l), vec![]));
+    }
+    steps.extend([
+        (
+            20,
+            Input::Verified {
+                piece: P,
+                ok: false,
+                peer_bytes: SIZE,
+            },
+            vec![
+                send(1, PeerMsg::CancelPiece(P)),
+                Effect::ResetForRetry { piece: P },
+            ],
+        ),
+        (
+            20,
+            Input::RetryReset {
+                piece: P,
+                suspect: Some(vec![]),
+            },
+            vec![Effect::StartMirror {
+                piece: P,
+                gen: 1,
+                from: 0,
+                to: SIZE,
+            }],
+        ),
+        // The last block of the old copy, handled after the reset.
+        (
+            21,
+            Input::Block {
+                key: key(1),
+                piece: P,
+                begin: (3 * K) as u32,
+                len: 100,
+                new: 100,
+                current: false,
+            },
+            vec![],
+        ),
+        // The mirror fails with nothing in: every block is free again and
+        // the peer, which holds the piece, gets them all (none was taken
+        // for received).
+        (
+            30,
+            Input::MirrorDone {
+                piece: P,
+                gen: 1,
+                res: Err(Failure::Unreachable),
+                received: Received::default(),
+            },
+            vec![req(1, P, &BLOCKS)],
+        ),
+    ]);
+    run(&mut m, &env, steps);
+}
+
+/// Regression (review): a commit that ends after apt asked for the piece
+/// again (a new assembly) must not end the new job; the piece is held all
+/// the same.
+#[test]
+fn a_late_commit_does_not_end_a_new_job() {
+    let mut m = Machine::new(cfg());
+    let env = discovery();
+    let want = || Input::Want {
+        piece: P,
+        size: SIZE,
+    };
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, want(), vec![Effect::Lookup]),
+            (
+                10,
+                Input::Verified {
+                    piece: P,
+                    ok: true,
+                    peer_bytes: 0,
+                },
+                vec![Effect::Commit {
+                    piece: P,
+                    suspect: None,
+                }],
+            ),
+            // apt asks again before the commit is reported: a new job.
+            (
+                11,
+                Input::Abandon { piece: P },
+                vec![Effect::EndJob {
+                    piece: P,
+                    failure: None,
+                }],
+            ),
+            (12, want(), vec![Effect::Lookup]),
+            (
+                13,
+                Input::Committed {
+                    piece: P,
+                    size: SIZE,
+                    stored: true,
+                    culprits: vec![],
+                },
+                vec![],
+            ),
+        ],
+    );
+    assert_eq!(
+        m.job_state(P),
+        Some((JobState::Fetching, MirrorState::Idle))
+    );
+    assert_eq!(m.counts(), (1, 1));
+}
+
+/// Regression (review): a BEP 6 peer that chokes us and neither serves nor
+/// rejects our requests stalls like an unchoked one, so its blocks go to
+/// others (here the mirror).
+#[test]
+fn a_choking_peer_that_keeps_our_requests_stalls() {
+    let mut m = Machine::new(cfg());
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello(2, None), vec![attach(1, 2)]),
+            (
+                0,
+                Input::Choked {
+                    key: key(1),
+                    choked: false,
+                    discarded: false,
+                },
+                vec![],
+            ),
+            (
+                0,
+                Input::Want {
+                    piece: P,
+                    size: SIZE,
+                },
+                vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+            ),
+            (
+                100,
+                Input::Choked {
+                    key: key(1),
+                    choked: true,
+                    discarded: false,
+                },
+                vec![],
+            ),
+            (2000, tick(&[(P, 0)]), vec![]),
+            (
+                2001,
+                tick(&[(P, 0)]),
+                vec![
+                    send(1, PeerMsg::CancelAll),
+                    Effect::StartMirror {
+                        piece: P,
+                        gen: 1,
+                        from: 0,
+                        to: SIZE,
+                    },
+                ],
+            ),
+        ],
+    );
+}
+
+/// Regression (review): mirror run numbers are unique per torrent, so a
+/// late result of an abandoned job's run is not taken for the new job's.
+#[test]
+fn a_late_mirror_result_of_an_old_job_is_ignored() {
+    let mut m = Machine::new(cfg());
+    let env = no_discovery();
+    let want = || Input::Want {
+        piece: P,
+        size: SIZE,
+    };
+    let start = |gen| Effect::StartMirror {
+        piece: P,
+        gen,
+        from: 0,
+        to: SIZE,
+    };
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, want(), vec![start(1)]),
+            (
+                5,
+                Input::Abandon { piece: P },
+                vec![Effect::EndJob {
+                    piece: P,
+                    failure: None,
+                }],
+            ),
+            (6, want(), vec![start(2)]),
+            (
+                7,
+                Input::MirrorDone {
+                    piece: P,
+                    gen: 1,
+                    res: Err(Failure::Status(503)),
+                    received: Received::default(),
+                },
+                vec![],
+            ),
+        ],
+    );
+    assert_eq!(
+        m.job_state(P),
+        Some((JobState::Fetching, MirrorState::Running { gen: 2 }))
+    );
 }
