@@ -72,11 +72,12 @@ pub mod parsers {
         }
     }
 
-    /// The extension payloads we decode (`ut_pex`, `dt_wip`, the extended
-    /// handshake).
+    /// The extension payloads we decode (`ut_pex`, `dt_wip`, `dt_hold`, the
+    /// extended handshake).
     pub fn wire_extensions(buf: &[u8]) {
         let _ = crate::swarm::wire::Pex::decode(buf);
         let _ = crate::swarm::wire::Wip::decode(buf);
+        let _ = crate::swarm::wire::Hold::decode(buf);
         let _ = crate::swarm::wire::ExtHandshake::decode(buf);
     }
 

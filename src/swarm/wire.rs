@@ -39,6 +39,13 @@ pub const EXT_PEX: &str = "ut_pex";
 pub const EXT_WIP: &str = "dt_wip";
 /// Most peers per PEX list, sent or taken (BEP 11 suggests 50).
 pub const MAX_PEX: usize = 50;
+/// Extension name of the dt2 holdings message (`docs/torrent-format.md`
+/// §7): what a peer holds, by SHA-256, with its own number for each.
+pub const EXT_HOLD: &str = "dt_hold";
+/// Most entries per `dt_hold` list: 36 bytes each, so a full list of adds
+/// and one of drops fit in one extended message ([`MAX_EXTENDED`]). A peer
+/// that holds more sends several messages.
+pub const MAX_HOLD: usize = 1600;
 /// Most piece indexes per `dt_wip` list.
 pub const MAX_WIP: usize = 256;
 
@@ -784,6 +791,81 @@ impl Wip {
     }
 }
 
+/// A `dt_hold` message (dt2): content the sender now holds, each with the
+/// sender's own number for it (what REQUESTs to the sender name), and the
+/// numbers it no longer holds. `{"a": <4-byte big-endian number + 32-byte
+/// SHA-256, repeated>, "d": <4-byte big-endian numbers>}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hold {
+    /// Added: (number, SHA-256).
+    pub add: Vec<(u32, [u8; 32])>,
+    /// Dropped numbers.
+    pub drop: Vec<u32>,
+}
+
+impl Hold {
+    /// Writes at most [`MAX_HOLD`] entries per list (the first ones); the
+    /// caller sends the rest in later messages.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut a = Vec::with_capacity(36 * self.add.len().min(MAX_HOLD));
+        for (n, h) in self.add.iter().take(MAX_HOLD) {
+            a.extend_from_slice(&n.to_be_bytes());
+            a.extend_from_slice(h);
+        }
+        let mut d = Vec::with_capacity(4 * self.drop.len().min(MAX_HOLD));
+        for n in self.drop.iter().take(MAX_HOLD) {
+            d.extend_from_slice(&n.to_be_bytes());
+        }
+        bencode(|w| {
+            w.dict().bytes(b"a").bytes(&a).bytes(b"d").bytes(&d).end();
+        })
+    }
+
+    /// Strict, since it is our own format: a missing list is empty; a list
+    /// that is not a whole number of entries, or longer than [`MAX_HOLD`],
+    /// is an error. Unknown keys are ignored (room for later versions).
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut h = Hold::default();
+        walk_dict(b, |key, val| {
+            let (name, size) = match key {
+                b"a" => ("a", 36),
+                b"d" => ("d", 4),
+                _ => return Ok(()),
+            };
+            let Object::Bytes(v) = val else {
+                return Err(WireError::BadField {
+                    key: name,
+                    reason: "not a byte string",
+                });
+            };
+            if v.len() % size != 0 {
+                return Err(WireError::BadField {
+                    key: name,
+                    reason: "not a whole number of entries",
+                });
+            }
+            if v.len() / size > MAX_HOLD {
+                return Err(WireError::TooMany {
+                    key: name,
+                    max: MAX_HOLD,
+                });
+            }
+            for e in v.chunks_exact(size) {
+                let n = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
+                if size == 36 {
+                    let mut sha = [0u8; 32];
+                    sha.copy_from_slice(&e[4..]);
+                    h.add.push((n, sha));
+                } else {
+                    h.drop.push(n);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(h)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1307,6 +1389,55 @@ mod tests {
     }
 
     #[test]
+    fn hold_golden_and_limits() {
+        let h = Hold {
+            add: vec![(7, [0xab; 32])],
+            drop: vec![1, 258],
+        };
+        let mut want = b"d1:a36:".to_vec();
+        want.extend_from_slice(&[0, 0, 0, 7]);
+        want.extend_from_slice(&[0xab; 32]);
+        want.extend_from_slice(b"1:d8:");
+        want.extend_from_slice(&[0, 0, 0, 1, 0, 0, 1, 2]);
+        want.push(b'e');
+        assert_eq!(h.encode(), want);
+        assert_eq!(Hold::decode(&want), Ok(h));
+        assert_eq!(Hold::default().encode(), b"d1:a0:1:d0:e");
+        assert_eq!(Hold::decode(b"de"), Ok(Hold::default()));
+        // Unknown keys are room for later versions.
+        assert_eq!(Hold::decode(b"d1:d0:1:zi1ee"), Ok(Hold::default()));
+        let bad: &[(&[u8], &str)] = &[
+            (b"d1:a3:abce", "a partial entry"),
+            (b"d1:d5:abcdee", "a partial number"),
+            (b"d1:ai1ee", "not a byte string"),
+            (b"l1:ae", "not a dict"),
+        ];
+        for (b, why) in bad {
+            assert!(Hold::decode(b).is_err(), "{why}");
+        }
+        // At most MAX_HOLD entries each way: more is refused, and encode
+        // writes only the first MAX_HOLD.
+        let many = Hold {
+            add: (0..MAX_HOLD as u32 + 5).map(|n| (n, [1; 32])).collect(),
+            drop: (0..MAX_HOLD as u32 + 5).collect(),
+        };
+        let enc = many.encode();
+        assert!(enc.len() + 1 <= MAX_EXTENDED, "{} bytes", enc.len());
+        let back = Hold::decode(&enc).expect("what we write we read");
+        assert_eq!((back.add.len(), back.drop.len()), (MAX_HOLD, MAX_HOLD));
+        let over = bencode(|w| {
+            w.dict()
+                .bytes(b"d")
+                .bytes(&vec![0; 4 * (MAX_HOLD + 1)])
+                .end();
+        });
+        assert!(matches!(
+            Hold::decode(&over),
+            Err(WireError::TooMany { key: "d", .. })
+        ));
+    }
+
+    #[test]
     fn wip_limits() {
         let list = |n: usize| -> Vec<u8> {
             bencode(|w| {
@@ -1429,6 +1560,12 @@ mod tests {
 
     proptest! {
         #[test]
+        fn hold_roundtrips(add in prop::collection::vec((any::<u32>(), any::<[u8; 32]>()), 0..40), drop in prop::collection::vec(any::<u32>(), 0..40)) {
+            let h = Hold { add, drop };
+            prop_assert_eq!(Hold::decode(&h.encode()), Ok(h));
+        }
+
+        #[test]
         fn decode_never_panics(buf in prop::collection::vec(any::<u8>(), 0..200), n in any::<u32>()) {
             let lim = Limits { piece_count: n % 2000 };
             if let Ok(Some((_, used))) = decode(&buf, &lim) {
@@ -1450,6 +1587,7 @@ mod tests {
                 let _ = ExtHandshake::decode(x);
                 let _ = Pex::decode(x);
                 let _ = Wip::decode(x);
+                let _ = Hold::decode(x);
             }
         }
 
