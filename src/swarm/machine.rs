@@ -622,7 +622,7 @@ impl Machine {
                         self.emit(Effect::Violation { ip });
                     }
                 }
-                self.picker.release(key);
+                self.picker.release(Source::Peer(key));
                 self.choke_round(now);
                 self.drive_all(now, env);
             }
@@ -638,7 +638,7 @@ impl Machine {
                     }
                 }
                 if choked && discarded {
-                    self.picker.release(key);
+                    self.picker.release(Source::Peer(key));
                 }
                 self.drive_all(now, env);
             }
@@ -682,7 +682,7 @@ impl Machine {
                         begin: req.begin,
                         len: req.length,
                     },
-                    key,
+                    Source::Peer(key),
                 );
                 self.drive(req.index, now, env);
             }
@@ -962,7 +962,7 @@ impl Machine {
                 });
             }
         }
-        self.picker.release(key);
+        self.picker.release(Source::Peer(key));
     }
 
     fn update_interest(&mut self, key: PeerKey) {
@@ -1002,7 +1002,7 @@ impl Machine {
         let depth = ((p.rate.estimate(now) / 5 / u64::from(BLOCK)) as usize)
             .max(64)
             .min(p.reqq.clamp(1, 1000));
-        let inflight = self.picker.outstanding(key);
+        let inflight = self.picker.outstanding(Source::Peer(key));
         // Refill in batches of a quarter of the queue: one write (and one
         // wake-up of the writer) per batch rather than per block.
         if inflight >= depth || (inflight > 0 && depth - inflight < depth / 4) {
@@ -1011,7 +1011,7 @@ impl Machine {
         let room = depth - inflight;
         let reqs = {
             let p = &*p;
-            self.picker.pick(key, |i| p.has(i), room, now)
+            self.picker.pick(Source::Peer(key), |i| p.has(i), room, now)
         };
         if reqs.is_empty() {
             return;
@@ -1063,7 +1063,14 @@ impl Machine {
             self.feed(key, now);
             return;
         }
-        let mut others = self.picker.got(piece, begin, key);
+        // Others that had it requested (a duplicate, or the mirror's range,
+        // which fetches on and whose copy of it is moot).
+        let mut others: Vec<PeerKey> = self
+            .picker
+            .got(piece, begin, Source::Peer(key))
+            .into_iter()
+            .filter_map(Source::peer)
+            .collect();
         others.sort_unstable();
         for o in others {
             if self.peers.contains_key(&o) {
@@ -1140,7 +1147,7 @@ impl Machine {
             lookup_done_at: self.lookup_done_at,
         });
         if now >= deadline.max(job.mirror_not_before) {
-            self.start_mirror(piece, 0);
+            self.start_mirror(piece, 0, now);
         }
     }
 
@@ -1152,8 +1159,11 @@ impl Machine {
 
     /// Gives the mirror the free blocks of `piece` from `from_block` on;
     /// false when there were none.
-    fn start_mirror(&mut self, piece: PieceIndex, from_block: usize) -> bool {
-        let Some((from, to)) = self.picker.mirror_take(piece, from_block) else {
+    fn start_mirror(&mut self, piece: PieceIndex, from_block: usize, now: u64) -> bool {
+        let Some((from, to)) = self
+            .picker
+            .take_range(Source::Mirror, piece, from_block, now)
+        else {
             return false;
         };
         let Some(job) = self.jobs.get_mut(&piece) else {
@@ -1206,7 +1216,8 @@ impl Machine {
             return;
         }
         job.mirror = MirrorState::Idle;
-        self.picker.mirror_stopped(piece, |s, e| received.has(s, e));
+        self.picker
+            .range_stopped(Source::Mirror, piece, |s, e| received.has(s, e));
         match res {
             Ok(()) => self.drive(piece, now, env),
             Err(f) => {
@@ -1234,6 +1245,9 @@ impl Machine {
         job.mirror = MirrorState::Idle;
         if stop {
             self.out.push(Effect::StopMirror { piece });
+            // The whole copy was hashed: whatever the mirror had is in.
+            self.picker
+                .range_stopped(Source::Mirror, piece, |_, _| true);
         }
         if ok {
             job.state = JobState::Committing;
@@ -1437,7 +1451,8 @@ impl Machine {
             .peers
             .iter()
             .filter(|(&k, p)| {
-                self.picker.outstanding(k) > 0 && now.saturating_sub(p.last_progress) > stall
+                self.picker.outstanding(Source::Peer(k)) > 0
+                    && now.saturating_sub(p.last_progress) > stall
             })
             .map(|(&k, _)| k)
             .collect();
@@ -1448,7 +1463,7 @@ impl Machine {
                 p.snub_until = now + SNUB_MS;
             }
             self.send(k, PeerMsg::CancelAll);
-            self.picker.release(k);
+            self.picker.release(Source::Peer(k));
         }
         // Rule (b): the mirror takes the tail of a piece the peers are too
         // slow for.
@@ -1480,7 +1495,7 @@ impl Machine {
             {
                 let at = ((prefix + front) / u64::from(BLOCK)) as usize;
                 let from = self.picker.tail_start(piece).unwrap_or(0).max(at);
-                if self.start_mirror(piece, from) {
+                if self.start_mirror(piece, from, now) {
                     tracing::info!(
                         piece,
                         from_block = from,
@@ -1641,7 +1656,7 @@ impl Machine {
         for (&k, p) in &self.peers {
             if p.phase == Phase::Closing {
                 assert_eq!(
-                    self.picker.outstanding(k),
+                    self.picker.outstanding(Source::Peer(k)),
                     0,
                     "{k:?}: requests while closing"
                 );
@@ -1649,11 +1664,23 @@ impl Machine {
             assert!(p.wip.len() <= WIP_MAX, "{k:?}: dt_wip set too large");
             assert!((1..=1000).contains(&p.reqq), "{k:?}: reqq out of range");
         }
-        for k in self.picker.sources() {
-            assert!(
-                self.peers.contains_key(&k),
-                "{k:?}: requests at a peer that is gone"
-            );
+        // The mirror's requests belong to a running mirror run.
+        for src in self.picker.sources() {
+            match src {
+                Source::Peer(k) => assert!(
+                    self.peers.contains_key(&k),
+                    "{k:?}: requests at a peer that is gone"
+                ),
+                Source::Mirror => {}
+            }
+        }
+        for (&piece, j) in &self.jobs {
+            if self.picker.counts(piece).2 > 0 {
+                assert!(
+                    matches!(j.mirror, MirrorState::Running { .. }),
+                    "piece {piece}: mirror blocks with no mirror run"
+                );
+            }
         }
         // Connections within the limit.
         assert!(

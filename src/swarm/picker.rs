@@ -17,24 +17,38 @@ use std::collections::HashMap;
 
 #[cfg(test)]
 use crate::types::PieceIndex;
-use crate::types::{PeerKey, BLOCK};
+use crate::types::{Source, BLOCK};
 
-/// A source of single blocks: a peer. (The mirror takes ranges, see
-/// [`Picker::mirror_take`].)
-pub type Src = PeerKey;
+/// A source: a peer or the mirror, the same way (libtorrent's web seed is a
+/// peer too). Peers take single blocks ([`Picker::pick`]); the mirror takes
+/// a range to the end of a piece ([`Picker::take_range`]), since an HTTP
+/// request per 16 KiB would cost a round trip each.
+pub type Src = Source;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Blk {
     Free,
-    /// Requested from `by` at `at` ms; `dup` when a second source has it too.
+    /// Requested from `by` at `at` ms; `dup` when a second source has it
+    /// too (endgame: peers only duplicate peers' requests).
     Req {
         by: Src,
         at: u64,
         dup: Option<Src>,
     },
-    /// The mirror's range covers it.
-    Mirror,
     Got,
+}
+
+impl Blk {
+    /// Requested from a peer (not the mirror).
+    fn peer_req(self) -> bool {
+        matches!(
+            self,
+            Blk::Req {
+                by: Source::Peer(_),
+                ..
+            }
+        )
+    }
 }
 
 /// A block request: piece, offset, length.
@@ -155,10 +169,6 @@ impl Picker {
         self.outstanding.get(&src).copied().unwrap_or(0)
     }
 
-    fn job(&mut self, piece: u32) -> Option<&mut Wanted> {
-        self.jobs.iter_mut().find(|j| j.piece == piece)
-    }
-
     /// Wanted pieces in apt's order.
     pub fn wanted(&self) -> impl Iterator<Item = u32> + '_ {
         self.jobs.iter().map(|j| j.piece)
@@ -210,7 +220,11 @@ impl Picker {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, x)| match *x {
-                    Blk::Req { by, at, dup: None } if by != src => Some((at, i)),
+                    Blk::Req {
+                        by: by @ Source::Peer(_),
+                        at,
+                        dup: None,
+                    } if by != src => Some((at, i)),
                     _ => None,
                 })
                 .collect();
@@ -253,7 +267,7 @@ impl Picker {
     /// Marks the blocks of `[from, to)` (byte offsets, block-aligned start)
     /// as received, e.g. what the mirror delivered before it stopped.
     pub fn got_range(&mut self, piece: u32, received: impl Fn(u64, u64) -> bool) {
-        if let Some(j) = self.job(piece) {
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.piece == piece) {
             for b in 0..j.blocks.len() {
                 let r = j.req(b);
                 let (s, e) = (u64::from(r.begin), u64::from(r.begin) + u64::from(r.len));
@@ -317,17 +331,28 @@ impl Picker {
         }
     }
 
-    /// Gives the mirror every free block from block `from_block` to the end
-    /// of `piece`. Returns the byte range it should fetch: from the first
-    /// block it took to the end (blocks still requested from peers inside
-    /// that range are fetched twice; the first copy wins). `None` when no
-    /// block was free.
-    pub fn mirror_take(&mut self, piece: u32, from_block: usize) -> Option<(u64, u64)> {
-        let j = self.job(piece)?;
+    /// Gives `src` (the mirror) every free block from block `from_block` to
+    /// the end of `piece`. Returns the byte range it should fetch: from the
+    /// first block it took to the end (blocks still requested from peers
+    /// inside that range are fetched twice; the first copy wins). `None`
+    /// when no block was free.
+    pub fn take_range(
+        &mut self,
+        src: Src,
+        piece: u32,
+        from_block: usize,
+        now: u64,
+    ) -> Option<(u64, u64)> {
+        let j = self.jobs.iter_mut().find(|j| j.piece == piece)?;
         let mut first = None;
         for b in from_block..j.blocks.len() {
             if j.blocks[b] == Blk::Free {
-                j.blocks[b] = Blk::Mirror;
+                j.blocks[b] = Blk::Req {
+                    by: src,
+                    at: now,
+                    dup: None,
+                };
+                *self.outstanding.entry(src).or_insert(0) += 1;
                 first.get_or_insert(b);
             }
         }
@@ -339,23 +364,42 @@ impl Picker {
         first.map(|b| (b as u64 * u64::from(BLOCK), j.size))
     }
 
-    /// The mirror stopped (failed or was cut back): its blocks that were
-    /// not received become free.
-    pub fn mirror_stopped(&mut self, piece: u32, received: impl Fn(u64, u64) -> bool) {
-        if let Some(j) = self.job(piece) {
-            for b in 0..j.blocks.len() {
-                if j.blocks[b] == Blk::Mirror {
-                    let r = j.req(b);
-                    let (s, e) = (u64::from(r.begin), u64::from(r.begin) + u64::from(r.len));
-                    j.blocks[b] = if received(s, e) { Blk::Got } else { Blk::Free };
-                }
+    /// `src`'s range of `piece` ended (done, failed or cut back): its
+    /// blocks that were received are got, the others free again.
+    pub fn range_stopped(&mut self, src: Src, piece: u32, received: impl Fn(u64, u64) -> bool) {
+        let Some(j) = self.jobs.iter_mut().find(|j| j.piece == piece) else {
+            return;
+        };
+        for b in 0..j.blocks.len() {
+            let x = j.blocks[b];
+            let Blk::Req { by, at, dup } = x else {
+                continue;
+            };
+            if by != src {
+                continue;
             }
-            j.free_hint = j
-                .blocks
-                .iter()
-                .position(|x| *x == Blk::Free)
-                .unwrap_or(j.blocks.len());
+            let r = j.req(b);
+            let (s, e) = (u64::from(r.begin), u64::from(r.begin) + u64::from(r.len));
+            drop_reqs(&mut self.outstanding, x);
+            j.blocks[b] = if received(s, e) {
+                // A duplicate holder's request is moot now.
+                Blk::Got
+            } else if let Some(d) = dup {
+                *self.outstanding.entry(d).or_insert(0) += 1;
+                Blk::Req {
+                    by: d,
+                    at,
+                    dup: None,
+                }
+            } else {
+                Blk::Free
+            };
         }
+        j.free_hint = j
+            .blocks
+            .iter()
+            .position(|x| *x == Blk::Free)
+            .unwrap_or(j.blocks.len());
     }
 
     /// The first block after the last one requested from a peer: where a
@@ -365,7 +409,7 @@ impl Picker {
         let last_req = j
             .blocks
             .iter()
-            .rposition(|x| matches!(x, Blk::Req { .. } | Blk::Got));
+            .rposition(|x| x.peer_req() || *x == Blk::Got);
         Some(last_req.map_or(0, |i| i + 1))
     }
 
@@ -376,8 +420,10 @@ impl Picker {
         };
         j.blocks.iter().fold((0, 0, 0), |(f, r, m), x| match x {
             Blk::Free => (f + 1, r, m),
+            Blk::Req {
+                by: Source::Mirror, ..
+            } => (f, r, m + 1),
             Blk::Req { .. } => (f, r + 1, m),
-            Blk::Mirror => (f, r, m + 1),
             Blk::Got => (f, r, m),
         })
     }
@@ -451,7 +497,7 @@ mod tests {
     use super::*;
 
     fn k(n: u32) -> Src {
-        PeerKey::new(n).expect("non-zero")
+        Source::Peer(crate::types::PeerKey::new(n).expect("non-zero"))
     }
 
     const K: u64 = BLOCK as u64;
@@ -563,15 +609,18 @@ mod tests {
         p.pick(k(1), |_| true, 2, 0);
         p.check_invariants();
         assert_eq!(p.tail_start(1), Some(2));
-        assert_eq!(p.mirror_take(1, 0), Some((2 * K, 4 * K + 10)));
+        assert_eq!(
+            p.take_range(Source::Mirror, 1, 0, 0),
+            Some((2 * K, 4 * K + 10))
+        );
         assert_eq!(p.counts(1), (0, 2, 3));
-        assert_eq!(p.mirror_take(1, 0), None, "nothing free");
+        assert_eq!(p.take_range(Source::Mirror, 1, 0, 0), None, "nothing free");
         assert!(
             p.pick(k(2), |_| true, 10, 0).len() == 2,
             "endgame only on peer blocks"
         );
         // The mirror delivered block 2 and stopped.
-        p.mirror_stopped(1, |s, _| s == 2 * K);
+        p.range_stopped(Source::Mirror, 1, |s, _| s == 2 * K);
         p.check_invariants();
         assert_eq!(p.counts(1), (2, 2, 0));
     }

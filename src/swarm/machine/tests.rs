@@ -72,6 +72,23 @@ fn hello(n: u8, has: Option<&[u32]>) -> Input {
     }))
 }
 
+/// Peer `k` unchoked us.
+fn unchoked(k: u32) -> Input {
+    Input::Choked {
+        key: key(k),
+        choked: false,
+        discarded: false,
+    }
+}
+
+/// apt wants piece `P`.
+fn want_p() -> Input {
+    Input::Want {
+        piece: P,
+        size: SIZE,
+    }
+}
+
 fn send(k: u32, msg: PeerMsg) -> Effect {
     Effect::Send { key: key(k), msg }
 }
@@ -146,22 +163,11 @@ fn a_wanted_piece_is_requested_received_verified_and_committed() {
         &no_discovery(),
         vec![
             (0, hello(2, None), vec![attach(1, 2)]),
-            (
-                5,
-                Input::Choked {
-                    key: key(1),
-                    choked: false,
-                    discarded: false,
-                },
-                vec![],
-            ),
+            (5, unchoked(1), vec![]),
             // apt asks: interest, then every block at once (queue of 64).
             (
                 10,
-                Input::Want {
-                    piece: P,
-                    size: SIZE,
-                },
+                want_p(),
                 vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
             ),
             (20, block(1, P, 0, K), vec![]),
@@ -233,10 +239,7 @@ fn choke_and_unchoke() {
             (1, unchoke(false), vec![]),
             (
                 2,
-                Input::Want {
-                    piece: P,
-                    size: SIZE,
-                },
+                want_p(),
                 vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
             ),
             (3, block(1, P, 0, K), vec![]),
@@ -270,7 +273,7 @@ fn choke_and_unchoke() {
     );
     m.check_invariants();
     assert!(kept.is_empty(), "{kept:?}");
-    assert_eq!(m.picker.outstanding(key(1)), 3);
+    assert_eq!(m.picker.outstanding(Source::Peer(key(1))), 3);
 }
 
 #[test]
@@ -281,21 +284,10 @@ fn a_stalled_peer_is_snubbed_and_rule_a_gives_its_blocks_to_the_mirror() {
         &no_discovery(),
         vec![
             (0, hello(2, None), vec![attach(1, 2)]),
+            (0, unchoked(1), vec![]),
             (
                 0,
-                Input::Choked {
-                    key: key(1),
-                    choked: false,
-                    discarded: false,
-                },
-                vec![],
-            ),
-            (
-                0,
-                Input::Want {
-                    piece: P,
-                    size: SIZE,
-                },
+                want_p(),
                 vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
             ),
             // Within --stall-timeout: nothing.
@@ -360,24 +352,21 @@ fn rule_a_when_the_mirror_starts() {
         from: 0,
         to: SIZE,
     };
-    let want = || Input::Want {
-        piece: P,
-        size: SIZE,
-    };
+
     // (name, env, steps before apt asks, steps after)
     let cases: Vec<(&str, Env, Vec<Step>, Vec<Step>)> = vec![
         (
             "no discovery, no peers: at once",
             no_discovery(),
             vec![],
-            vec![(0, want(), vec![start(1)])],
+            vec![(0, want_p(), vec![start(1)])],
         ),
         (
             "discovery running, no peers: a lookup, then --peer-wait",
             discovery(),
             vec![],
             vec![
-                (0, want(), vec![Effect::Lookup]),
+                (0, want_p(), vec![Effect::Lookup]),
                 (999, tick(&[(P, 0)]), vec![]),
                 // (Totals for trackers once a second.)
                 (
@@ -392,7 +381,7 @@ fn rule_a_when_the_mirror_starts() {
             discovery(),
             vec![],
             vec![
-                (0, want(), vec![Effect::Lookup]),
+                (0, want_p(), vec![Effect::Lookup]),
                 (100, Input::LookupDone, vec![Effect::Announce]),
                 (299, tick(&[(P, 0)]), vec![]),
                 (300, tick(&[(P, 0)]), vec![start(1)]),
@@ -403,7 +392,7 @@ fn rule_a_when_the_mirror_starts() {
             no_discovery(),
             vec![(0, hello(2, None), vec![attach(1, 2)])],
             vec![
-                (0, want(), vec![send(1, PeerMsg::Interested)]),
+                (0, want_p(), vec![send(1, PeerMsg::Interested)]),
                 (999, tick(&[(P, 0)]), vec![]),
                 (1000, tick(&[(P, 0)]), vec![start(1)]),
             ],
@@ -426,7 +415,7 @@ fn rule_a_when_the_mirror_starts() {
                 ),
             ],
             vec![
-                (0, want(), vec![]),
+                (0, want_p(), vec![]),
                 (1999, tick(&[(P, 0)]), vec![]),
                 // 10 MB/s: 6 ms for the piece.
                 (2006, tick(&[(P, 0)]), vec![start(1)]),
@@ -456,15 +445,7 @@ fn rule_b_the_mirror_takes_the_tail_of_a_slow_piece() {
         &env,
         vec![
             (0, hello2, vec![attach(1, 2)]),
-            (
-                0,
-                Input::Choked {
-                    key: key(1),
-                    choked: false,
-                    discarded: false,
-                },
-                vec![],
-            ),
+            (0, unchoked(1), vec![]),
             (
                 0,
                 Input::Want { piece: P, size },
@@ -497,15 +478,7 @@ fn rule_b_the_mirror_takes_the_tail_of_a_slow_piece() {
         &env,
         vec![
             (0, hello(2, None), vec![attach(1, 2)]),
-            (
-                0,
-                Input::Choked {
-                    key: key(1),
-                    choked: false,
-                    discarded: false,
-                },
-                vec![],
-            ),
+            (0, unchoked(1), vec![]),
         ],
     );
     let _ = m.handle(0, &env, Input::Want { piece: P, size });
@@ -534,10 +507,7 @@ fn a_mirror_failure() {
         res: Err(f),
         received: Received::default(),
     };
-    let want = || Input::Want {
-        piece: P,
-        size: SIZE,
-    };
+
     let start = |gen| Effect::StartMirror {
         piece: P,
         gen,
@@ -550,7 +520,7 @@ fn a_mirror_failure() {
         &mut m,
         &env,
         vec![
-            (0, want(), vec![start(1)]),
+            (0, want_p(), vec![start(1)]),
             (
                 50,
                 failed(1, Failure::Status(404)),
@@ -569,7 +539,7 @@ fn a_mirror_failure() {
         &env,
         vec![
             (0, hello(2, None), vec![attach(1, 2)]),
-            (0, want(), vec![send(1, PeerMsg::Interested)]),
+            (0, want_p(), vec![send(1, PeerMsg::Interested)]),
             (1000, tick(&[(P, 0)]), vec![start(1)]),
             (1100, failed(1, Failure::Timeout), vec![]),
             (3099, tick(&[(P, 0)]), vec![]),
@@ -591,21 +561,10 @@ fn a_corrupt_piece_is_refetched_and_the_sender_banned() {
     ];
     let mut steps: Vec<Step> = vec![
         (0, hello(2, None), vec![attach(1, 2)]),
+        (0, unchoked(1), vec![]),
         (
             0,
-            Input::Choked {
-                key: key(1),
-                choked: false,
-                discarded: false,
-            },
-            vec![],
-        ),
-        (
-            0,
-            Input::Want {
-                piece: P,
-                size: SIZE,
-            },
+            want_p(),
             vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
         ),
     ];
@@ -722,10 +681,7 @@ fn a_corrupt_streamed_piece_fails_with_strikes() {
     }
     steps.push((
         0,
-        Input::Want {
-            piece: P,
-            size: SIZE,
-        },
+        want_p(),
         vec![
             send(1, PeerMsg::Interested),
             send(2, PeerMsg::Interested),
@@ -810,21 +766,10 @@ fn a_peer_leaving_mid_piece_hands_its_blocks_on() {
         &env,
         vec![
             (0, hello(2, None), vec![attach(1, 2)]),
+            (0, unchoked(1), vec![]),
             (
                 0,
-                Input::Choked {
-                    key: key(1),
-                    choked: false,
-                    discarded: false,
-                },
-                vec![],
-            ),
-            (
-                0,
-                Input::Want {
-                    piece: P,
-                    size: SIZE,
-                },
+                want_p(),
                 vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
             ),
             (10, block(1, P, 0, K), vec![]),
@@ -845,15 +790,7 @@ fn a_peer_leaving_mid_piece_hands_its_blocks_on() {
                 hello(3, None),
                 vec![attach(2, 3), send(2, PeerMsg::Interested)],
             ),
-            (
-                40,
-                Input::Choked {
-                    key: key(2),
-                    choked: false,
-                    discarded: false,
-                },
-                vec![req(2, P, &BLOCKS[1..])],
-            ),
+            (40, unchoked(2), vec![req(2, P, &BLOCKS[1..])]),
         ],
     );
 }
@@ -942,14 +879,7 @@ fn stop_closes_fails_and_forgets() {
                 },
                 vec![Effect::Dial { addr: addr(3) }],
             ),
-            (
-                0,
-                Input::Want {
-                    piece: P,
-                    size: SIZE,
-                },
-                vec![send(1, PeerMsg::Interested)],
-            ),
+            (0, want_p(), vec![send(1, PeerMsg::Interested)]),
             (
                 1,
                 Input::Stop,
@@ -1109,21 +1039,10 @@ fn a_late_block_of_a_reset_copy_is_fetched_again() {
     let env = no_discovery();
     let mut steps: Vec<Step> = vec![
         (0, hello(2, None), vec![attach(1, 2)]),
+        (0, unchoked(1), vec![]),
         (
             0,
-            Input::Choked {
-                key: key(1),
-                choked: false,
-                discarded: false,
-            },
-            vec![],
-        ),
-        (
-            0,
-            Input::Want {
-                piece: P,
-                size: SIZE,
-            },
+            want_p(),
             vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
         ),
     ];
@@ -1193,15 +1112,12 @@ fn a_late_block_of_a_reset_copy_is_fetched_again() {
 fn a_late_commit_does_not_end_a_new_job() {
     let mut m = Machine::new(cfg());
     let env = discovery();
-    let want = || Input::Want {
-        piece: P,
-        size: SIZE,
-    };
+
     run(
         &mut m,
         &env,
         vec![
-            (0, want(), vec![Effect::Lookup]),
+            (0, want_p(), vec![Effect::Lookup]),
             (
                 10,
                 Input::Verified {
@@ -1223,7 +1139,7 @@ fn a_late_commit_does_not_end_a_new_job() {
                     failure: None,
                 }],
             ),
-            (12, want(), vec![Effect::Lookup]),
+            (12, want_p(), vec![Effect::Lookup]),
             (
                 13,
                 Input::Committed {
@@ -1254,21 +1170,10 @@ fn a_choking_peer_that_keeps_our_requests_stalls() {
         &no_discovery(),
         vec![
             (0, hello(2, None), vec![attach(1, 2)]),
+            (0, unchoked(1), vec![]),
             (
                 0,
-                Input::Choked {
-                    key: key(1),
-                    choked: false,
-                    discarded: false,
-                },
-                vec![],
-            ),
-            (
-                0,
-                Input::Want {
-                    piece: P,
-                    size: SIZE,
-                },
+                want_p(),
                 vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
             ),
             (
@@ -1304,10 +1209,7 @@ fn a_choking_peer_that_keeps_our_requests_stalls() {
 fn a_late_mirror_result_of_an_old_job_is_ignored() {
     let mut m = Machine::new(cfg());
     let env = no_discovery();
-    let want = || Input::Want {
-        piece: P,
-        size: SIZE,
-    };
+
     let start = |gen| Effect::StartMirror {
         piece: P,
         gen,
@@ -1318,7 +1220,7 @@ fn a_late_mirror_result_of_an_old_job_is_ignored() {
         &mut m,
         &env,
         vec![
-            (0, want(), vec![start(1)]),
+            (0, want_p(), vec![start(1)]),
             (
                 5,
                 Input::Abandon { piece: P },
@@ -1327,7 +1229,7 @@ fn a_late_mirror_result_of_an_old_job_is_ignored() {
                     failure: None,
                 }],
             ),
-            (6, want(), vec![start(2)]),
+            (6, want_p(), vec![start(2)]),
             (
                 7,
                 Input::MirrorDone {
