@@ -28,6 +28,10 @@ pub struct Registered {
     pub index_path: String,
     /// Where its index is cached.
     pub index_file: PathBuf,
+    /// The dt2 swarm its suite family and component belong to
+    /// (`docs/torrent-format.md` §7), from its suite's Release; `None` when
+    /// that Release is no longer cached.
+    pub swarm: Option<InfoHash>,
     /// The torrent.
     pub torrent: Torrent,
     /// When it was registered (Unix seconds).
@@ -171,6 +175,47 @@ impl Registry {
     }
 }
 
+/// The component of an index at `rel` under `suite_dir`: the first segment
+/// after the suite (`main` for `dists/bookworm/main/binary-amd64/Packages`),
+/// empty for an index right in the suite directory (a flat layout).
+pub fn component(suite_dir: &str, rel: &str) -> String {
+    let within = rel.strip_prefix(suite_dir).unwrap_or("");
+    match within.split_once('/') {
+        Some((c, _)) => c.to_string(),
+        None => String::new(),
+    }
+}
+
+/// The dt2 swarm of a registered index, from its suite's Release as
+/// cached beside it (at start-up, before apt has fetched anything). The
+/// cache mirrors the archive's layout, so the archive's root is the index
+/// file's path up to the `dists` segment of `index_path`.
+fn cached_swarm(
+    registry: &Registry,
+    archive: &str,
+    index_path: &str,
+    index_file: &Path,
+) -> Option<InfoHash> {
+    let mut root = index_file.to_path_buf();
+    // `index_file` may be a by-hash name, deeper than `index_path`: walk up
+    // to the `dists` folder itself.
+    while root.file_name().is_some_and(|n| n != "dists") {
+        if !root.pop() {
+            return None;
+        }
+    }
+    root.pop();
+
+    let load = |dir: &str| -> Option<Release> {
+        ["InRelease", "Release"]
+            .iter()
+            .find_map(|f| std::fs::read(root.join(dir).join(f)).ok())
+            .map(|t| Release::parse(&t))
+    };
+    let (suite_dir, release) = registry.release_for(archive, index_path, load)?;
+    Some(release.swarm_id(&component(&suite_dir, index_path)))
+}
+
 /// The directories under `dists/` that could hold the Release for `rel`:
 /// for `dists/a/b/main/binary-amd64/Packages.xz`, `dists/a/`, `dists/a/b/`, ...
 fn suite_dirs(rel: &str) -> Vec<String> {
@@ -280,6 +325,8 @@ pub struct IndexFile {
     pub kind: IndexKind,
     /// When it was first registered (Unix seconds).
     pub added: i64,
+    /// Its dt2 swarm, if its suite's Release is known.
+    pub swarm: Option<InfoHash>,
 }
 
 /// The one way a torrent is registered, when apt fetches an index and at
@@ -317,6 +364,7 @@ pub async fn register_index(
         archive: f.archive,
         index_path: f.index_path,
         index_file: f.file,
+        swarm: f.swarm,
         torrent,
         added: f.added,
     });
@@ -340,13 +388,16 @@ pub async fn reload(data_dir: &Path, rows: Vec<TorrentRow>, registry: &Registry,
             db.del_torrent(&row.info_hash);
             continue;
         };
+        let file = data_dir.join(&row.index_file);
+        let swarm = cached_swarm(registry, &row.archive, &row.index_path, &file);
         let f = IndexFile {
             archive: row.archive,
             index_path: row.index_path.clone(),
-            file: data_dir.join(&row.index_file),
+            file,
             file_rel: row.index_file,
             kind,
             added: row.added,
+            swarm,
         };
         match register_index(registry, db, f, Some(&row.info_hash)).await {
             Ok(_) => n += 1,
@@ -362,6 +413,36 @@ pub async fn reload(data_dir: &Path, rows: Vec<TorrentRow>, registry: &Registry,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn components() {
+        let cases = [
+            (
+                "dists/bookworm/",
+                "dists/bookworm/main/binary-amd64/Packages",
+                "main",
+            ),
+            (
+                "dists/bookworm/",
+                "dists/bookworm/main/source/Sources",
+                "main",
+            ),
+            (
+                "dists/bookworm/",
+                "dists/bookworm/main/debian-installer/binary-amd64/Packages",
+                "main",
+            ),
+            ("dists/flat/", "dists/flat/Packages", ""),
+            (
+                "dists/other/",
+                "dists/bookworm/main/binary-amd64/Packages",
+                "",
+            ),
+        ];
+        for (suite, rel, want) in cases {
+            assert_eq!(component(suite, rel), want, "{rel}");
+        }
+    }
 
     fn hex64(b: u8) -> String {
         format!("{b:02x}").repeat(32)

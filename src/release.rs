@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::types::InfoHash;
+
 /// One file listed in a Release.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -18,9 +20,14 @@ pub struct Listed {
     pub size: u64,
 }
 
-/// The parsed hash lists of a Release file.
+/// The parsed hash lists of a Release file, and the fields that name its
+/// suite.
 #[derive(Clone, Debug, Default)]
 pub struct Release {
+    /// `Origin`, `Codename` and `Suite`, where present.
+    origin: Option<String>,
+    codename: Option<String>,
+    suite: Option<String>,
     sha256: HashMap<String, ([u8; 32], u64)>,
     by_sha256: HashMap<[u8; 32], Listed>,
     by_sha512: HashMap<[u8; 64], Listed>,
@@ -72,6 +79,18 @@ impl Release {
                 }
                 continue;
             }
+            if let Some((k, v)) = line.split_once(':') {
+                let v = v.trim();
+                let slot = match k.trim() {
+                    k if k.eq_ignore_ascii_case("Origin") => Some(&mut r.origin),
+                    k if k.eq_ignore_ascii_case("Codename") => Some(&mut r.codename),
+                    k if k.eq_ignore_ascii_case("Suite") => Some(&mut r.suite),
+                    _ => None,
+                };
+                if let (Some(slot), false) = (slot, v.is_empty()) {
+                    slot.get_or_insert_with(|| v.to_string());
+                }
+            }
             section = match line.split_once(':').map(|(k, _)| k.trim()) {
                 Some(k) if k.eq_ignore_ascii_case("SHA256") => Some(Section::Sha256),
                 Some(k) if k.eq_ignore_ascii_case("SHA512") => Some(Section::Sha512),
@@ -94,6 +113,23 @@ impl Release {
     /// The file listed with this SHA512.
     pub fn by_sha512(&self, h: &[u8; 64]) -> Option<&Listed> {
         self.by_sha512.get(h)
+    }
+
+    /// The dt2 swarm of `component` in this suite (`docs/torrent-format.md`
+    /// §7): its `Origin`, the family of its `Codename` (its `Suite` when it
+    /// has none), and the component. The same for every version of the
+    /// suite's indexes and for its -updates and -security suites.
+    pub fn swarm_id(&self, component: &str) -> InfoHash {
+        let name = self
+            .codename
+            .as_deref()
+            .or(self.suite.as_deref())
+            .unwrap_or("");
+        debtorrent_gen::swarm_id(
+            self.origin.as_deref().unwrap_or(""),
+            debtorrent_gen::family(name),
+            component,
+        )
     }
 
     /// How many files the SHA256 section lists.
@@ -151,6 +187,35 @@ pub fn index_kind(name: &str) -> Option<debtorrent_gen::IndexKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swarm_id_from_the_suite_fields() {
+        let text = |fields: &str| {
+            format!(
+                "{fields}SHA256:\n {} 1 main/binary-amd64/Packages\n",
+                "ab".repeat(32)
+            )
+        };
+        let bookworm =
+            Release::parse(text("Origin: Debian\nSuite: stable\nCodename: bookworm\n").as_bytes());
+        let updates = Release::parse(
+            text("Origin: Debian\nLabel: Debian\nSuite: stable-updates\nCodename: bookworm-updates\n").as_bytes(),
+        );
+        let no_codename =
+            Release::parse(text("Origin: Debian\nSuite: bookworm-security\n").as_bytes());
+        let want = debtorrent_gen::swarm_id("Debian", "bookworm", "main");
+        assert_eq!(bookworm.swarm_id("main"), want);
+        assert_eq!(updates.swarm_id("main"), want);
+        assert_eq!(no_codename.swarm_id("main"), want);
+        assert_ne!(bookworm.swarm_id("contrib"), want);
+        // The fields of the signed part only; a field in the hash list is
+        // not a field.
+        assert_eq!(bookworm.len(), 1);
+        assert_eq!(
+            Release::parse(b"").swarm_id(""),
+            debtorrent_gen::swarm_id("", "", "")
+        );
+    }
 
     const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";

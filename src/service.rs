@@ -792,6 +792,7 @@ impl IndexJob {
                     return;
                 }
             };
+        let swarm = Some(rel_release.swarm_id(&registry::component(&suite_dir, &index_path)));
         let f = registry::IndexFile {
             archive,
             index_path,
@@ -799,6 +800,7 @@ impl IndexJob {
             file_rel: self.store.relative_index(&self.cache),
             kind,
             added: store::now(),
+            swarm,
         };
         if let Err(e) = registry::register_index(&self.registry, self.store.db(), f, None).await {
             tracing::warn!(error = %e, "index matched its Release but gives no torrent");

@@ -51,6 +51,10 @@ pub struct TorrentJson {
     pub total_bytes: u64,
     pub index_file: String,
     pub registered_at: i64,
+    /// The dt2 swarm of its suite family and component (every version of
+    /// the index, and the family's -updates and -security suites, share
+    /// it; `docs/torrent-format.md` §7).
+    pub swarm_id: Option<String>,
     /// Peers, discovery and bytes, while its swarm task runs.
     #[serde(flatten)]
     pub swarm: Option<TorrentStatus>,
@@ -71,6 +75,7 @@ impl Pages {
                 total_bytes: r.torrent.total_size(),
                 index_file: r.index_file.display().to_string(),
                 registered_at: r.added,
+                swarm_id: r.swarm.map(|s| s.to_hex()),
                 swarm: self
                     .swarm
                     .as_ref()

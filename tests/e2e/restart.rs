@@ -115,12 +115,44 @@ fn sigterm_then_restart_keeps_the_store() {
     let first = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
     first.update_and_fetch(repo, &pkgs, "before SIGTERM");
 
+    // Every index of the suite names the dt2 swarm of its family and
+    // component, from the signed Release (docs/torrent-format.md section 7).
+    let want = debtorrent_gen::swarm_id(
+        "debtorrent-e2e",
+        debtorrent_gen::family(crate::support::repo::SUITE),
+        crate::support::repo::COMPONENT,
+    )
+    .to_hex();
+    let swarm_ids = |d: &Daemon| -> Vec<String> {
+        let st = d.status_json();
+        st["torrents"]
+            .as_array()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| t["swarm_id"].as_str().unwrap_or("none").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before_ids = swarm_ids(&daemon);
+    assert!(!before_ids.is_empty(), "no torrent registered");
+    assert!(
+        before_ids.iter().all(|s| *s == want),
+        "{before_ids:?} != {want}"
+    );
+
     let status = daemon.stop(Duration::from_secs(10));
     assert!(
         status.is_some(),
         "the daemon did not exit within 10 s of SIGTERM"
     );
     daemon.restart();
+    // Rebuilt at start-up from the cached index and Release.
+    let ok = wait_until(Duration::from_secs(10), || {
+        let ids = swarm_ids(&daemon);
+        !ids.is_empty() && ids.iter().all(|s| *s == want)
+    });
+    assert!(ok, "after restart: {:?}", swarm_ids(&daemon));
     let before = mirror.stats();
     let second = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
     second.update_and_fetch(repo, &pkgs, "after restart");
