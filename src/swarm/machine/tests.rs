@@ -137,6 +137,20 @@ fn attach(k: u32, n: u8) -> Effect {
     }
 }
 
+/// The usual start: peer 1 (127.0.0.2, holds everything) is up and
+/// unchokes us, apt wants `P`, and the peer gets every block of it.
+fn one_peer_serving() -> Vec<Step> {
+    vec![
+        (0, hello(2, None), vec![attach(1, 2)]),
+        (0, unchoked(1), vec![]),
+        (
+            0,
+            want_p(),
+            vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+        ),
+    ]
+}
+
 /// One step: at `now`, `input` gives exactly `effects`.
 type Step = (u64, Input, Vec<Effect>);
 
@@ -559,15 +573,7 @@ fn a_corrupt_piece_is_refetched_and_the_sender_banned() {
         (Source::Peer(key(1)), [3; 32]),
         (Source::Peer(key(1)), [4; 32]),
     ];
-    let mut steps: Vec<Step> = vec![
-        (0, hello(2, None), vec![attach(1, 2)]),
-        (0, unchoked(1), vec![]),
-        (
-            0,
-            want_p(),
-            vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
-        ),
-    ];
+    let mut steps = one_peer_serving();
     for (b, l) in BLOCKS {
         steps.push((10, block(1, P, b, l), vec![]));
     }
@@ -1037,15 +1043,7 @@ fn random_inputs_keep_the_invariants() {
 fn a_late_block_of_a_reset_copy_is_fetched_again() {
     let mut m = Machine::new(cfg());
     let env = no_discovery();
-    let mut steps: Vec<Step> = vec![
-        (0, hello(2, None), vec![attach(1, 2)]),
-        (0, unchoked(1), vec![]),
-        (
-            0,
-            want_p(),
-            vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
-        ),
-    ];
+    let mut steps = one_peer_serving();
     for (b, l) in &BLOCKS[..3] {
         steps.push((10, block(1, P, *b, *l), vec![]));
     }
