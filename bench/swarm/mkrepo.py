@@ -7,7 +7,12 @@ Two suites, each with its own Packages (so its own torrent):
   dists/big: big_1_amd64.deb (BIG_BYTES random bytes) and warm_1_amd64.deb
              (1 MB, fetched first so the leecher is connected before the
              timed request);
-  dists/set: SET_COUNT packages of SET_MIN..SET_MAX random bytes.
+  dists/set: SET_COUNT packages of SET_MIN..SET_MAX random bytes;
+  dists/setv2: the next version of set's index (scenario 5): one package
+             added and one upgraded (a new file), every other file the
+             same, as after a security update;
+  dists/set-updates: a second suite listing half of set's files byte for
+             byte (its own index, so its own dt1 swarm).
 The daemon does not parse .debs, so the "packages" are random bytes.
 Writes DIR/<suite>.files: "name size sha256 path" per package, in torrent
 (path-sorted) order, which is the piece order.
@@ -44,8 +49,9 @@ def write_random(path, size, rng):
     return h.hexdigest()
 
 
-def suite(root, name, pkgs):
+def suite(root, name, pkgs, codename=None):
     """pkgs: [(pkgname, size, sha, path)] -> Packages + Release of suite `name`."""
+    codename = codename or name
     paras = []
     for pkg, size, sha, path in pkgs:
         paras.append(
@@ -59,7 +65,7 @@ def suite(root, name, pkgs):
     with open(os.path.join(d, "Packages"), "wb") as f:
         f.write(text)
     rel = (
-        f"Origin: bench\nLabel: bench\nSuite: {name}\nCodename: {name}\n"
+        f"Origin: bench\nLabel: bench\nSuite: {name}\nCodename: {codename}\n"
         f"Date: Thu, 01 Jan 2026 00:00:00 UTC\nArchitectures: amd64\nComponents: main\n"
         f"SHA256:\n {hashlib.sha256(text).hexdigest()} {len(text)} main/binary-amd64/Packages\n"
     )
@@ -86,6 +92,19 @@ def main():
         path = f"pool/main/s/{pkg}/{pkg}_1_amd64.deb"
         pk.append((pkg, size, write_random(os.path.join(root, path), size, rng), path))
     suite(root, "set", pk)
+    # The next index version: set's files, one upgraded, one added.
+    v2 = list(pk)
+    up_name, up_size, _, _ = v2[0]
+    up_path = f"pool/main/s/{up_name}/{up_name}_2_amd64.deb"
+    v2[0] = (up_name, up_size, write_random(os.path.join(root, up_path), up_size, rng), up_path)
+    new_size = rng.randint(lo, hi)
+    new_path = "pool/main/n/newpkg/newpkg_1_amd64.deb"
+    v2.append(("newpkg", new_size, write_random(os.path.join(root, new_path), new_size, rng), new_path))
+    suite(root, "setv2", v2, codename="set")
+    # A second suite of the same family listing half of set's files byte
+    # for byte (as -updates does after a point release): another index,
+    # the same files.
+    suite(root, "set-updates", pk[::2], codename="set-updates")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,16 @@
 #       fresh daemons all at once: mirror pool bytes / set size;
 #   (3) a 10 MB/s mirror and 4 daemons holding the set: a 5th daemon's time
 #       for the set vs a --no-peers daemon's time straight from that mirror;
-#   (4) VmRSS of a daemon with 100 scripted peer connections (peers.py).
+#   (4) VmRSS of a daemon with 100 scripted peer connections (peers.py);
+#   (5) index update: a daemon holds the set through one index version; a
+#       second one sees only the next version (one package added, one
+#       upgraded), a third only another suite listing the same files:
+#       mirror pool bytes / the bytes they could have had from the first.
 #
 # Usage: bench/swarm/run.sh          (builds target/release/debtorrent first)
 # Env:   DEBTORRENT_BIN=path  use this binary instead of building
 #        RUNS=3 (scenario 1)  BIG=1000000000  SET_N=20 SET_MIN=1000000
-#        SET_MAX=8000000  NPEERS=100  SCENARIOS="1 2 3 4"
+#        SET_MAX=8000000  NPEERS=100  SCENARIOS="1 2 3 4 5"
 #        SEQ_SETTLED=1 (also run (2) one after another with the indexes
 #        registered 61 s before; 0 skips that minute)
 #        LOG_LEVEL=...  (daemon --log-level; default info plus debug for
@@ -35,7 +39,7 @@ SET_MIN=${SET_MIN:-1000000}
 SET_MAX=${SET_MAX:-8000000}
 NPEERS=${NPEERS:-100}
 SEQ_SETTLED=${SEQ_SETTLED:-1}
-SCENARIOS=${SCENARIOS:-1 2 3 4}
+SCENARIOS=${SCENARIOS:-1 2 3 4 5}
 LOG_LEVEL=${LOG_LEVEL:-info,debtorrent::swarm::torrent=debug,debtorrent::discovery=debug}
 PY=/usr/bin/python3
 T_START=$(date +%s)
@@ -544,12 +548,62 @@ scenario4() {
     stop_daemon r4
 }
 
+# ============================================================ scenario 5
+S5_V2=nan S5_SUITE=nan S5_V2_SECS=nan S5_SUITE_SECS=nan S5_DETAIL=""
+# fetch_list NAME VIEW FILE: every package listed in FILE; prints failures.
+fetch_list() {
+    local name=$1 view=$2 file=$3 bad=0 pth size
+    while read -r _ size _ pth; do
+        get "$name" "$view" "$pth" "$size" >/dev/null || bad=$((bad + 1))
+    done <"$file"
+    echo "$bad"
+}
+scenario5() {
+    # The files of setv2 that set also lists (all but the upgraded and the
+    # added one), and all of set-updates: a peer holds every one of them.
+    local common="$WORK/s5-common.files" b t0 bad
+    awk 'NR==FNR {have[$3]=1; next} ($3 in have)' "$REPO/set.files" "$REPO/setv2.files" >"$common"
+    local csize
+    csize=$(awk '{s+=$2} END {print s}' "$common")
+    log "(5) index update: u1 holds the set through its first index version"
+    start_daemon u1 127.0.0.41 --dht-bootstrap none
+    index u1 full set >/dev/null
+    bad=$(fetch_set u1 full)
+    [ "$bad" = 0 ] || note "(5) u1 had $bad failed packages"
+    start_daemon u2 127.0.0.42 --dht-bootstrap "${DPEER[u1]}"
+    start_daemon u3 127.0.0.43 --dht-bootstrap "${DPEER[u1]}"
+    sleep 2
+    log "(5) u2 sees only the next index version; takes the files both versions list"
+    index u2 full setv2 >/dev/null
+    mirror_reset
+    t0=$(date +%s.%N)
+    bad=$(fetch_list u2 full "$common")
+    S5_V2_SECS=$(secs_since "$t0")
+    [ "$bad" = 0 ] || note "(5) u2 had $bad failed packages"
+    b=$(mirror_pool_bytes)
+    S5_V2=$(awk -v a="$b" -v s="$csize" 'BEGIN { printf "%.3f", a/s }')
+    log "(5) u3 lists the same files through another suite (set-updates)"
+    index u3 full set-updates >/dev/null
+    mirror_reset
+    t0=$(date +%s.%N)
+    bad=$(fetch_list u3 full "$REPO/set-updates.files")
+    S5_SUITE_SECS=$(secs_since "$t0")
+    [ "$bad" = 0 ] || note "(5) u3 had $bad failed packages"
+    b=$(mirror_pool_bytes)
+    S5_SUITE=$(awk -v a="$b" -v s="$(awk '{s+=$2} END {print s}' "$REPO/set-updates.files")" 'BEGIN { printf "%.3f", a/s }')
+    S5_DETAIL="common files $(wc -l <"$common"), $csize bytes; dt2 swarm ids (u1 set, u2 setv2, u3 set-updates): $(torrent_of u1 set | jq -r '.swarm_id // "n/a"' | cut -c1-12) $(torrent_of u2 setv2 | jq -r '.swarm_id // "n/a"' | cut -c1-12) $(torrent_of u3 set-updates | jq -r '.swarm_id // "n/a"' | cut -c1-12)"
+    stop_daemon u3
+    stop_daemon u2
+    stop_daemon u1
+}
+
 for s in $SCENARIOS; do
     case $s in
     1) scenario1 ;;
     2) scenario2 ;;
     3) scenario3 ;;
     4) scenario4 ;;
+    5) scenario5 ;;
     *) echo "bench: unknown scenario $s" >&2 ;;
     esac
 done
@@ -587,6 +641,11 @@ MB = 10^6 bytes
 (4) RSS with $NPEERS scripted peer connections
     VmRSS                        $S4_RSS MB with $S4_PEERS peers connected   (goal <= 60; before the peers $S4_BASE MB; VmHWM $S4_HWM MB)
     $S4_DETAIL
+
+(5) index update: mirror pool bytes / bytes a peer already held (issue 11 target <= 0.05)
+    next index version (v1 -> v2) $S5_V2   ($(fmt "$S5_V2_SECS" 1) s; the files both versions list)
+    another suite, same files     $S5_SUITE   ($(fmt "$S5_SUITE_SECS" 1) s)
+    $S5_DETAIL
 EOF
 if [ "${#NOTES[@]}" -gt 0 ]; then
     echo
