@@ -332,7 +332,6 @@ fn file_body(path: &Path, start: u64, end: u64) -> Body {
     }
 }
 
-/// The status for a request to the mirror that got no response at all.
 /// The mirror's headers worth passing on, under our names.
 fn copy_headers(
     from: &reqwest::header::HeaderMap,
