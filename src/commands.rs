@@ -29,13 +29,17 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Logs to standard error, at `level` (an `EnvFilter` directive).
+/// Logs to standard error, at `level` (an `EnvFilter` directive). Colour
+/// only on a terminal: journald, log files and log shippers get plain
+/// text, not escape sequences.
 pub(crate) fn init_logging(level: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("invalid --log-level {level:?}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     Ok(())

@@ -204,4 +204,8 @@ fn sigterm_finishes_the_response_in_flight_and_exits_within_5_s() {
         st["bytes_to_apt"].as_u64().unwrap_or(0) >= p.size,
         "counters lost over a graceful stop: {st:#}"
     );
+    // Its log went to a file: plain text, no terminal colour codes.
+    let log = u.daemon.log_text();
+    assert!(log.contains("shutting down"), "no shutdown line in the log");
+    assert!(!log.contains('\x1b'), "escape sequences in a log file");
 }
