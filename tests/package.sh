@@ -67,6 +67,7 @@ mkdir -p "$WORK/src"
 # The source tree without build output; dpkg-buildpackage writes the .debs
 # next to it, inside $WORK, not beside the repository.
 tar -C "$REPO" --exclude=./target --exclude=./.git --exclude='./*/fuzz/target' \
+    --exclude='./*/fuzz/corpus' --exclude='./*/fuzz/artifacts' --exclude='./*/fuzz/logs' \
     --exclude=./debian/build --exclude=./debian/.debhelper -cf - . | tar -C "$WORK/src" -xf -
 # A rustup toolchain is not the Debian rustc/cargo packages: the profile
 # drops them from Build-Depends (debian/README.source).

@@ -79,17 +79,10 @@ pub fn encode_search(port: u16, info_hashes: &[InfoHash], cookie: &str) -> Vec<u
     s.into_bytes()
 }
 
+/// 40 hex digits, through the workspace's one strict decoder (no sign, no
+/// space, either case).
 fn parse_hash(v: &str) -> Option<InfoHash> {
-    let v = v.as_bytes();
-    if v.len() != 40 {
-        return None;
-    }
-    let mut out = [0u8; 20];
-    for (i, pair) in v.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(InfoHash(out))
+    InfoHash::from_hex(v)
 }
 
 /// Parse a `BT-SEARCH` message. Header names are case-insensitive, lines
@@ -343,6 +336,23 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (found reading the fuzz target): `u8::from_str_radix`
+    /// took a leading `+`, so `+a+b...` passed as an info hash.
+    #[test]
+    fn infohash_is_strict_hex() {
+        let good = "ab".repeat(20);
+        assert_eq!(parse_hash(&good), Some(InfoHash([0xab; 20])));
+        assert_eq!(parse_hash(&good.to_uppercase()), Some(InfoHash([0xab; 20])));
+        for bad in [
+            "+a".repeat(20),
+            " a".repeat(20),
+            "ab".repeat(19),
+            "zz".repeat(20),
+        ] {
+            assert_eq!(parse_hash(&bad), None, "{bad:?}");
+        }
+    }
 
     const A: InfoHash = InfoHash([0xab; 20]);
     const B: InfoHash = InfoHash([0x01; 20]);
