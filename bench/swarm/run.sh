@@ -240,14 +240,17 @@ get() {
         return 1
     fi
 }
-# fetch_set NAME VIEW: every package of the set, in order; prints failures.
-fetch_set() {
-    local name=$1 view=$2 bad=0 pth size
+# fetch_list NAME VIEW FILE: every package listed in FILE ("name size
+# sha256 path" lines), in order; prints failures.
+fetch_list() {
+    local name=$1 view=$2 file=$3 bad=0 pth size
     while read -r _ size _ pth; do
         get "$name" "$view" "$pth" "$size" >/dev/null || bad=$((bad + 1))
-    done <"$REPO/set.files"
+    done <"$file"
     echo "$bad"
 }
+# fetch_set NAME VIEW: every package of the set.
+fetch_set() { fetch_list "$1" "$2" "$REPO/set.files"; }
 # CPU seconds (user+system) a process has used so far.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo n/a; }
@@ -550,18 +553,26 @@ scenario4() {
 
 # ============================================================ scenario 5
 S5_V2=nan S5_SUITE=nan S5_V2_SECS=nan S5_SUITE_SECS=nan S5_DETAIL=""
-# fetch_list NAME VIEW FILE: every package listed in FILE; prints failures.
-fetch_list() {
-    local name=$1 view=$2 file=$3 bad=0 pth size
-    while read -r _ size _ pth; do
-        get "$name" "$view" "$pth" "$size" >/dev/null || bad=$((bad + 1))
-    done <"$file"
-    echo "$bad"
+# measure_list NAME SUITE FILE: NAME registers SUITE, then fetches the
+# packages of FILE; sets M_RATIO (mirror pool bytes / their size) and
+# M_SECS.
+M_RATIO=nan M_SECS=nan
+measure_list() {
+    local name=$1 suite=$2 file=$3 t0 bad b size
+    index "$name" full "$suite" >/dev/null
+    mirror_reset
+    t0=$(date +%s.%N)
+    bad=$(fetch_list "$name" full "$file")
+    M_SECS=$(secs_since "$t0")
+    [ "$bad" = 0 ] || note "(5) $name had $bad failed packages"
+    b=$(mirror_pool_bytes)
+    size=$(awk '{s+=$2} END {print s}' "$file")
+    M_RATIO=$(awk -v a="$b" -v s="$size" 'BEGIN { printf "%.3f", a/s }')
 }
 scenario5() {
     # The files of setv2 that set also lists (all but the upgraded and the
     # added one), and all of set-updates: a peer holds every one of them.
-    local common="$WORK/s5-common.files" b t0 bad
+    local common="$WORK/s5-common.files" bad
     awk 'NR==FNR {have[$3]=1; next} ($3 in have)' "$REPO/set.files" "$REPO/setv2.files" >"$common"
     local csize
     csize=$(awk '{s+=$2} END {print s}' "$common")
@@ -574,23 +585,11 @@ scenario5() {
     start_daemon u3 127.0.0.43 --dht-bootstrap "${DPEER[u1]}"
     sleep 2
     log "(5) u2 sees only the next index version; takes the files both versions list"
-    index u2 full setv2 >/dev/null
-    mirror_reset
-    t0=$(date +%s.%N)
-    bad=$(fetch_list u2 full "$common")
-    S5_V2_SECS=$(secs_since "$t0")
-    [ "$bad" = 0 ] || note "(5) u2 had $bad failed packages"
-    b=$(mirror_pool_bytes)
-    S5_V2=$(awk -v a="$b" -v s="$csize" 'BEGIN { printf "%.3f", a/s }')
+    measure_list u2 setv2 "$common"
+    S5_V2=$M_RATIO S5_V2_SECS=$M_SECS
     log "(5) u3 lists the same files through another suite (set-updates)"
-    index u3 full set-updates >/dev/null
-    mirror_reset
-    t0=$(date +%s.%N)
-    bad=$(fetch_list u3 full "$REPO/set-updates.files")
-    S5_SUITE_SECS=$(secs_since "$t0")
-    [ "$bad" = 0 ] || note "(5) u3 had $bad failed packages"
-    b=$(mirror_pool_bytes)
-    S5_SUITE=$(awk -v a="$b" -v s="$(awk '{s+=$2} END {print s}' "$REPO/set-updates.files")" 'BEGIN { printf "%.3f", a/s }')
+    measure_list u3 set-updates "$REPO/set-updates.files"
+    S5_SUITE=$M_RATIO S5_SUITE_SECS=$M_SECS
     S5_DETAIL="common files $(wc -l <"$common"), $csize bytes; dt2 swarm ids (u1 set, u2 setv2, u3 set-updates): $(torrent_of u1 set | jq -r '.swarm_id // "n/a"' | cut -c1-12) $(torrent_of u2 setv2 | jq -r '.swarm_id // "n/a"' | cut -c1-12) $(torrent_of u3 set-updates | jq -r '.swarm_id // "n/a"' | cut -c1-12)"
     stop_daemon u3
     stop_daemon u2
