@@ -204,6 +204,9 @@ fn cached_swarm(
             return None;
         }
     }
+    if root.file_name().is_none_or(|n| n != "dists") {
+        return None;
+    }
     root.pop();
 
     let load = |dir: &str| -> Option<Release> {

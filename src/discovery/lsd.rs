@@ -106,10 +106,11 @@ pub fn parse_search(msg: &[u8]) -> Result<Search, LsdError> {
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
             "port" => {
+                // Digits only: `u16::from_str` would take a leading `+`.
                 port = Some(
-                    value
-                        .parse::<u16>()
-                        .ok()
+                    Some(value)
+                        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|v| v.parse::<u16>().ok())
                         .filter(|&p| p != 0)
                         .ok_or(LsdError::BadPort)?,
                 )
@@ -351,6 +352,23 @@ mod tests {
             "zz".repeat(20),
         ] {
             assert_eq!(parse_hash(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn port_is_digits_only() {
+        let msg = |port: &str| {
+            format!(
+                "BT-SEARCH * HTTP/1.1\r\nHost: 239.192.152.143:6771\r\nPort: {port}\r\nInfohash: {}\r\n\r\n\r\n",
+                "ab".repeat(20)
+            )
+        };
+        assert_eq!(
+            parse_search(msg("6881").as_bytes()).map(|s| s.port),
+            Ok(6881)
+        );
+        for bad in ["+6881", "68 81", "", "0", "65536", "-1"] {
+            assert!(parse_search(msg(bad).as_bytes()).is_err(), "{bad:?}");
         }
     }
 

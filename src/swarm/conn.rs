@@ -72,14 +72,15 @@ pub enum Event {
         req: BlockRef,
     },
     /// A block we asked for was written into its assembly; `new` bytes of
-    /// it were not there yet; `gen` is the assembly's generation before the
-    /// write.
+    /// it were not there yet; `id` is the assembly (`Download::id`) and
+    /// `gen` its generation before the write.
     Block {
         key: PeerKey,
         piece: PieceIndex,
         begin: u32,
         len: u32,
         new: u64,
+        id: u64,
         gen: u64,
     },
     Pex {
@@ -712,13 +713,22 @@ async fn handle(
             // The generation before the write: if a reset for a retry comes
             // in between, the block counts as stale (fetched again), never
             // as received while its bytes are gone.
-            let gen = dl.gen();
+            let (id, gen) = (dl.id, dl.gen());
             let new = match dl.put(u64::from(begin), data, Source::Peer(key)) {
                 Ok(Put::Progress { new }) => new,
                 Ok(Put::Duplicate) => 0,
                 Err(e) => {
+                    // Not written (a full disk): the block is free again,
+                    // as if the peer had rejected it, never taken for
+                    // received.
                     tracing::error!(error = %e, "cannot write a block");
-                    0
+                    let req = BlockRef {
+                        index,
+                        begin,
+                        length: len,
+                    };
+                    let _ = ev(Event::Rejected { key, req }).await;
+                    return Ok(());
                 }
             };
             let _ = ev(Event::Block {
@@ -727,6 +737,7 @@ async fn handle(
                 begin,
                 len,
                 new,
+                id,
                 gen,
             })
             .await;

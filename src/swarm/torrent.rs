@@ -475,11 +475,17 @@ impl Task {
                 begin,
                 len,
                 new,
+                id,
                 gen,
             } => {
                 self.shown.from_peers.fetch_add(new, Ordering::Relaxed);
                 self.ctx.stats.peer_bytes(new);
-                let current = self.jobs.get(&piece).is_none_or(|j| j.dl.gen() == gen);
+                // Written into the job's assembly as it is now: not an
+                // earlier assembly of the same piece, not a copy since reset.
+                let current = self
+                    .jobs
+                    .get(&piece)
+                    .is_none_or(|j| j.dl.id == id && j.dl.gen() == gen);
                 self.feed(Input::Block {
                     key,
                     piece,
