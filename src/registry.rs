@@ -196,18 +196,12 @@ fn cached_swarm(
     index_path: &str,
     index_file: &Path,
 ) -> Option<InfoHash> {
-    let mut root = index_file.to_path_buf();
-    // `index_file` may be a by-hash name, deeper than `index_path`: walk up
-    // to the `dists` folder itself.
-    while root.file_name().is_some_and(|n| n != "dists") {
-        if !root.pop() {
-            return None;
-        }
-    }
-    if root.file_name().is_none_or(|n| n != "dists") {
-        return None;
-    }
-    root.pop();
+    // `index_file` may be a by-hash name, deeper than `index_path`: the
+    // nearest `dists` folder above it is the suite's.
+    let root = index_file
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "dists"))?
+        .parent()?;
 
     let load = |dir: &str| -> Option<Release> {
         ["InRelease", "Release"]

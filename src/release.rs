@@ -79,21 +79,25 @@ impl Release {
                 }
                 continue;
             }
-            if let Some((k, v)) = line.split_once(':') {
-                let v = v.trim();
-                let slot = match k.trim() {
-                    k if k.eq_ignore_ascii_case("Origin") => Some(&mut r.origin),
-                    k if k.eq_ignore_ascii_case("Codename") => Some(&mut r.codename),
-                    k if k.eq_ignore_ascii_case("Suite") => Some(&mut r.suite),
-                    _ => None,
-                };
-                if let (Some(slot), false) = (slot, v.is_empty()) {
-                    slot.get_or_insert_with(|| v.to_string());
-                }
+            // A top-level field: one of the suite's names, or the start
+            // of a hash list.
+            let Some((k, v)) = line.split_once(':') else {
+                section = None;
+                continue;
+            };
+            let (k, v) = (k.trim(), v.trim());
+            let slot = match k {
+                k if k.eq_ignore_ascii_case("Origin") => Some(&mut r.origin),
+                k if k.eq_ignore_ascii_case("Codename") => Some(&mut r.codename),
+                k if k.eq_ignore_ascii_case("Suite") => Some(&mut r.suite),
+                _ => None,
+            };
+            if let (Some(slot), false) = (slot, v.is_empty()) {
+                slot.get_or_insert_with(|| v.to_string());
             }
-            section = match line.split_once(':').map(|(k, _)| k.trim()) {
-                Some(k) if k.eq_ignore_ascii_case("SHA256") => Some(Section::Sha256),
-                Some(k) if k.eq_ignore_ascii_case("SHA512") => Some(Section::Sha512),
+            section = match k {
+                k if k.eq_ignore_ascii_case("SHA256") => Some(Section::Sha256),
+                k if k.eq_ignore_ascii_case("SHA512") => Some(Section::Sha512),
                 _ => None,
             };
         }

@@ -364,12 +364,12 @@ impl Task {
                     return;
                 };
                 // Only the run the job still wants tells how fast the
-                // mirror is.
-                if res.is_ok() && j.mirror.as_ref().is_some_and(|(g, _)| *g == gen) {
-                    self.ctx.mirror.note(&moved);
-                }
+                // mirror is; it is over now.
                 if j.mirror.as_ref().is_some_and(|(g, _)| *g == gen) {
                     j.mirror = None;
+                    if res.is_ok() {
+                        self.ctx.mirror.note(&moved);
+                    }
                 }
                 let (prefix, ranges) = j.dl.received();
                 let received = Received { prefix, ranges };
