@@ -38,6 +38,15 @@ pub struct Registered {
     pub added: i64,
 }
 
+impl Registered {
+    /// The swarm its peers meet in: its dt2 swarm id, or, when its suite's
+    /// Release is not known (a flat repository without one, a cache lost),
+    /// a swarm of its own named by its dt1 info hash.
+    pub fn swarm_key(&self) -> InfoHash {
+        self.swarm.unwrap_or_else(|| self.torrent.info_hash())
+    }
+}
+
 /// A piece found for a request.
 #[derive(Clone, Copy, Debug)]
 pub struct Found {

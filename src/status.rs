@@ -79,7 +79,7 @@ impl Pages {
                 swarm: self
                     .swarm
                     .as_ref()
-                    .and_then(|w| w.torrent_status(&r.torrent.info_hash())),
+                    .and_then(|w| w.torrent_status(&r.swarm_key())),
             })
             .collect();
         StatusJson {

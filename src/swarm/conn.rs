@@ -13,11 +13,11 @@
 //! not stop us from reading its blocks (both sides blocked in a write would
 //! deadlock).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -27,17 +27,18 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::catalogue::Catalogue;
 use super::rate::TokenBucket;
 use super::wire::{self, BlockRef, ExtHandshake, Handshake, Msg};
 use crate::assembly::{Download, Put};
-use crate::registry::Registered;
 use crate::store::Store;
 use crate::types::{InfoHash, PeerKey, PieceIndex, Source, BLOCK};
 
 /// What a torrent's connections tell its task. The connection tasks own
 /// this vocabulary; the torrent task turns it into state machine inputs.
 pub enum Event {
-    /// A connection finished both handshakes; the bitfield we sent it.
+    /// A connection finished both handshakes; the bitfield (in our
+    /// numbers) of what our `dt_hold` told it we hold.
     Up(Box<Established>, Vec<u8>),
     /// A dial or a handshake failed.
     Failed(SocketAddr),
@@ -58,22 +59,20 @@ pub enum Event {
         key: PeerKey,
         interested: bool,
     },
-    Have {
+    /// Its `dt_hold`: content it holds now (with its numbers) and numbers
+    /// it dropped.
+    Hold {
         key: PeerKey,
-        piece: PieceIndex,
+        hold: wire::Hold,
     },
-    /// A bitfield that came after the extended handshake (`None`: all).
-    Bits {
-        key: PeerKey,
-        bits: Option<Vec<u8>>,
-    },
+    /// A REJECT of one of our requests (`req.index` is our number).
     Rejected {
         key: PeerKey,
         req: BlockRef,
     },
     /// A block we asked for was written into its assembly; `new` bytes of
     /// it were not there yet; `id` is the assembly (`Download::id`) and
-    /// `gen` its generation before the write.
+    /// `gen` its generation before the write; `piece` is our number.
     Block {
         key: PeerKey,
         piece: PieceIndex,
@@ -92,13 +91,14 @@ pub enum Event {
     },
 }
 
-/// What the connections of one torrent share.
+/// What the connections of one swarm share.
 pub struct Context {
+    /// The dt2 swarm id (what handshakes carry).
     pub info_hash: InfoHash,
     pub peer_id: [u8; 20],
     pub listen_port: u16,
-    pub piece_count: u32,
-    pub reg: Arc<Registered>,
+    /// What our numbers (what peers request) stand for.
+    pub cat: Arc<RwLock<Catalogue>>,
     pub store: Arc<Store>,
     pub events: mpsc::Sender<Event>,
     pub upload_limit: Arc<Mutex<TokenBucket>>,
@@ -108,10 +108,11 @@ pub struct Context {
 }
 
 impl Context {
-    /// The context of one torrent's connections.
+    /// The context of one swarm's connections.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        reg: Arc<Registered>,
+        info_hash: InfoHash,
+        cat: Arc<RwLock<Catalogue>>,
         peer_id: [u8; 20],
         listen_port: u16,
         store: Arc<Store>,
@@ -119,11 +120,10 @@ impl Context {
         upload_limit: Arc<Mutex<TokenBucket>>,
     ) -> Context {
         Context {
-            info_hash: reg.torrent.info_hash(),
+            info_hash,
             peer_id,
             listen_port,
-            piece_count: reg.torrent.piece_count(),
-            reg,
+            cat,
             store,
             events,
             upload_limit,
@@ -136,27 +136,35 @@ impl Context {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether a request lies inside its piece (dt1: at most 16 KiB, and
-    /// `begin + length` within the piece's length).
-    pub fn valid_block(&self, r: BlockRef) -> bool {
-        let Some(p) = self.reg.torrent.piece(r.index) else {
-            return false;
-        };
-        r.length > 0 && r.length <= BLOCK && u64::from(r.begin) + u64::from(r.length) <= p.size
+    fn cat(&self) -> std::sync::RwLockReadGuard<'_, Catalogue> {
+        self.cat.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads a block for upload, only if the piece is in the store now.
+    /// Whether a request lies inside its piece (at most 16 KiB, and
+    /// `begin + length` within the content's size).
+    pub fn valid_block(&self, r: BlockRef) -> bool {
+        let Some(size) = self.cat().get(r.index).map(|e| e.size) else {
+            return false;
+        };
+        r.length > 0 && r.length <= BLOCK && u64::from(r.begin) + u64::from(r.length) <= size
+    }
+
+    /// Reads a block for upload, only if the content is in the store now.
     fn read_block(
         &self,
         r: BlockRef,
         file: &mut Option<(u32, std::fs::File)>,
         buf: &mut [u8],
     ) -> Option<usize> {
-        let p = self.reg.torrent.piece(r.index)?;
-        if file.as_ref().is_none_or(|(i, _)| *i != r.index) {
-            self.store.get(p.path, p.sha256)?;
-        }
-        read_stored(&self.store.piece_path(p.path), r, file, buf)
+        let path = {
+            let cat = self.cat();
+            let e = cat.get(r.index)?;
+            if file.as_ref().is_none_or(|(i, _)| *i != r.index) {
+                self.store.get(&e.path, &e.sha256)?;
+            }
+            self.store.piece_path(&e.path)
+        };
+        read_stored(&path, r, file, buf)
     }
 }
 
@@ -168,7 +176,7 @@ pub fn spawn_dial(
     addr: SocketAddr,
     bind: std::net::IpAddr,
     bits: Vec<u8>,
-    count: u32,
+    hold: Vec<(u32, [u8; 32])>,
 ) {
     tokio::spawn(
         async move {
@@ -184,7 +192,7 @@ pub fn spawn_dial(
                 sock.connect(addr).await
             };
             let res = match tokio::time::timeout(Duration::from_secs(5), dial).await {
-                Ok(Ok(s)) => establish(s, addr, &ctx, None, bits.clone(), count)
+                Ok(Ok(s)) => establish(s, addr, &ctx, None, hold)
                     .await
                     .map_err(|e| e.to_string()),
                 Ok(Err(e)) => Err(e.to_string()),
@@ -204,11 +212,11 @@ pub fn spawn_accept(
     addr: SocketAddr,
     hs: Handshake,
     bits: Vec<u8>,
-    count: u32,
+    hold: Vec<(u32, [u8; 32])>,
 ) {
     tokio::spawn(
         async move {
-            let res = establish(stream, addr, &ctx, Some(hs), bits.clone(), count)
+            let res = establish(stream, addr, &ctx, Some(hs), hold)
                 .await
                 .map_err(|e| e.to_string());
             report(&ctx, addr, res, bits).await;
@@ -243,18 +251,30 @@ const REQQ_DROP: usize = 2000;
 pub const OUR_PEX_ID: u8 = 1;
 /// See [`OUR_PEX_ID`].
 pub const OUR_WIP_ID: u8 = 2;
+/// See [`OUR_PEX_ID`].
+pub const OUR_HOLD_ID: u8 = 3;
+/// Most entries a peer's `dt_hold` messages may add up to (36 bytes each,
+/// 2.4 MB). A whole Debian suite's packages for one architecture are about
+/// 64,000 files; a peer claiming more is lying or hostile.
+pub const MAX_PEER_HOLD: usize = 65_536;
+/// The decoder's limits in dt2: no piece count is shared, so a BITFIELD
+/// (whose size would depend on one) can only be empty, and every other
+/// piece number is checked against the catalogue or our requests.
+const DT2_LIMITS: wire::Limits = wire::Limits { piece_count: 0 };
 
 /// What the torrent task (and the reader) tell a connection's writer.
 pub enum Out {
-    /// Request these blocks (registered as outstanding first).
-    Request(Vec<BlockRef>, Arc<Download>),
-    /// Cancel one of our requests.
+    /// Request these blocks (in the peer's numbers; registered as
+    /// outstanding first) of our piece `ours`.
+    Request(Vec<BlockRef>, Arc<Download>, PieceIndex),
+    /// Cancel one of our requests (in the peer's numbers).
     Cancel(BlockRef),
-    /// Cancel our requests for one piece (it is over).
+    /// Cancel our requests for one piece (our number; it is over).
     CancelPiece(PieceIndex),
     /// Cancel every request of ours (the peer stalled).
     CancelAll,
-    Have(u32),
+    /// Our `dt_hold`: what we hold now, or no longer.
+    Hold(wire::Hold),
     Choke,
     Unchoke,
     Interested,
@@ -270,14 +290,25 @@ pub enum Out {
     Close,
 }
 
-/// Our requests at a peer: (piece, begin) -> (length, assembly).
-pub type Outstanding = HashMap<(u32, u32), (u32, Arc<Download>)>;
+/// Our requests at a peer: (its number, begin) -> what it is for.
+pub type Outstanding = HashMap<(u32, u32), Asked>;
+
+/// One of our requests: its length, the assembly its block goes to, and
+/// our number for the content.
+pub struct Asked {
+    pub len: u32,
+    pub dl: Arc<Download>,
+    pub ours: PieceIndex,
+}
 
 /// State shared by the reader, the writer and the torrent task.
 #[derive(Default)]
 pub struct PeerShared {
-    /// Our requests at this peer: (piece, begin) -> (length, assembly).
+    /// Our requests at this peer.
     pub outstanding: Mutex<Outstanding>,
+    /// Our numbers that our `dt_hold` messages named to this peer (what it
+    /// may request; a number we dropped since is rejected, not a fault).
+    announced: Mutex<HashSet<u32>>,
     /// Recently cancelled requests: a block may still arrive for them.
     cancelled: Mutex<VecDeque<((u32, u32), Instant)>>,
     /// We are choking the peer (no uploads).
@@ -300,6 +331,10 @@ impl PeerShared {
     fn outstanding(&self) -> std::sync::MutexGuard<'_, Outstanding> {
         self.outstanding.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn announced(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.announced.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What a peer told us during the handshakes.
@@ -307,8 +342,6 @@ pub struct Hello {
     pub peer_id: [u8; 20],
     pub fast: bool,
     pub ext: ExtHandshake,
-    /// Its pieces: `None` = have-all.
-    pub bitfield: Option<Vec<u8>>,
 }
 
 /// A connection that finished its handshakes.
@@ -323,9 +356,8 @@ pub struct Established {
     buf: BytesMut,
     /// We dialled it.
     pub outgoing: bool,
-    /// Its bitfield did not come before its extended handshake: one may
-    /// still come as its next message.
-    late_bits: bool,
+    /// Its id for `dt_hold`.
+    hold_id: u8,
 }
 
 /// Why a connection ended.
@@ -358,15 +390,21 @@ pub async fn read_handshake(s: &mut TcpStream) -> Result<Handshake, ConnError> {
     Ok(Handshake::decode(&b)?)
 }
 
-/// Both handshakes. `theirs` is the handshake already read (incoming
-/// connections: the listener read it to find the torrent).
+/// Both handshakes, then our holdings. `theirs` is the handshake already
+/// read (incoming connections: the listener read it to find the swarm).
+///
+/// dt2 (`docs/torrent-format.md` §7): no BITFIELD, HAVE or HAVE_ALL, since
+/// piece numbers are each peer's own; we send HAVE_NONE (BEP 6), the
+/// extended handshake with `"debtorrent": 2` and `dt_hold`, and once the
+/// peer's extended handshake told us its id for `dt_hold`, what we hold
+/// (`hold`, our numbers with their SHA-256) in messages of at most
+/// [`wire::MAX_HOLD`] entries.
 pub async fn establish(
     mut s: TcpStream,
     addr: SocketAddr,
     sh: &Context,
     theirs: Option<Handshake>,
-    our_bits: Vec<u8>,
-    have_count: u32,
+    hold: Vec<(u32, [u8; 32])>,
 ) -> Result<Established, ConnError> {
     let ours = Handshake::new(sh.info_hash, sh.peer_id);
     let fut = async {
@@ -376,7 +414,7 @@ pub async fn establish(
             None => read_handshake(&mut s).await?,
         };
         if hs.info_hash != sh.info_hash {
-            return Err(ConnError::Protocol("handshake for another torrent"));
+            return Err(ConnError::Protocol("handshake for another swarm"));
         }
         if hs.peer_id == sh.peer_id {
             return Err(ConnError::Protocol("connected to ourselves"));
@@ -384,31 +422,20 @@ pub async fn establish(
         if !hs.extensions() {
             return Err(ConnError::Protocol("peer lacks the extension protocol"));
         }
-        // Our pieces first (BEP 3: the bitfield is the first message), then
-        // the extended handshake.
         let mut out = BytesMut::new();
-        let n = sh.piece_count;
-        if hs.fast() && have_count == 0 {
+        if hs.fast() {
             wire::encode(&Msg::HaveNone, &mut out);
-        } else if hs.fast() && u64::from(have_count) * 9 < wire::bitfield_len(n) as u64 + 1 {
-            wire::encode(&Msg::HaveNone, &mut out);
-            for i in 0..n {
-                if wire::bitfield_get(&our_bits, i) {
-                    wire::encode(&Msg::Have(i), &mut out);
-                }
-            }
-        } else if have_count > 0 {
-            wire::encode(&Msg::Bitfield(&our_bits), &mut out);
         }
         let ext = ExtHandshake {
             m: vec![
                 (wire::EXT_PEX.to_string(), OUR_PEX_ID),
                 (wire::EXT_WIP.to_string(), OUR_WIP_ID),
+                (wire::EXT_HOLD.to_string(), OUR_HOLD_ID),
             ],
             p: Some(sh.listen_port),
             v: Some(concat!("debtorrent ", env!("CARGO_PKG_VERSION")).to_string()),
             reqq: Some(REQQ as u32),
-            debtorrent: Some(1),
+            debtorrent: Some(wire::DT_VERSION),
             yourip: None,
         };
         wire::encode(
@@ -419,25 +446,16 @@ pub async fn establish(
             &mut out,
         );
         s.write_all(&out).await?;
-        // Their pieces and extended handshake, in either order.
-        let lim = wire::Limits { piece_count: n };
+        // Their extended handshake (HAVE_NONE and unknown messages may
+        // come first; anything naming pieces by number may not).
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut bitfield: Option<Option<Vec<u8>>> = None;
-        let mut haves: Vec<u32> = Vec::new();
         let mut their_ext = None;
         while their_ext.is_none() {
             let consumed = loop {
-                match wire::decode(&buf, &lim)? {
+                match wire::decode(&buf, &DT2_LIMITS)? {
                     Some((msg, used)) => {
                         match msg {
-                            Msg::Bitfield(b) if bitfield.is_none() => {
-                                bitfield = Some(Some(b.to_vec()))
-                            }
-                            Msg::HaveAll if bitfield.is_none() => bitfield = Some(None),
-                            Msg::HaveNone if bitfield.is_none() => {
-                                bitfield = Some(Some(vec![0; wire::bitfield_len(n)]))
-                            }
-                            Msg::Have(i) if i < n => haves.push(i),
+                            Msg::HaveNone => {}
                             Msg::Extended {
                                 id: wire::EXT_HANDSHAKE,
                                 payload,
@@ -462,45 +480,54 @@ pub async fn establish(
             buf.advance(consumed);
         }
         let ext = their_ext.ok_or(ConnError::Protocol("no extended handshake"))?;
-        if ext.debtorrent != Some(1) {
+        if ext.debtorrent != Some(wire::DT_VERSION) {
             return Err(ConnError::Protocol(
-                "not a debtorrent peer (no \"debtorrent\": 1)",
+                "not a dt2 debtorrent peer (no \"debtorrent\": 2)",
             ));
         }
-        let late = bitfield.is_none();
-        let mut bits = match bitfield {
-            Some(b) => b,
-            None => Some(vec![0; wire::bitfield_len(n)]),
-        };
-        if let Some(b) = bits.as_mut() {
-            for i in haves {
-                wire::bitfield_set(b, i);
-            }
+        let hold_id = ext
+            .ext_id(wire::EXT_HOLD)
+            .ok_or(ConnError::Protocol("no dt_hold in the extended handshake"))?;
+        let mut out = BytesMut::new();
+        for chunk in hold.chunks(wire::MAX_HOLD) {
+            let h = wire::Hold {
+                add: chunk.to_vec(),
+                drop: Vec::new(),
+            };
+            wire::encode(
+                &Msg::Extended {
+                    id: hold_id,
+                    payload: &h.encode(),
+                },
+                &mut out,
+            );
         }
-        Ok((hs, ext, bits, buf, late))
+        s.write_all(&out).await?;
+        Ok((hs, ext, buf, hold_id))
     };
-    let (hs, ext, bitfield, buf, late_bits) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+    let (hs, ext, buf, hold_id) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
         .map_err(|_| ConnError::Timeout)??;
     let _ = s.set_nodelay(true);
     let (read, write) = s.into_split();
     let (tx, rx) = mpsc::channel(1024);
+    let shared = Arc::new(PeerShared::new());
+    shared.announced().extend(hold.iter().map(|(n, _)| *n));
     Ok(Established {
         addr,
         hello: Hello {
             peer_id: hs.peer_id,
             fast: hs.fast(),
             ext,
-            bitfield,
         },
-        shared: Arc::new(PeerShared::new()),
+        shared,
         tx,
         read,
         write,
         rx,
         buf,
         outgoing: theirs.is_none(),
-        late_bits,
+        hold_id,
     })
 }
 
@@ -518,14 +545,15 @@ impl Established {
             rx,
             buf,
             outgoing: _,
-            late_bits,
+            hold_id,
         } = self;
         let fast = hello.fast;
         let (sh2, shared2) = (sh.clone(), shared.clone());
-        let writer = tokio::spawn(writer(write, rx, sh2, shared2, fast).instrument(span.clone()));
+        let writer =
+            tokio::spawn(writer(write, rx, sh2, shared2, fast, hold_id).instrument(span.clone()));
         tokio::spawn(
             async move {
-                let res = reader(read, buf, key, &sh, &shared, &tx, fast, late_bits).await;
+                let res = reader(read, buf, key, &sh, &shared, &tx, fast).await;
                 let violation = match &res {
                     Err(e) if e.is_violation() => {
                         tracing::info!(error = %e, "dropping peer");
@@ -562,15 +590,12 @@ async fn reader(
     shared: &PeerShared,
     tx: &mpsc::Sender<Out>,
     fast: bool,
-    mut late_bits: bool,
 ) -> Result<(), ConnError> {
-    let lim = wire::Limits {
-        piece_count: sh.piece_count,
-    };
     buf.reserve(256 * 1024);
+    let mut held = 0usize;
     loop {
-        while let Some((msg, used)) = wire::decode(&buf, &lim)? {
-            handle(msg, key, sh, shared, tx, fast, &mut late_bits).await?;
+        while let Some((msg, used)) = wire::decode(&buf, &DT2_LIMITS)? {
+            handle(msg, key, sh, shared, tx, fast, &mut held).await?;
             buf.advance(used);
         }
         if buf.capacity() - buf.len() < 32 * 1024 {
@@ -592,11 +617,9 @@ async fn handle(
     shared: &PeerShared,
     tx: &mpsc::Sender<Out>,
     fast: bool,
-    late_bits: &mut bool,
+    held: &mut usize,
 ) -> Result<(), ConnError> {
     let ev = |e: Event| sh.events.send(e);
-    // Only the first message after the handshakes may be a late bitfield.
-    let first = std::mem::replace(late_bits, false);
     match msg {
         Msg::KeepAlive | Msg::Port(_) | Msg::Suggest(_) | Msg::AllowedFast(_) => {}
         Msg::Unknown { .. } => {}
@@ -635,27 +658,19 @@ async fn handle(
             })
             .await;
         }
-        Msg::Have(i) => {
-            if i >= sh.piece_count {
-                return Err(ConnError::Protocol("HAVE beyond the last piece"));
-            }
-            let _ = ev(Event::Have { key, piece: i }).await;
+        // dt2 names content in dt_hold, never by a shared piece number.
+        Msg::Have(_) | Msg::Bitfield(_) | Msg::HaveAll => {
+            return Err(ConnError::Protocol(
+                "a piece number outside dt_hold (dt2 has no shared numbers)",
+            ));
         }
-        Msg::Bitfield(b) if first => {
-            let _ = ev(Event::Bits {
-                key,
-                bits: Some(b.to_vec()),
-            })
-            .await;
-        }
-        Msg::HaveAll if first => {
-            let _ = ev(Event::Bits { key, bits: None }).await;
-        }
-        Msg::HaveNone if first => {}
-        Msg::Bitfield(_) | Msg::HaveAll | Msg::HaveNone => {
-            return Err(ConnError::Protocol("bitfield after the handshake"));
-        }
+        Msg::HaveNone => {}
         Msg::Request(r) => {
+            if !shared.announced().contains(&r.index) {
+                return Err(ConnError::Protocol(
+                    "request for content we did not announce",
+                ));
+            }
             if !sh.valid_block(r) {
                 return Err(ConnError::Protocol("request outside the piece"));
             }
@@ -682,14 +697,15 @@ async fn handle(
             let _ = tx.send(Out::CancelUpload(r)).await;
         }
         Msg::Reject(r) => {
-            let known = shared.outstanding().remove(&(r.index, r.begin)).is_some();
-            if known {
-                let _ = ev(Event::Rejected { key, req: r }).await;
+            let known = shared.outstanding().remove(&(r.index, r.begin));
+            if let Some(a) = known {
+                let req = BlockRef { index: a.ours, ..r };
+                let _ = ev(Event::Rejected { key, req }).await;
             }
         }
         Msg::Piece { index, begin, data } => {
             let entry = shared.outstanding().remove(&(index, begin));
-            let Some((len, dl)) = entry else {
+            let Some(Asked { len, dl, ours }) = entry else {
                 let recently = {
                     let mut c = shared.cancelled.lock().unwrap_or_else(|e| e.into_inner());
                     let now = Instant::now();
@@ -723,7 +739,7 @@ async fn handle(
                     // received.
                     tracing::error!(error = %e, "cannot write a block");
                     let req = BlockRef {
-                        index,
+                        index: ours,
                         begin,
                         length: len,
                     };
@@ -733,7 +749,7 @@ async fn handle(
             };
             let _ = ev(Event::Block {
                 key,
-                piece: index,
+                piece: ours,
                 begin,
                 len,
                 new,
@@ -753,6 +769,14 @@ async fn handle(
                 let w = wire::Wip::decode(payload)?;
                 let _ = ev(Event::Wip { key, wip: w }).await;
             }
+            OUR_HOLD_ID => {
+                let hold = wire::Hold::decode(payload)?;
+                *held = (*held + hold.add.len()).saturating_sub(hold.drop.len());
+                if *held > MAX_PEER_HOLD {
+                    return Err(ConnError::Protocol("dt_hold over the limit"));
+                }
+                let _ = ev(Event::Hold { key, hold }).await;
+            }
             _ => {}
         },
     }
@@ -765,6 +789,7 @@ async fn writer(
     sh: Arc<Context>,
     shared: Arc<PeerShared>,
     fast: bool,
+    hold_id: u8,
 ) {
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut uploads: VecDeque<BlockRef> = VecDeque::new();
@@ -779,7 +804,7 @@ async fn writer(
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
             };
-            if !apply(m, &mut out, &mut uploads, &shared, fast) {
+            if !apply(m, &mut out, &mut uploads, &shared, fast, hold_id) {
                 break 'outer;
             }
         }
@@ -829,7 +854,7 @@ async fn writer(
         tokio::select! {
             m = rx.recv() => match m {
                 Some(m) => {
-                    if !apply(m, &mut out, &mut uploads, &shared, fast) {
+                    if !apply(m, &mut out, &mut uploads, &shared, fast, hold_id) {
                         break;
                     }
                 }
@@ -850,23 +875,38 @@ fn apply(
     uploads: &mut VecDeque<BlockRef>,
     shared: &PeerShared,
     fast: bool,
+    hold_id: u8,
 ) -> bool {
     match m {
-        Out::Request(rs, dl) => {
+        Out::Request(rs, dl, ours) => {
             let mut o = shared.outstanding();
             for r in rs {
-                o.insert((r.index, r.begin), (r.length, dl.clone()));
+                let asked = Asked {
+                    len: r.length,
+                    dl: dl.clone(),
+                    ours,
+                };
+                o.insert((r.index, r.begin), asked);
                 wire::encode(&Msg::Request(r), out);
             }
         }
         Out::Cancel(r) => {
-            if let Some((length, _)) = shared.outstanding().remove(&(r.index, r.begin)) {
-                cancelled(shared, r.index, r.begin, length, out);
+            if let Some(a) = shared.outstanding().remove(&(r.index, r.begin)) {
+                cancelled(shared, r.index, r.begin, a.len, out);
             }
         }
         Out::CancelPiece(p) => cancel_where(shared, Some(p), out),
         Out::CancelAll => cancel_where(shared, None, out),
-        Out::Have(i) => wire::encode(&Msg::Have(i), out),
+        Out::Hold(h) => {
+            shared.announced().extend(h.add.iter().map(|(n, _)| *n));
+            wire::encode(
+                &Msg::Extended {
+                    id: hold_id,
+                    payload: &h.encode(),
+                },
+                out,
+            );
+        }
         Out::Choke => {
             shared.am_choking.store(true, Ordering::Relaxed);
             // BEP 3 drops the queue; BEP 6 peers are told, one by one.
@@ -904,13 +944,14 @@ fn apply(
     true
 }
 
-/// Cancels our requests for `piece` (all of them for `None`), in order.
+/// Cancels our requests for our piece `piece` (all of them for `None`),
+/// in order.
 fn cancel_where(shared: &PeerShared, piece: Option<PieceIndex>, out: &mut BytesMut) {
     let mut gone: Vec<(u32, u32, u32)> = Vec::new();
-    shared.outstanding().retain(|&(index, begin), (length, _)| {
-        let hit = piece.is_none_or(|p| p == index);
+    shared.outstanding().retain(|&(index, begin), a| {
+        let hit = piece.is_none_or(|p| p == a.ours);
         if hit {
-            gone.push((index, begin, *length));
+            gone.push((index, begin, a.len));
         }
         !hit
     });

@@ -164,15 +164,6 @@ pub enum Input {
         key: PeerKey,
         interested: bool,
     },
-    Have {
-        key: PeerKey,
-        piece: PieceIndex,
-    },
-    /// A bitfield that came late (`None`: all).
-    Bits {
-        key: PeerKey,
-        bits: Option<Vec<u8>>,
-    },
     Rejected {
         key: PeerKey,
         req: BlockRef,
@@ -188,9 +179,28 @@ pub enum Input {
         new: u64,
         current: bool,
     },
+    /// A peer started (`add`) and stopped (`done`) fetching these from the
+    /// mirror (`dt_wip`, translated to our numbers).
     Wip {
         key: PeerKey,
-        wip: wire::Wip,
+        add: Vec<PieceIndex>,
+        done: Vec<PieceIndex>,
+    },
+    /// A peer holds these pieces now (its `dt_hold`, in our numbers).
+    Holds {
+        key: PeerKey,
+        pieces: Vec<PieceIndex>,
+    },
+    /// A peer no longer holds `piece` (its `dt_hold` dropped it).
+    Lost {
+        key: PeerKey,
+        piece: PieceIndex,
+    },
+    /// The swarm's catalogue grew: pieces are numbered up to `piece_count`
+    /// now, and all of them make `total_size` bytes.
+    Grow {
+        piece_count: u32,
+        total_size: u64,
     },
     /// A mirror range ended, and what of the piece is in.
     MirrorDone {
@@ -255,6 +265,15 @@ pub enum PeerMsg {
     CancelPiece(PieceIndex),
     CancelAll,
     Have(PieceIndex),
+    /// We no longer hold it (pruned).
+    Drop(PieceIndex),
+    /// `dt_wip` with the peer's id for it: we started (`add`) or stopped
+    /// (`done`) fetching these from the mirror.
+    Wip {
+        ext: u8,
+        add: Vec<PieceIndex>,
+        done: Vec<PieceIndex>,
+    },
     Choke,
     Unchoke,
     Interested,
@@ -484,6 +503,9 @@ pub struct Machine {
     stopped: bool,
     /// The last mirror run's number, over all jobs.
     mirror_gen: u32,
+    /// Pieces committed since the last [`Effect::ScanHolding`]: its answer
+    /// may have missed them.
+    stored_since_scan: HashSet<PieceIndex>,
 }
 
 fn count_bits(b: &[u8]) -> u32 {
@@ -515,6 +537,7 @@ impl Machine {
             announced: false,
             stopped: false,
             mirror_gen: 0,
+            stored_since_scan: HashSet::new(),
             cfg,
         }
     }
@@ -648,33 +671,6 @@ impl Machine {
                 }
                 self.choke_round(now);
             }
-            Input::Have { key, piece } => {
-                if let Some(p) = self.peers.get_mut(&key) {
-                    if let Some(b) = p.bits.as_mut() {
-                        wire::bitfield_set(b, piece);
-                    }
-                    p.wip.remove(&piece);
-                }
-                if self.picker.is_wanted(piece) {
-                    self.update_interest(key);
-                    self.drive(piece, now, env);
-                }
-            }
-            Input::Bits { key, bits } => {
-                if let Some(p) = self.peers.get_mut(&key) {
-                    p.bits = match (bits, p.bits.take()) {
-                        (None, _) | (_, None) => None,
-                        (Some(mut new), Some(old)) => {
-                            for (a, b) in new.iter_mut().zip(old) {
-                                *a |= b;
-                            }
-                            Some(new)
-                        }
-                    };
-                }
-                self.update_interest(key);
-                self.drive_all(now, env);
-            }
             Input::Rejected { key, req } => {
                 self.picker.rejected(
                     picker::Req {
@@ -694,23 +690,67 @@ impl Machine {
                 new,
                 current,
             } => self.block(key, piece, begin, len, new, current, now),
-            Input::Wip { key, wip } => {
+            Input::Wip { key, add, done } => {
                 let n = self.cfg.piece_count;
                 if let Some(p) = self.peers.get_mut(&key) {
-                    for i in wip.add {
+                    for i in add {
                         if i < n && p.wip.len() < WIP_MAX {
                             p.wip.insert(i);
                         }
                     }
-                    for i in &wip.done {
+                    for i in &done {
                         p.wip.remove(i);
                     }
-                    for i in wip.done {
+                    for i in done {
                         if self.picker.is_wanted(i) {
                             self.drive(i, now, env);
                         }
                     }
                 }
+            }
+            Input::Holds { key, pieces } => {
+                let mut wanted = Vec::new();
+                if let Some(p) = self.peers.get_mut(&key) {
+                    for &i in &pieces {
+                        if let Some(b) = p.bits.as_mut() {
+                            wire::bitfield_set(b, i);
+                        }
+                        p.wip.remove(&i);
+                        if self.picker.is_wanted(i) {
+                            wanted.push(i);
+                        }
+                    }
+                }
+                if !wanted.is_empty() {
+                    self.update_interest(key);
+                    for i in wanted {
+                        self.drive(i, now, env);
+                    }
+                }
+            }
+            Input::Lost { key, piece } => {
+                if let Some(b) = self.peers.get_mut(&key).and_then(|p| p.bits.as_mut()) {
+                    wire::bitfield_clear(b, piece);
+                }
+                self.update_interest(key);
+            }
+            Input::Grow {
+                piece_count,
+                total_size,
+            } => {
+                if piece_count > self.cfg.piece_count {
+                    let len = wire::bitfield_len(piece_count);
+                    self.have.resize(len, 0);
+                    for p in self.peers.values_mut() {
+                        if let Some(b) = p.bits.as_mut() {
+                            b.resize(len, 0);
+                        }
+                    }
+                    self.cfg.piece_count = piece_count;
+                    // The store may hold some of the new pieces already.
+                    self.scan();
+                }
+                self.cfg.total_size = self.cfg.total_size.max(total_size);
             }
             Input::MirrorDone {
                 piece,
@@ -738,15 +778,33 @@ impl Machine {
                 stored,
                 culprits,
             } => self.committed(piece, size, stored, culprits),
-            Input::Holding { bits, held_bytes } => {
-                let fresh: Vec<PieceIndex> = (0..self.cfg.piece_count)
+            Input::Holding {
+                mut bits,
+                held_bytes,
+            } => {
+                // A scan of a smaller catalogue (it grew meanwhile): the
+                // pieces beyond it count as not held, until the next scan.
+                bits.resize(self.have.len(), 0);
+                let n = self.cfg.piece_count;
+                let fresh: Vec<PieceIndex> = (0..n)
                     .filter(|&i| wire::bitfield_get(&bits, i) && !wire::bitfield_get(&self.have, i))
                     .collect();
-                self.have_count = count_bits(&bits);
-                self.held_bytes = held_bytes;
+                let gone: Vec<PieceIndex> = (0..n)
+                    .filter(|&i| !wire::bitfield_get(&bits, i) && wire::bitfield_get(&self.have, i))
+                    .filter(|i| !self.stored_since_scan.contains(i))
+                    .collect();
                 self.have = bits;
+                // Pieces committed while the scan ran stay held.
+                for i in std::mem::take(&mut self.stored_since_scan) {
+                    wire::bitfield_set(&mut self.have, i);
+                }
+                self.have_count = count_bits(&self.have);
+                self.held_bytes = held_bytes.min(self.cfg.total_size);
                 for i in fresh {
                     self.broadcast_have(i);
+                }
+                for i in gone {
+                    self.broadcast(PeerMsg::Drop(i));
                 }
             }
             Input::Banned { ip } => self.drop_ip(ip),
@@ -940,8 +998,14 @@ impl Machine {
             add.sort_unstable();
             add.truncate(256);
             if !add.is_empty() {
-                let w = wire::Wip { add, done: vec![] };
-                self.send(key, PeerMsg::Extended(id, w.encode()));
+                self.send(
+                    key,
+                    PeerMsg::Wip {
+                        ext: id,
+                        add,
+                        done: vec![],
+                    },
+                );
             }
         }
         self.peers.insert(key, peer);
@@ -1188,15 +1252,21 @@ impl Machine {
     }
 
     fn send_wip(&mut self, add: Vec<PieceIndex>, done: Vec<PieceIndex>) {
-        let payload = wire::Wip { add, done }.encode();
         let mut to: Vec<(PeerKey, u8)> = self
             .peers
             .iter()
             .filter_map(|(&k, p)| p.wip_id.map(|id| (k, id)))
             .collect();
         to.sort_unstable();
-        for (k, id) in to {
-            self.send(k, PeerMsg::Extended(id, payload.clone()));
+        for (k, ext) in to {
+            self.send(
+                k,
+                PeerMsg::Wip {
+                    ext,
+                    add: add.clone(),
+                    done: done.clone(),
+                },
+            );
         }
     }
 
@@ -1362,6 +1432,7 @@ impl Machine {
         // stopped fetching it, or it would go to the mirror in between.
         if stored && piece < self.cfg.piece_count && !wire::bitfield_get(&self.have, piece) {
             wire::bitfield_set(&mut self.have, piece);
+            self.stored_since_scan.insert(piece);
             self.have_count += 1;
             self.held_bytes = (self.held_bytes + size).min(self.cfg.total_size);
             self.broadcast_have(piece);
@@ -1371,11 +1442,21 @@ impl Machine {
         }
     }
 
+    /// Asks for a scan of the store.
+    fn scan(&mut self) {
+        self.stored_since_scan.clear();
+        self.emit(Effect::ScanHolding);
+    }
+
     fn broadcast_have(&mut self, piece: PieceIndex) {
+        self.broadcast(PeerMsg::Have(piece));
+    }
+
+    fn broadcast(&mut self, msg: PeerMsg) {
         let mut keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         keys.sort_unstable();
         for k in keys {
-            self.send(k, PeerMsg::Have(piece));
+            self.send(k, msg.clone());
         }
     }
 
@@ -1535,7 +1616,7 @@ impl Machine {
         }
         if now.saturating_sub(self.last_holding) >= 60_000 && self.jobs.is_empty() {
             self.last_holding = now;
-            self.emit(Effect::ScanHolding);
+            self.scan();
         }
         if now.saturating_sub(self.last_report) >= 1000 {
             self.last_report = now;

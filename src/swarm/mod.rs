@@ -1,7 +1,9 @@
-//! The daemon as a BitTorrent peer: one task per registered torrent
-//! (`torrent.rs`, the actor around the pure state machine of
-//! `machine.rs`), one reader and one writer task per connection
-//! (`conn.rs`), the listener, and the limits and bans that span torrents.
+//! The daemon as a BitTorrent peer: one task per dt2 swarm (a suite family
+//! and component, `docs/torrent-format.md` §7), whatever the number of
+//! index versions and suites registered for it (`torrent.rs`, the actor
+//! around the pure state machine of `machine.rs`, with the swarm's
+//! `catalogue.rs`), one reader and one writer task per connection
+//! (`conn.rs`), the listener, and the limits and bans that span swarms.
 //!
 //! Pure parts: `wire` (codec), `machine` (every decision of a torrent),
 //! `picker`, `mirror_rules`, `choker`, `rate`, `ban`. `service.rs` calls [`Swarm::fetch`]
@@ -10,6 +12,7 @@
 //! and `docs/ARCHITECTURE.md`.
 
 pub mod ban;
+pub mod catalogue;
 pub mod choker;
 pub mod conn;
 pub mod machine;
@@ -49,10 +52,12 @@ pub struct SwarmStatus {
     pub discovery: Option<DiscoveryStatus>,
 }
 
-/// The swarm: torrent tasks by info hash, the listener, discovery.
+/// The swarm: a task per dt2 swarm id, the listener, discovery.
 pub struct Swarm {
     ctx: Arc<Ctx>,
+    /// Tasks by swarm id, with the index versions last handed to each.
     torrents: Mutex<HashMap<InfoHash, Handle>>,
+    versions: Mutex<HashMap<InfoHash, Vec<InfoHash>>>,
     downloads: Arc<Downloads>,
 }
 
@@ -117,6 +122,7 @@ impl Swarm {
         let swarm = Arc::new(Swarm {
             ctx,
             torrents: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
             downloads: Arc::new(Downloads::new(opts.store, opts.hold_whole)),
         });
         if opts.enabled {
@@ -184,27 +190,39 @@ impl Swarm {
         self.torrents.lock().ok()?.get(ih).cloned()
     }
 
-    /// Starts tasks for new registrations and stops those of torrents no
-    /// longer registered.
+    /// Groups the registered indexes by swarm: a task per swarm, told
+    /// about new index versions. A swarm whose indexes are all gone keeps
+    /// its task (it still serves what the store holds of it) until the
+    /// daemon stops.
     fn sync(&self, registry: &Registry) {
-        let all = registry.all();
+        let mut groups: HashMap<InfoHash, Vec<Arc<Registered>>> = HashMap::new();
+        for r in registry.all() {
+            groups.entry(r.swarm_key()).or_default().push(r);
+        }
         let Ok(mut map) = self.torrents.lock() else {
             return;
         };
-        let current: HashMap<InfoHash, Arc<Registered>> = all
-            .into_iter()
-            .map(|r| (r.torrent.info_hash(), r))
-            .collect();
-        map.retain(|ih, h| {
-            let keep = current.contains_key(ih);
-            if !keep {
-                let _ = h.tx.try_send(Ev::Stop);
+        let Ok(mut versions) = self.versions.lock() else {
+            return;
+        };
+        for (id, mut regs) in groups {
+            regs.sort_by(|a, b| a.index_path.cmp(&b.index_path));
+            let mut now: Vec<InfoHash> = regs.iter().map(|r| r.torrent.info_hash()).collect();
+            now.sort_unstable();
+            match map.get(&id) {
+                Some(h) => {
+                    if versions.get(&id) != Some(&now) {
+                        // A full queue drops the update; the next
+                        // registration brings it again.
+                        let _ = h.tx.try_send(Ev::Indexes(regs));
+                        versions.insert(id, now);
+                    }
+                }
+                None => {
+                    map.insert(id, torrent::start(id, regs, self.ctx.clone()));
+                    versions.insert(id, now);
+                }
             }
-            keep
-        });
-        for (ih, reg) in current {
-            map.entry(ih)
-                .or_insert_with(|| torrent::start(reg, self.ctx.clone()));
         }
     }
 
@@ -232,7 +250,7 @@ impl Swarm {
                             }
                         }
                         None => {
-                            tracing::debug!(peer = %addr, "handshake for a torrent we do not have")
+                            tracing::debug!(peer = %addr, "handshake for a swarm we are not in")
                         }
                     },
                     Err(e) => tracing::debug!(peer = %addr, error = %e, "bad handshake"),
@@ -243,7 +261,8 @@ impl Swarm {
     }
 
     /// The download of piece `index` of `reg` (joined if it is in flight),
-    /// for the pool file at `url`.
+    /// for the pool file at `url`. Its swarm's task fetches it by content,
+    /// from any peer of the swarm that holds the same SHA-256.
     pub async fn fetch(
         &self,
         reg: &Arc<Registered>,
@@ -253,37 +272,36 @@ impl Swarm {
         let p = reg.torrent.piece(index).ok_or(Failure::Local)?;
         let (dl, created) = self.downloads.get_or_create(p.path, *p.sha256, p.size)?;
         if created {
-            let ih = reg.torrent.info_hash();
-            let h = match self.handle(&ih) {
+            let id = reg.swarm_key();
+            let h = match self.handle(&id) {
                 Some(h) => h,
                 None => {
                     // Registered a moment ago: start its task now.
-                    let h = torrent::start(reg.clone(), self.ctx.clone());
+                    let h = torrent::start(id, vec![reg.clone()], self.ctx.clone());
                     if let Ok(mut m) = self.torrents.lock() {
-                        m.entry(ih).or_insert(h).clone()
+                        m.entry(id).or_insert(h).clone()
                     } else {
                         h
                     }
                 }
             };
-            if h.tx
-                .send(Ev::Want {
-                    piece: index,
-                    dl: dl.clone(),
-                    url,
-                })
-                .await
-                .is_err()
-            {
+            let want = Ev::Want {
+                sha256: *p.sha256,
+                size: p.size,
+                path: p.path.to_string(),
+                dl: dl.clone(),
+                url,
+            };
+            if h.tx.send(want).await.is_err() {
                 dl.fail(Failure::Local);
             }
         }
         Ok(dl)
     }
 
-    /// Per torrent: peers, discovery, bytes (for `/status.json`).
-    pub fn torrent_status(&self, ih: &InfoHash) -> Option<TorrentStatus> {
-        self.handle(ih).map(|h| h.status())
+    /// Per swarm (by its id): peers, discovery, bytes (for `/status.json`).
+    pub fn torrent_status(&self, swarm: &InfoHash) -> Option<TorrentStatus> {
+        self.handle(swarm).map(|h| h.status())
     }
 
     /// Swarm-wide status.

@@ -1,7 +1,13 @@
-//! The torrent task: the actor around one torrent's state machine.
+//! The swarm task: the actor around one dt2 swarm's state machine.
 //!
-//! It owns what the machine must not: the channels of the peer
-//! connections, the pieces' assemblies, the mirror runs. It turns what
+//! One task per swarm (suite family and component,
+//! `docs/torrent-format.md` §7), whatever the number of index versions and
+//! suites it spans. It owns what the machine must not: the swarm's
+//! [`Catalogue`] (our numbers for content, which the machine calls pieces),
+//! what each peer's `dt_hold` says it holds and under which of its numbers,
+//! the channels of the peer connections, the pieces' assemblies, the mirror
+//! runs. It translates between our numbers and each peer's on the way out
+//! (requests, cancels) and in (holdings, `dt_wip`). It turns what
 //! arrives (apt's wants, connection events, mirror and verifier results,
 //! a 100 ms tick) into [`Input`]s, hands them to the [`Machine`] with the
 //! time and an [`Env`] snapshot, and performs the [`Effect`]s that come
@@ -11,13 +17,14 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use super::catalogue::Catalogue;
 use super::conn::{self, Established, Out, PeerShared};
 use super::machine::{self, Effect, Env, Hello, Input, Machine, PeerMsg, Received};
 use super::shared::Ctx;
@@ -28,14 +35,20 @@ use crate::registry::Registered;
 use crate::store::Store;
 use crate::types::{InfoHash, PeerKey, PieceIndex};
 
-/// What reaches a torrent task from outside its connections.
+/// What reaches a swarm task from outside its connections.
 pub enum Ev {
-    /// apt waits for `piece`; its assembly is `dl`, the mirror URL `url`.
+    /// apt waits for the content `sha256` (`size` bytes, stored at `path`);
+    /// its assembly is `dl`, the mirror URL `url`.
     Want {
-        piece: PieceIndex,
+        sha256: [u8; 32],
+        size: u64,
+        path: String,
         dl: Arc<Download>,
         url: String,
     },
+    /// The registered indexes of this swarm now (new versions are folded
+    /// into the catalogue; nothing is taken out).
+    Indexes(Vec<Arc<Registered>>),
     /// A connection came in for this torrent (handshake already read, a
     /// connection slot taken).
     Incoming(TcpStream, SocketAddr, Handshake),
@@ -86,9 +99,13 @@ pub struct PeerStatus {
     pub interested: bool,
 }
 
-/// One torrent's swarm as `/status.json` shows it.
+/// One swarm as `/status.json` shows it.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct TorrentStatus {
+    /// Content the swarm's catalogue numbers, and the index versions
+    /// folded into it.
+    pub catalogue: u32,
+    pub index_versions: usize,
     pub peers: Vec<PeerStatus>,
     pub discovered: BTreeMap<Origin, Vec<String>>,
     pub pieces_held: u32,
@@ -146,10 +163,16 @@ impl Handle {
     }
 }
 
-/// A connected peer's channel and shared counters.
+/// A connected peer's channel and shared counters, and what its
+/// `dt_hold` and `dt_wip` messages said, in its numbers.
 struct Link {
     tx: mpsc::Sender<Out>,
     shared: Arc<PeerShared>,
+    /// Its numbers for the content it holds, both ways.
+    by_num: HashMap<u32, [u8; 32]>,
+    by_sha: HashMap<[u8; 32], u32>,
+    /// Its `dt_wip` numbers that name content our catalogue lists.
+    wip: HashMap<u32, PieceIndex>,
 }
 
 /// A wanted piece's assembly, mirror URL and mirror run (its number and
@@ -160,14 +183,15 @@ struct JobIo {
     mirror: Option<(u32, watch::Sender<bool>)>,
 }
 
-/// The torrent task.
+/// The swarm task.
 struct Task {
     m: Machine,
     ctx: Arc<Ctx>,
     conns: Arc<conn::Context>,
     shown: Arc<Shown>,
+    /// The dt2 swarm id: what handshakes, the DHT and trackers carry.
     info_hash: InfoHash,
-    reg: Arc<Registered>,
+    cat: Arc<RwLock<Catalogue>>,
     tx: mpsc::Sender<Ev>,
     links: HashMap<PeerKey, Link>,
     jobs: HashMap<PieceIndex, JobIo>,
@@ -179,14 +203,21 @@ struct Task {
     last_snapshot: Instant,
 }
 
-/// Starts the task of a registered torrent.
-pub fn start(reg: Arc<Registered>, ctx: Arc<Ctx>) -> Handle {
+/// Starts the task of swarm `swarm`, with the indexes registered for it
+/// so far.
+pub fn start(swarm: InfoHash, regs: Vec<Arc<Registered>>, ctx: Arc<Ctx>) -> Handle {
     let (tx, rx) = mpsc::channel(4096);
     let (peer_tx, peer_rx) = mpsc::channel(4096);
     let (ended_tx, ended_rx) = watch::channel(false);
-    let info_hash = reg.torrent.info_hash();
+    let mut cat = Catalogue::default();
+    for r in &regs {
+        cat.add_index(r.torrent.info_hash(), &r.torrent);
+    }
+    let (piece_count, total_size) = (cat.len(), cat.total_size());
+    let cat = Arc::new(RwLock::new(cat));
     let conns = Arc::new(conn::Context::new(
-        reg.clone(),
+        swarm,
+        cat.clone(),
         ctx.peer_id,
         ctx.peer_addr.port(),
         ctx.store.clone(),
@@ -203,19 +234,20 @@ pub fn start(reg: Arc<Registered>, ctx: Arc<Ctx>) -> Handle {
         } else {
             0
         },
-        piece_count: reg.torrent.piece_count(),
-        total_size: reg.torrent.total_size(),
+        piece_count,
+        total_size,
         peer_id: ctx.peer_id,
         peer_addr: ctx.peer_addr,
         seed: fastrand::u64(..),
     });
+    let names: Vec<String> = regs.iter().map(|r| r.index_path.clone()).collect();
     let task = Task {
         m,
         ctx,
         conns: conns.clone(),
         shown: shown.clone(),
-        info_hash,
-        reg: reg.clone(),
+        info_hash: swarm,
+        cat,
         tx: tx.clone(),
         links: HashMap::new(),
         jobs: HashMap::new(),
@@ -224,7 +256,7 @@ pub fn start(reg: Arc<Registered>, ctx: Arc<Ctx>) -> Handle {
         epoch: Instant::now(),
         last_snapshot: Instant::now(),
     };
-    let span = tracing::info_span!("torrent", ih = %info_hash.to_hex()[..12].to_string(), index = %reg.index_path);
+    let span = tracing::info_span!("swarm", id = %swarm.to_hex()[..12].to_string(), first = %names.first().map_or("", |s| s.as_str()));
     tokio::spawn(
         async move {
             task.run(rx, peer_rx).await;
@@ -240,16 +272,19 @@ pub fn start(reg: Arc<Registered>, ctx: Arc<Ctx>) -> Handle {
     }
 }
 
-/// The pieces of `reg` that are in the store, and their bytes (blocking:
-/// one map lookup per piece).
-fn holding(reg: &Registered, store: &Store) -> (Vec<u8>, u64) {
-    let n = reg.torrent.piece_count();
+/// The catalogue's content that is in the store, as a bitfield of our
+/// numbers, and its bytes (blocking: one map lookup per entry).
+fn holding(cat: &RwLock<Catalogue>, store: &Store) -> (Vec<u8>, u64) {
+    let cat = cat.read().unwrap_or_else(|e| e.into_inner());
+    let n = cat.len();
     let mut bits = vec![0; wire::bitfield_len(n)];
     let mut bytes = 0;
-    for p in reg.torrent.pieces() {
-        if store.get(p.path, p.sha256).is_some() {
-            wire::bitfield_set(&mut bits, p.index);
-            bytes += p.size;
+    for i in 0..n {
+        if let Some(e) = cat.get(i) {
+            if store.get(&e.path, &e.sha256).is_some() {
+                wire::bitfield_set(&mut bits, i);
+                bytes += e.size;
+            }
         }
     }
     (bits, bytes)
@@ -257,14 +292,14 @@ fn holding(reg: &Registered, store: &Store) -> (Vec<u8>, u64) {
 
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Ev>, mut peer_rx: mpsc::Receiver<conn::Event>) {
-        let (reg, store) = (self.reg.clone(), self.ctx.store.clone());
+        let (cat, store) = (self.cat.clone(), self.ctx.store.clone());
         if let Ok((bits, held_bytes)) =
-            tokio::task::spawn_blocking(move || holding(&reg, &store)).await
+            tokio::task::spawn_blocking(move || holding(&cat, &store)).await
         {
             self.feed(Input::Holding { bits, held_bytes });
         }
         self.feed(Input::DiscoveryReady);
-        tracing::debug!(holding = self.m.counts().0, "torrent task started");
+        tracing::debug!(holding = self.m.counts().0, "swarm task started");
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -288,7 +323,7 @@ impl Task {
                 _ => {}
             }
         }
-        tracing::debug!("torrent task stopped");
+        tracing::debug!("swarm task stopped");
     }
 
     fn env(&self) -> Env {
@@ -317,7 +352,23 @@ impl Task {
     fn on_ev(&mut self, ev: Ev) {
         match ev {
             Ev::Stop => {}
-            Ev::Want { piece, dl, url } => {
+            Ev::Indexes(regs) => self.fold_in(&regs),
+            Ev::Want {
+                sha256,
+                size,
+                path,
+                dl,
+                url,
+            } => {
+                let (piece, grew) = {
+                    let mut cat = self.cat();
+                    let before = cat.len();
+                    let id = cat.intern(sha256, size, &path);
+                    (id, cat.len() > before)
+                };
+                if grew {
+                    self.grow(piece);
+                }
                 if let Some(j) = self.jobs.get(&piece) {
                     if Arc::ptr_eq(&j.dl, &dl) {
                         return;
@@ -402,7 +453,7 @@ impl Task {
                 stored,
                 culprits,
             } => {
-                let size = self.reg.torrent.piece(piece).map_or(0, |p| p.size);
+                let size = self.cat_read().get(piece).map_or(0, |e| e.size);
                 self.feed(Input::Committed {
                     piece,
                     size,
@@ -425,12 +476,14 @@ impl Task {
                     return;
                 }
                 let h = &est.hello;
+                // What it holds comes in its dt_hold messages, after this.
+                let none = vec![0; self.m.have().0.len()];
                 let hello = Hello {
                     addr,
                     peer_id: h.peer_id,
                     outgoing: est.outgoing,
                     client: h.ext.v.clone().unwrap_or_default(),
-                    bits: h.bitfield.clone(),
+                    bits: Some(none),
                     reqq: h.ext.reqq,
                     port: h.ext.p,
                     pex_id: h.ext.ext_id(wire::EXT_PEX),
@@ -466,8 +519,7 @@ impl Task {
                 discarded,
             }),
             E::Interest { key, interested } => self.feed(Input::Interest { key, interested }),
-            E::Have { key, piece } => self.feed(Input::Have { key, piece }),
-            E::Bits { key, bits } => self.feed(Input::Bits { key, bits }),
+            E::Hold { key, hold } => self.on_hold(key, hold),
             E::Rejected { key, req } => self.feed(Input::Rejected { key, req }),
             E::Block {
                 key,
@@ -505,10 +557,7 @@ impl Task {
                     });
                 }
             }
-            E::Wip { key, wip } => {
-                tracing::debug!(%key, add = ?wip.add, done = ?wip.done, "a peer fetches from the mirror (dt_wip)");
-                self.feed(Input::Wip { key, wip });
-            }
+            E::Wip { key, wip } => self.on_wip(key, wip),
         }
     }
 
@@ -540,21 +589,21 @@ impl Task {
                 if !self.ctx.acquire_conn(addr.ip()) {
                     return Some(Input::NoSlot { addr });
                 }
-                let (bits, count) = self.m.have();
+                let (bits, hold) = self.our_hold();
                 conn::spawn_dial(
                     self.conns.clone(),
                     addr,
                     self.ctx.peer_addr.ip(),
-                    bits.to_vec(),
-                    count,
+                    bits,
+                    hold,
                 );
             }
             Effect::Accept { addr } => {
                 let Some((stream, hs)) = self.pending_in.take() else {
                     return Some(Input::Failed { addr });
                 };
-                let (bits, count) = self.m.have();
-                conn::spawn_accept(self.conns.clone(), stream, addr, hs, bits.to_vec(), count);
+                let (bits, hold) = self.our_hold();
+                conn::spawn_accept(self.conns.clone(), stream, addr, hs, bits, hold);
             }
             Effect::Attach { key, addr } => {
                 let Some(est) = self.pending_up.take().filter(|e| e.addr == addr) else {
@@ -568,6 +617,9 @@ impl Task {
                     Link {
                         tx: est.tx.clone(),
                         shared: est.shared.clone(),
+                        by_num: HashMap::new(),
+                        by_sha: HashMap::new(),
+                        wip: HashMap::new(),
                     },
                 );
                 est.run(key, self.conns.clone());
@@ -660,9 +712,9 @@ impl Task {
                 }
             }
             Effect::ScanHolding => {
-                let (reg, store, tx) = (self.reg.clone(), self.ctx.store.clone(), self.tx.clone());
+                let (cat, store, tx) = (self.cat.clone(), self.ctx.store.clone(), self.tx.clone());
                 tokio::task::spawn_blocking(move || {
-                    let (bits, bytes) = holding(&reg, &store);
+                    let (bits, bytes) = holding(&cat, &store);
                     let _ = tx.blocking_send(Ev::Holding(bits, bytes));
                 });
             }
@@ -670,22 +722,192 @@ impl Task {
         None
     }
 
+    fn cat(&self) -> std::sync::RwLockWriteGuard<'_, Catalogue> {
+        self.cat.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cat_read(&self) -> std::sync::RwLockReadGuard<'_, Catalogue> {
+        self.cat.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sha(&self, piece: PieceIndex) -> Option<[u8; 32]> {
+        self.cat_read().get(piece).map(|e| e.sha256)
+    }
+
+    /// What we hold, as the machine's bitfield and as `dt_hold` entries.
+    fn our_hold(&self) -> (Vec<u8>, Vec<(u32, [u8; 32])>) {
+        let (bits, _) = self.m.have();
+        let cat = self.cat_read();
+        let hold = (0..cat.len())
+            .filter(|&i| wire::bitfield_get(bits, i))
+            .filter_map(|i| cat.get(i).map(|e| (i, e.sha256)))
+            .collect();
+        (bits.to_vec(), hold)
+    }
+
+    /// Folds new index versions into the catalogue.
+    fn fold_in(&mut self, regs: &[Arc<Registered>]) {
+        let before = self.cat_read().len();
+        let mut added = 0;
+        for r in regs {
+            if self.cat().add_index(r.torrent.info_hash(), &r.torrent) {
+                added += 1;
+                tracing::info!(index = %r.index_path, version = %r.torrent.info_hash(), "index version joins the swarm");
+            }
+        }
+        if added > 0 && self.cat_read().len() > before {
+            self.grow(before);
+        }
+    }
+
+    /// The catalogue grew from `from` entries: the machine learns its new
+    /// size, and what peers said they hold of the new content counts now.
+    fn grow(&mut self, from: u32) {
+        let (piece_count, total_size) = {
+            let c = self.cat_read();
+            (c.len(), c.total_size())
+        };
+        self.feed(Input::Grow {
+            piece_count,
+            total_size,
+        });
+        let mut keys: Vec<PeerKey> = self.links.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            let pieces: Vec<PieceIndex> = {
+                let cat = self.cat_read();
+                let Some(l) = self.links.get(&key) else {
+                    continue;
+                };
+                let mut v: Vec<PieceIndex> = l
+                    .by_sha
+                    .keys()
+                    .filter_map(|sha| cat.id(sha))
+                    .filter(|&id| id >= from)
+                    .collect();
+                v.sort_unstable();
+                v
+            };
+            if !pieces.is_empty() {
+                self.feed(Input::Holds { key, pieces });
+            }
+        }
+    }
+
+    /// A peer's `dt_hold`: drops, then adds.
+    fn on_hold(&mut self, key: PeerKey, hold: wire::Hold) {
+        let mut lost = Vec::new();
+        let mut held = Vec::new();
+        {
+            let cat = self.cat.read().unwrap_or_else(|e| e.into_inner());
+            let Some(l) = self.links.get_mut(&key) else {
+                return;
+            };
+            for n in hold.drop {
+                if let Some(sha) = l.by_num.remove(&n) {
+                    if l.by_sha.get(&sha) == Some(&n) {
+                        l.by_sha.remove(&sha);
+                        lost.extend(cat.id(&sha));
+                    }
+                }
+            }
+            for (n, sha) in hold.add {
+                if let Some(old) = l.by_num.insert(n, sha) {
+                    if old != sha && l.by_sha.get(&old) == Some(&n) {
+                        l.by_sha.remove(&old);
+                        lost.extend(cat.id(&old));
+                    }
+                }
+                l.by_sha.insert(sha, n);
+                held.extend(cat.id(&sha));
+            }
+        }
+        for piece in lost {
+            self.feed(Input::Lost { key, piece });
+        }
+        if !held.is_empty() {
+            self.feed(Input::Holds { key, pieces: held });
+        }
+    }
+
+    /// A peer's `dt_wip`, in our numbers (content we do not list is none
+    /// of our business).
+    fn on_wip(&mut self, key: PeerKey, wip: wire::Wip) {
+        let (mut add, mut done) = (Vec::new(), Vec::new());
+        {
+            let cat = self.cat.read().unwrap_or_else(|e| e.into_inner());
+            let Some(l) = self.links.get_mut(&key) else {
+                return;
+            };
+            for n in wip.done {
+                done.extend(l.wip.remove(&n));
+            }
+            for (n, sha) in wip.add {
+                if let Some(id) = cat.id(&sha) {
+                    if l.wip.len() < machine::WIP_MAX {
+                        l.wip.insert(n, id);
+                        add.push(id);
+                    }
+                }
+            }
+        }
+        tracing::debug!(%key, ?add, ?done, "a peer fetches from the mirror (dt_wip)");
+        self.feed(Input::Wip { key, add, done });
+    }
+
     fn send(&mut self, key: PeerKey, msg: PeerMsg) {
         let Some(link) = self.links.get(&key) else {
             return;
+        };
+        // Our number -> the peer's, for content it announced.
+        let theirs = |piece: PieceIndex| -> Option<u32> {
+            let sha = self.sha(piece)?;
+            link.by_sha.get(&sha).copied()
         };
         let out = match msg {
             PeerMsg::Request { piece, blocks } => {
                 let Some(j) = self.jobs.get(&piece) else {
                     return;
                 };
+                let Some(n) = theirs(piece) else {
+                    tracing::debug!(%key, piece, "no number of the peer's for a request");
+                    return;
+                };
                 j.dl.mark_started();
-                Out::Request(blocks, j.dl.clone())
+                let blocks = blocks
+                    .into_iter()
+                    .map(|b| wire::BlockRef { index: n, ..b })
+                    .collect();
+                Out::Request(blocks, j.dl.clone(), piece)
             }
-            PeerMsg::Cancel(r) => Out::Cancel(r),
+            PeerMsg::Cancel(r) => {
+                let Some(n) = theirs(r.index) else {
+                    return;
+                };
+                Out::Cancel(wire::BlockRef { index: n, ..r })
+            }
             PeerMsg::CancelPiece(p) => Out::CancelPiece(p),
             PeerMsg::CancelAll => Out::CancelAll,
-            PeerMsg::Have(i) => Out::Have(i),
+            PeerMsg::Have(i) => {
+                let Some(sha) = self.sha(i) else {
+                    return;
+                };
+                Out::Hold(wire::Hold {
+                    add: vec![(i, sha)],
+                    drop: Vec::new(),
+                })
+            }
+            PeerMsg::Drop(i) => Out::Hold(wire::Hold {
+                add: Vec::new(),
+                drop: vec![i],
+            }),
+            PeerMsg::Wip { ext, add, done } => {
+                let add = add
+                    .into_iter()
+                    .filter_map(|i| self.sha(i).map(|sha| (i, sha)))
+                    .collect();
+                Out::Extended(ext, wire::Wip { add, done }.encode())
+            }
             PeerMsg::Choke => Out::Choke,
             PeerMsg::Unchoke => Out::Unchoke,
             PeerMsg::Interested => Out::Interested,
@@ -762,7 +984,13 @@ impl Task {
             })
             .collect();
         let (pieces_held, pieces_wanted) = self.m.counts();
+        let (catalogue, index_versions) = {
+            let c = self.cat_read();
+            (c.len(), c.versions())
+        };
         let s = TorrentStatus {
+            catalogue,
+            index_versions,
             peers,
             discovered: self.m.discovered(),
             pieces_held,

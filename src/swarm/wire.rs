@@ -42,6 +42,9 @@ pub const MAX_PEX: usize = 50;
 /// Extension name of the dt2 holdings message (`docs/torrent-format.md`
 /// §7): what a peer holds, by SHA-256, with its own number for each.
 pub const EXT_HOLD: &str = "dt_hold";
+/// The `"debtorrent"` value of our extended handshake: dt2, pieces named
+/// by content (`docs/torrent-format.md` §7).
+pub const DT_VERSION: i64 = 2;
 /// Most entries per `dt_hold` list: 36 bytes each, so a full list of adds
 /// and one of drops fit in one extended message ([`MAX_EXTENDED`]). A peer
 /// that holds more sends several messages.
@@ -446,6 +449,13 @@ pub fn bitfield_set(bits: &mut [u8], index: u32) {
     }
 }
 
+/// Clears bit `index`; does nothing past the end.
+pub fn bitfield_clear(bits: &mut [u8], index: u32) {
+    if let Some(b) = bits.get_mut(index as usize / 8) {
+        *b &= !(0x80 >> (index % 8));
+    }
+}
+
 /// Checks a peer's bitfield: exact size, and the spare bits of the last
 /// byte zero (BEP 3 says peers sending set padding bits are to be dropped).
 pub fn bitfield_check(bits: &[u8], piece_count: u32) -> Result<(), BitfieldError> {
@@ -719,75 +729,35 @@ impl Pex {
     }
 }
 
-/// Our `dt_wip` message (§6.4): which pieces the sender started and stopped
-/// fetching, so peers that want the same file wait for it and fetch it from
-/// the sender instead of each hitting the mirror.
+/// Our `dt_wip` message (§6.4): which content the sender started and
+/// stopped fetching, so peers that want the same file wait for it and fetch
+/// it from the sender instead of each hitting the mirror. In dt2 the
+/// sender does not hold that content yet, so no `dt_hold` number names it:
+/// an added entry carries its SHA-256 with the sender's number, and `done`
+/// names those numbers. Same layout as [`Hold`]: `{"a": <4-byte number +
+/// 32-byte SHA-256, repeated>, "d": <4-byte numbers>}`, at most
+/// [`MAX_WIP`] entries each.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Wip {
-    /// Pieces now being fetched (`"a"`).
-    pub add: Vec<u32>,
-    /// Pieces no longer being fetched, whether done or abandoned (`"d"`).
+    /// Content now being fetched: (the sender's number, SHA-256).
+    pub add: Vec<(u32, [u8; 32])>,
+    /// Numbers no longer being fetched, whether done or abandoned.
     pub done: Vec<u32>,
-}
-
-fn wip_list(key: &'static str, val: Object<'_, '_>, out: &mut Vec<u32>) -> Result<(), WireError> {
-    let Object::List(mut l) = val else {
-        return Err(WireError::BadField {
-            key,
-            reason: "not a list",
-        });
-    };
-    while let Some(item) = l.next_object().map_err(ben_err)? {
-        if out.len() == MAX_WIP {
-            return Err(WireError::TooMany { key, max: MAX_WIP });
-        }
-        let Object::Integer(s) = item else {
-            return Err(WireError::BadField {
-                key,
-                reason: "entry is not an integer",
-            });
-        };
-        match ben_parse_int(s).and_then(|i| u32::try_from(i).ok()) {
-            Some(i) => out.push(i),
-            None => {
-                return Err(WireError::BadField {
-                    key,
-                    reason: "entry is not a piece index (0..2^32)",
-                })
-            }
-        }
-    }
-    Ok(())
 }
 
 impl Wip {
     /// Writes at most [`MAX_WIP`] entries per list (the first ones), since
     /// peers refuse longer lists; the caller sends the rest in a later one.
     pub fn encode(&self) -> Vec<u8> {
-        bencode(|w| {
-            w.dict().bytes(b"a").list();
-            for &i in self.add.iter().take(MAX_WIP) {
-                w.uint(u64::from(i));
-            }
-            w.end().bytes(b"d").list();
-            for &i in self.done.iter().take(MAX_WIP) {
-                w.uint(u64::from(i));
-            }
-            w.end().end();
-        })
+        pairs_encode(&self.add, &self.done, MAX_WIP)
     }
 
-    /// Strict, since it is our own format: a missing list is empty, but a
-    /// list over [`MAX_WIP`], a non-integer or an index outside `u32` is an
-    /// error. Unknown keys are ignored (room for later versions).
+    /// Strict, since it is our own format: a missing list is empty; a list
+    /// that is not a whole number of entries, or longer than [`MAX_WIP`], is
+    /// an error. Unknown keys are ignored (room for later versions).
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
-        let mut w = Wip::default();
-        walk_dict(b, |key, val| match key {
-            b"a" => wip_list("a", val, &mut w.add),
-            b"d" => wip_list("d", val, &mut w.done),
-            _ => Ok(()),
-        })?;
-        Ok(w)
+        let (add, done) = pairs_decode(b, MAX_WIP)?;
+        Ok(Wip { add, done })
     }
 }
 
@@ -807,63 +777,72 @@ impl Hold {
     /// Writes at most [`MAX_HOLD`] entries per list (the first ones); the
     /// caller sends the rest in later messages.
     pub fn encode(&self) -> Vec<u8> {
-        let mut a = Vec::with_capacity(36 * self.add.len().min(MAX_HOLD));
-        for (n, h) in self.add.iter().take(MAX_HOLD) {
-            a.extend_from_slice(&n.to_be_bytes());
-            a.extend_from_slice(h);
-        }
-        let mut d = Vec::with_capacity(4 * self.drop.len().min(MAX_HOLD));
-        for n in self.drop.iter().take(MAX_HOLD) {
-            d.extend_from_slice(&n.to_be_bytes());
-        }
-        bencode(|w| {
-            w.dict().bytes(b"a").bytes(&a).bytes(b"d").bytes(&d).end();
-        })
+        pairs_encode(&self.add, &self.drop, MAX_HOLD)
     }
 
     /// Strict, since it is our own format: a missing list is empty; a list
     /// that is not a whole number of entries, or longer than [`MAX_HOLD`],
     /// is an error. Unknown keys are ignored (room for later versions).
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
-        let mut h = Hold::default();
-        walk_dict(b, |key, val| {
-            let (name, size) = match key {
-                b"a" => ("a", 36),
-                b"d" => ("d", 4),
-                _ => return Ok(()),
-            };
-            let Object::Bytes(v) = val else {
-                return Err(WireError::BadField {
-                    key: name,
-                    reason: "not a byte string",
-                });
-            };
-            if v.len() % size != 0 {
-                return Err(WireError::BadField {
-                    key: name,
-                    reason: "not a whole number of entries",
-                });
-            }
-            if v.len() / size > MAX_HOLD {
-                return Err(WireError::TooMany {
-                    key: name,
-                    max: MAX_HOLD,
-                });
-            }
-            for e in v.chunks_exact(size) {
-                let n = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
-                if size == 36 {
-                    let mut sha = [0u8; 32];
-                    sha.copy_from_slice(&e[4..]);
-                    h.add.push((n, sha));
-                } else {
-                    h.drop.push(n);
-                }
-            }
-            Ok(())
-        })?;
-        Ok(h)
+        let (add, drop) = pairs_decode(b, MAX_HOLD)?;
+        Ok(Hold { add, drop })
     }
+}
+
+/// `{"a": (number, SHA-256)*, "d": number*}`, at most `max` of each.
+fn pairs_encode(add: &[(u32, [u8; 32])], drop: &[u32], max: usize) -> Vec<u8> {
+    let mut a = Vec::with_capacity(36 * add.len().min(max));
+    for (n, h) in add.iter().take(max) {
+        a.extend_from_slice(&n.to_be_bytes());
+        a.extend_from_slice(h);
+    }
+    let mut d = Vec::with_capacity(4 * drop.len().min(max));
+    for n in drop.iter().take(max) {
+        d.extend_from_slice(&n.to_be_bytes());
+    }
+    bencode(|w| {
+        w.dict().bytes(b"a").bytes(&a).bytes(b"d").bytes(&d).end();
+    })
+}
+
+type Pairs = (Vec<(u32, [u8; 32])>, Vec<u32>);
+
+fn pairs_decode(b: &[u8], max: usize) -> Result<Pairs, WireError> {
+    let (mut add, mut drop) = (Vec::new(), Vec::new());
+    walk_dict(b, |key, val| {
+        let (name, size) = match key {
+            b"a" => ("a", 36),
+            b"d" => ("d", 4),
+            _ => return Ok(()),
+        };
+        let Object::Bytes(v) = val else {
+            return Err(WireError::BadField {
+                key: name,
+                reason: "not a byte string",
+            });
+        };
+        if v.len() % size != 0 {
+            return Err(WireError::BadField {
+                key: name,
+                reason: "not a whole number of entries",
+            });
+        }
+        if v.len() / size > max {
+            return Err(WireError::TooMany { key: name, max });
+        }
+        for e in v.chunks_exact(size) {
+            let n = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
+            if size == 36 {
+                let mut sha = [0u8; 32];
+                sha.copy_from_slice(&e[4..]);
+                add.push((n, sha));
+            } else {
+                drop.push(n);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((add, drop))
 }
 
 #[cfg(test)]
@@ -1377,15 +1356,24 @@ mod tests {
     #[test]
     fn wip_golden_and_round_trip() {
         let w = Wip {
-            add: vec![0, 7, u32::MAX],
+            add: vec![(7, [0xab; 32])],
             done: vec![3],
         };
         let b = w.encode();
-        assert_eq!(b, b"d1:ali0ei7ei4294967295ee1:dli3eee");
+        let mut want = b"d1:a36:".to_vec();
+        want.extend_from_slice(&[0, 0, 0, 7]);
+        want.extend_from_slice(&[0xab; 32]);
+        want.extend_from_slice(b"1:d4:");
+        want.extend_from_slice(&[0, 0, 0, 3]);
+        want.push(b'e');
+        assert_eq!(b, want);
         assert_eq!(Wip::decode(&b), Ok(w));
         assert_eq!(Wip::decode(b"de"), Ok(Wip::default()));
-        assert_eq!(Wip::default().encode(), b"d1:ale1:dlee");
-        assert_eq!(Wip::decode(b"d1:ali1ee1:zi0ee").map(|w| w.add), Ok(vec![1]));
+        assert_eq!(Wip::default().encode(), b"d1:a0:1:d0:e");
+        assert_eq!(
+            Wip::decode(b"d1:d4:\0\0\0\x011:zi0ee").map(|w| w.done),
+            Ok(vec![1])
+        );
     }
 
     #[test]
@@ -1439,40 +1427,28 @@ mod tests {
 
     #[test]
     fn wip_limits() {
-        let list = |n: usize| -> Vec<u8> {
+        let nums = |n: usize| -> Vec<u8> {
             bencode(|w| {
-                w.dict().bytes(b"d").list();
-                for i in 0..n {
-                    w.uint(i as u64);
-                }
-                w.end().end();
+                w.dict().bytes(b"d").bytes(&vec![0; 4 * n]).end();
             })
         };
         assert_eq!(
-            Wip::decode(&list(MAX_WIP)).map(|w| w.done.len()),
+            Wip::decode(&nums(MAX_WIP)).map(|w| w.done.len()),
             Ok(MAX_WIP)
         );
         assert_eq!(
-            Wip::decode(&list(MAX_WIP + 1)),
+            Wip::decode(&nums(MAX_WIP + 1)),
             Err(WireError::TooMany {
                 key: "d",
                 max: MAX_WIP
             })
         );
         let big = Wip {
-            add: (0..300).collect(),
+            add: (0..300).map(|n| (n, [2; 32])).collect(),
             done: vec![],
         };
         assert_eq!(Wip::decode(&big.encode()).map(|w| w.add.len()), Ok(MAX_WIP));
-        let bad: &[&[u8]] = &[
-            b"d1:ali-1eee",
-            b"d1:ali4294967296eee",
-            b"d1:ali99999999999999999999eee",
-            b"d1:al1:xee",
-            b"d1:allieeee",
-            b"d1:ai1ee",
-            b"d1:d3:abce",
-        ];
+        let bad: &[&[u8]] = &[b"d1:ali1eee", b"d1:a3:abce", b"d1:ai1ee", b"d1:d3:abce"];
         for c in bad {
             assert!(
                 matches!(Wip::decode(c), Err(WireError::BadField { .. })),
@@ -1649,7 +1625,7 @@ mod tests {
 
         #[test]
         fn wip_round_trip(
-            add in prop::collection::vec(any::<u32>(), 0..=MAX_WIP),
+            add in prop::collection::vec((any::<u32>(), any::<[u8; 32]>()), 0..=MAX_WIP),
             done in prop::collection::vec(any::<u32>(), 0..=MAX_WIP),
         ) {
             let w = Wip { add, done };

@@ -6,6 +6,7 @@
 mod support;
 
 mod baseline;
+mod dt2;
 mod faults;
 mod frontend;
 mod https;

@@ -41,13 +41,30 @@ fn torrent(d: &Daemon) -> Value {
         .unwrap_or_else(|| panic!("no torrent for {PACKAGES} in {:#}", d.status_json()))
 }
 
+/// The dt2 swarm the Packages index belongs to (what handshakes carry).
 fn info_hash(d: &Daemon) -> debtorrent_gen::InfoHash {
     let t = torrent(d);
-    let hex = t["info_hash"]
+    let hex = t["swarm_id"]
         .as_str()
-        .unwrap_or_else(|| panic!("no info_hash: {t:#}"));
+        .unwrap_or_else(|| panic!("no swarm_id: {t:#}"));
     debtorrent_gen::InfoHash::from_hex(hex)
-        .unwrap_or_else(|| panic!("info_hash {hex:?} is not 40 hex digits"))
+        .unwrap_or_else(|| panic!("swarm_id {hex:?} is not 40 hex digits"))
+}
+
+/// `dt_hold` entries for every pool file of the fixture, numbered from 0:
+/// what a peer that claims to hold everything announces.
+fn hold_all(repo: &crate::support::repo::Repo) -> Vec<(u32, [u8; 32])> {
+    repo.all_pool_files()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut sha = [0u8; 32];
+            for (k, b) in sha.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&p.sha256[2 * k..2 * k + 2], 16)
+                    .unwrap_or_else(|e| panic!("sha256 {:?}: {e}", p.sha256));
+            }
+            (i as u32, sha)
+        })
+        .collect()
 }
 
 fn peer_count(t: &Value) -> usize {
@@ -114,6 +131,8 @@ fn test_peer_id(tag: u8) -> [u8; 20] {
 struct RawPeer {
     s: TcpStream,
     buf: Vec<u8>,
+    /// The daemon's id for `dt_hold` (from its extended handshake).
+    hold_id: u8,
 }
 
 /// How a read ended when no frame came.
@@ -134,7 +153,11 @@ impl RawPeer {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         s.set_nodelay(true)?;
-        Ok(RawPeer { s, buf: Vec::new() })
+        Ok(RawPeer {
+            s,
+            buf: Vec::new(),
+            hold_id: 0,
+        })
     }
 
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -230,30 +253,34 @@ fn decode_frame(frame: &[u8]) -> Msg<'_> {
     }
 }
 
+/// Our test peer's id for `dt_hold` (what the daemon's holdings come as).
+const TEST_HOLD_ID: u8 = 3;
+
 fn ext_handshake(client: &str) -> Vec<u8> {
     ExtHandshake {
         m: vec![
             (wire::EXT_PEX.to_string(), 1),
             (wire::EXT_WIP.to_string(), 2),
+            (wire::EXT_HOLD.to_string(), TEST_HOLD_ID),
         ],
         p: Some(6999),
         v: Some(client.to_string()),
         reqq: Some(250),
-        debtorrent: Some(1),
+        debtorrent: Some(wire::DT_VERSION),
         yourip: None,
     }
     .encode()
 }
 
-/// Connects from `src` and completes both handshakes as a debtorrent peer
-/// (announcing `have` as its pieces); returns once the daemon's extended
-/// handshake has arrived.
+/// Connects from `src` and completes both handshakes as a dt2 debtorrent
+/// peer, then announces `hold` (its numbers and SHA-256s) in `dt_hold`;
+/// returns once the daemon's extended handshake has arrived.
 async fn join_swarm(
     src: &str,
     to: SocketAddr,
     ih: debtorrent_gen::InfoHash,
     tag: u8,
-    have: Msg<'_>,
+    hold: Vec<(u32, [u8; 32])>,
 ) -> Result<RawPeer, String> {
     let mut p = RawPeer::connect(src, to)
         .await
@@ -270,14 +297,14 @@ async fn join_swarm(
     }
     let ext = ext_handshake(&format!("hx-test {tag}"));
     p.send_msgs(&[
-        have,
+        Msg::HaveNone,
         Msg::Extended {
             id: 0,
             payload: &ext,
         },
     ])
     .await
-    .map_err(|e| format!("send bitfield + extended handshake: {e}"))?;
+    .map_err(|e| format!("send HAVE_NONE + extended handshake: {e}"))?;
     loop {
         let f = p
             .frame(Duration::from_secs(5))
@@ -286,12 +313,45 @@ async fn join_swarm(
         if let Msg::Extended { id: 0, payload } = decode_frame(&f) {
             let theirs = ExtHandshake::decode(payload)
                 .map_err(|e| format!("the daemon's extended handshake: {e}"))?;
-            if theirs.debtorrent != Some(1) {
+            if theirs.debtorrent != Some(wire::DT_VERSION) {
                 return Err(format!(
-                    "the daemon's extended handshake lacks debtorrent: 1: {theirs:?}"
+                    "the daemon's extended handshake lacks debtorrent: 2: {theirs:?}"
                 ));
             }
+            let id = theirs
+                .ext_id(wire::EXT_HOLD)
+                .ok_or_else(|| format!("the daemon offers no dt_hold: {theirs:?}"))?;
+            p.hold_id = id;
+            for chunk in hold.chunks(wire::MAX_HOLD) {
+                let h = wire::Hold {
+                    add: chunk.to_vec(),
+                    drop: Vec::new(),
+                }
+                .encode();
+                p.send_msgs(&[Msg::Extended { id, payload: &h }])
+                    .await
+                    .map_err(|e| format!("send dt_hold: {e}"))?;
+            }
             return Ok(p);
+        }
+    }
+}
+
+/// Reads frames until the daemon's `dt_hold` arrives; its entries.
+async fn daemon_hold(p: &mut RawPeer, within: Duration) -> Result<wire::Hold, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let f = p
+            .frame(left)
+            .await
+            .map_err(|e| format!("waiting for the daemon's dt_hold: {e:?}"))?;
+        if let Msg::Extended {
+            id: TEST_HOLD_ID,
+            payload,
+        } = decode_frame(&f)
+        {
+            return wire::Hold::decode(payload).map_err(|e| format!("the daemon's dt_hold: {e}"));
         }
     }
 }
@@ -500,17 +560,19 @@ struct HostileReport {
     error: Option<String>,
 }
 
-/// A peer that claims every piece, unchokes at once and answers each
-/// REQUEST with a block of the right length and the wrong bytes.
+/// A peer that claims every pool file (`hold`), unchokes at once and
+/// answers each REQUEST with a block of the right length and the wrong
+/// bytes.
 async fn hostile_peer(
     src: &str,
     to: SocketAddr,
     ih: debtorrent_gen::InfoHash,
+    hold: Vec<(u32, [u8; 32])>,
     ready: std::sync::mpsc::Sender<()>,
     give_up: Duration,
 ) -> HostileReport {
     let mut rep = HostileReport::default();
-    let mut p = match join_swarm(src, to, ih, 1, Msg::HaveAll).await {
+    let mut p = match join_swarm(src, to, ih, 1, hold).await {
         Ok(p) => p,
         Err(e) => {
             rep.error = Some(e);
@@ -569,11 +631,14 @@ fn swarm_corrupt_peer_is_banned_and_apt_gets_correct_files() {
     let peer_addr = d.peer_addr();
 
     let (tx, rx) = std::sync::mpsc::channel();
+    let all = hold_all(repo);
+    let again_hold = all.clone();
     let hostile = std::thread::spawn(move || {
         rt().block_on(hostile_peer(
             "127.0.0.32",
             peer_addr,
             ih,
+            all,
             tx,
             Duration::from_secs(120),
         ))
@@ -627,7 +692,7 @@ fn swarm_corrupt_peer_is_banned_and_apt_gets_correct_files() {
 
     // Banned: a new connection from the same address is turned away.
     let again = rt().block_on(async {
-        match join_swarm("127.0.0.32", peer_addr, ih, 2, Msg::HaveAll).await {
+        match join_swarm("127.0.0.32", peer_addr, ih, 2, again_hold).await {
             Err(e) => Ok(e),
             Ok(mut p) => match p.closed_within(Duration::from_secs(5)).await {
                 Some(t) => Ok(format!("closed after {t:?}")),
@@ -741,7 +806,7 @@ fn swarm_protocol_limits_close_hostile_connections() {
 
     let results: Vec<(&str, Result<String, String>)> = rt().block_on(async move {
         let oversize = async {
-            let mut p = join_swarm("127.0.0.62", to, ih, 62, Msg::HaveNone).await?;
+            let mut p = join_swarm("127.0.0.62", to, ih, 62, Vec::new()).await?;
             p.stays_open(Duration::from_millis(500))
                 .await
                 .map_err(|e| format!("closed before the bad frame: {e}"))?;
@@ -794,12 +859,18 @@ fn swarm_protocol_limits_close_hostile_connections() {
             }
         };
         let beyond_piece = async {
-            let mut p = join_swarm("127.0.0.66", to, ih, 66, Msg::HaveNone).await?;
+            let mut p = join_swarm("127.0.0.66", to, ih, 66, Vec::new()).await?;
+            // The daemon's number for what it holds (the package "small").
+            let held = daemon_hold(&mut p, Duration::from_secs(5)).await?;
+            let &(index, _) = held
+                .add
+                .first()
+                .ok_or_else(|| format!("the daemon announced nothing: {held:?}"))?;
             p.stays_open(Duration::from_millis(500))
                 .await
                 .map_err(|e| format!("closed before the bad request: {e}"))?;
             p.send_msgs(&[Msg::Request(wire::BlockRef {
-                index: 0,
+                index,
                 begin: 0x7fff_c000,
                 length: wire::BLOCK,
             })])
@@ -811,7 +882,7 @@ fn swarm_protocol_limits_close_hostile_connections() {
             }
         };
         let huge_block = async {
-            let mut p = join_swarm("127.0.0.67", to, ih, 67, Msg::HaveNone).await?;
+            let mut p = join_swarm("127.0.0.67", to, ih, 67, Vec::new()).await?;
             p.stays_open(Duration::from_millis(500))
                 .await
                 .map_err(|e| format!("closed before the bad request: {e}"))?;
@@ -829,9 +900,9 @@ fn swarm_protocol_limits_close_hostile_connections() {
             }
         };
         let third_from_one_ip = async {
-            let mut a = join_swarm("127.0.0.68", to, ih, 68, Msg::HaveNone).await?;
-            let mut b = join_swarm("127.0.0.68", to, ih, 69, Msg::HaveNone).await?;
-            let third = match join_swarm("127.0.0.68", to, ih, 70, Msg::HaveNone).await {
+            let mut a = join_swarm("127.0.0.68", to, ih, 68, Vec::new()).await?;
+            let mut b = join_swarm("127.0.0.68", to, ih, 69, Vec::new()).await?;
+            let third = match join_swarm("127.0.0.68", to, ih, 70, Vec::new()).await {
                 Err(e) => format!("refused: {e}"),
                 Ok(mut c) => match c.closed_within(Duration::from_secs(5)).await {
                     Some(t) => format!("dropped after {t:?}"),
@@ -846,6 +917,68 @@ fn swarm_protocol_limits_close_hostile_connections() {
                 .map_err(|e| format!("the second connection from the IP closed: {e}"))?;
             Ok(third)
         };
+        // dt2: content is named in dt_hold, by each peer's own numbers.
+        let unannounced = async {
+            let mut p = join_swarm("127.0.0.69", to, ih, 71, Vec::new()).await?;
+            p.stays_open(Duration::from_millis(500))
+                .await
+                .map_err(|e| format!("closed before the bad request: {e}"))?;
+            p.send_msgs(&[Msg::Request(wire::BlockRef {
+                index: 0x00ab_cdef,
+                begin: 0,
+                length: wire::BLOCK,
+            })])
+            .await
+            .map_err(|e| e.to_string())?;
+            match p.closed_within(Duration::from_secs(5)).await {
+                Some(t) => Ok(format!("closed after {t:?}")),
+                None => {
+                    Err("still open 5 s after a request for content never announced".to_string())
+                }
+            }
+        };
+        let hold_over_limit = async {
+            // 65,537 distinct entries: one more than a peer may announce.
+            let many: Vec<(u32, [u8; 32])> = (0..65_537u32)
+                .map(|n| {
+                    let mut sha = [0x77u8; 32];
+                    sha[..4].copy_from_slice(&n.to_be_bytes());
+                    (n, sha)
+                })
+                .collect();
+            let mut p = join_swarm("127.0.0.70", to, ih, 72, Vec::new()).await?;
+            for chunk in many.chunks(wire::MAX_HOLD) {
+                let h = wire::Hold {
+                    add: chunk.to_vec(),
+                    drop: Vec::new(),
+                }
+                .encode();
+                let id = p.hold_id;
+                if p.send_msgs(&[Msg::Extended { id, payload: &h }])
+                    .await
+                    .is_err()
+                {
+                    return Ok("closed while the entries were sent".to_string());
+                }
+            }
+            match p.closed_within(Duration::from_secs(5)).await {
+                Some(t) => Ok(format!("closed after {t:?}")),
+                None => Err("still open 5 s after a dt_hold of 65,537 entries".to_string()),
+            }
+        };
+        let numbered_have = async {
+            let mut p = join_swarm("127.0.0.60", to, ih, 73, Vec::new()).await?;
+            p.stays_open(Duration::from_millis(500))
+                .await
+                .map_err(|e| format!("closed before the HAVE: {e}"))?;
+            p.send_msgs(&[Msg::Have(0)])
+                .await
+                .map_err(|e| e.to_string())?;
+            match p.closed_within(Duration::from_secs(5)).await {
+                Some(t) => Ok(format!("closed after {t:?}")),
+                None => Err("still open 5 s after a HAVE (dt2 has no shared numbers)".to_string()),
+            }
+        };
         let (r1, r2, r3, r4, r5, r6, r7) = tokio::join!(
             Box::pin(oversize),
             Box::pin(partial_handshake),
@@ -855,6 +988,11 @@ fn swarm_protocol_limits_close_hostile_connections() {
             Box::pin(huge_block),
             Box::pin(third_from_one_ip)
         );
+        let (r8, r9, r10) = tokio::join!(
+            Box::pin(unannounced),
+            Box::pin(hold_over_limit),
+            Box::pin(numbered_have)
+        );
         vec![
             ("1 GiB frame", r1),
             ("partial handshake", r2),
@@ -863,6 +1001,9 @@ fn swarm_protocol_limits_close_hostile_connections() {
             ("request beyond the piece", r5),
             ("1 MiB request", r6),
             ("third connection from one IP", r7),
+            ("request for content not announced", r8),
+            ("dt_hold over the limit", r9),
+            ("HAVE with a piece number", r10),
         ]
     });
     let mut failed = Vec::new();
@@ -936,16 +1077,16 @@ fn start_opentracker(info_hash: &[u8; 20]) -> OpenTracker {
     t
 }
 
-/// The dt1 info hash of the repository's Packages file, as every daemon
-/// derives it.
-fn packages_info_hash(repo: &crate::support::repo::Repo) -> [u8; 20] {
-    let f = std::fs::File::open(repo.root.join(PACKAGES)).expect("Packages");
-    let built = debtorrent_gen::build_from_reader(
-        std::io::BufReader::new(f),
-        &debtorrent_gen::Options::default(),
+/// The dt2 swarm id of the fixture's suite and component (its Release
+/// says Origin `debtorrent-e2e`, Codename `stable`), as every daemon
+/// derives it: what they announce to the tracker.
+fn packages_swarm_id() -> [u8; 20] {
+    debtorrent_gen::swarm_id(
+        "debtorrent-e2e",
+        crate::support::repo::SUITE,
+        crate::support::repo::COMPONENT,
     )
-    .expect("a torrent from Packages");
-    built.torrent.info_hash().0
+    .0
 }
 
 /// Discovery through a tracker alone (no DHT): the daemons announce to a
@@ -956,7 +1097,7 @@ fn swarm_tracker_alone_finds_peers() {
     let repo = repo();
     let mirror = Mirror::start(&repo.root);
     let pkgs = ["small", "tiny", "libfoo1", "libstd++x1"];
-    let tracker = start_opentracker(&packages_info_hash(repo));
+    let tracker = start_opentracker(&packages_swarm_id());
     let url = format!("http://127.0.0.1:{}/announce", tracker.port);
     let args = ["--no-dht", "--no-lsd", "--tracker", url.as_str()];
     let a = Daemon::start_on(

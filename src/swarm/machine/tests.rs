@@ -420,10 +420,8 @@ fn rule_a_when_the_mirror_starts() {
                     0,
                     Input::Wip {
                         key: key(1),
-                        wip: wire::Wip {
-                            add: vec![P],
-                            done: vec![],
-                        },
+                        add: vec![P],
+                        done: vec![],
                     },
                     vec![],
                 ),
@@ -926,7 +924,7 @@ fn random_inputs_keep_the_invariants() {
             let size = rng.u64(1..6) * K - rng.u64(0..100);
             let input = match follow.pop() {
                 Some(i) => i,
-                None => match rng.u8(0..18) {
+                None => match rng.u8(0..19) {
                     0 => Input::Want { piece, size },
                     1 => hello(
                         rng.u8(2..14),
@@ -945,7 +943,10 @@ fn random_inputs_keep_the_invariants() {
                         key: k,
                         interested: rng.bool(),
                     },
-                    5 => Input::Have { key: k, piece },
+                    5 => Input::Holds {
+                        key: k,
+                        pieces: vec![piece],
+                    },
                     6 => Input::Rejected {
                         key: k,
                         req: br(piece, rng.u64(0..5) * K, K),
@@ -988,16 +989,15 @@ fn random_inputs_keep_the_invariants() {
                     },
                     14 => Input::Wip {
                         key: k,
-                        wip: wire::Wip {
-                            add: vec![piece],
-                            done: vec![rng.u32(0..PIECES)],
-                        },
+                        add: vec![piece],
+                        done: vec![rng.u32(0..PIECES)],
                     },
-                    15 => Input::Bits {
-                        key: k,
-                        bits: Some(bits(&[piece])),
-                    },
+                    15 => Input::Lost { key: k, piece },
                     16 => Input::LookupDone,
+                    17 => Input::Grow {
+                        piece_count: PIECES + rng.u32(0..4),
+                        total_size: 0,
+                    },
                     _ => tick(&[(piece, rng.u64(0..4) * K)]),
                 },
             };

@@ -29,6 +29,8 @@ pub struct AptClient {
     pub mode: Mode,
     config: PathBuf,
     pub timeout: Duration,
+    /// The suites in sources.list (`[SUITE]` for [`AptClient::new`]).
+    suites: Vec<String>,
 }
 
 /// Lines of apt output that mean the repository signature was not verified.
@@ -47,6 +49,21 @@ const SIGNATURE_PROBLEMS: &[&str] = &[
 
 impl AptClient {
     pub fn new(repo: &Repo, mirror: &Mirror, mode: Mode) -> AptClient {
+        AptClient::with_suites(repo, mirror, mode, &[SUITE], true)
+    }
+
+    /// A client of `repo` (its keyring) on `mirror` with one `deb` line
+    /// (component `main`) per suite in `suites`, and a `deb-src` line after
+    /// each when `deb_src`; [`AptClient::new`] is `with_suites(.., &[SUITE],
+    /// true)`. A verified update needs an InRelease of every suite.
+    pub fn with_suites(
+        repo: &Repo,
+        mirror: &Mirror,
+        mode: Mode,
+        suites: &[&str],
+        deb_src: bool,
+    ) -> AptClient {
+        assert!(!suites.is_empty(), "an apt client needs a suite");
         let tmp = tempfile::Builder::new()
             .prefix("dt-e2e-apt.")
             .tempdir()
@@ -69,14 +86,18 @@ impl AptClient {
             Mode::Prefix(d) => format!("http://{d}/{}{}", mirror.host_port(), mirror.prefix()),
         };
         let keyring = repo.keyring.display();
-        std::fs::write(
-            root.join("etc/apt/sources.list"),
-            format!(
-                "deb [signed-by={keyring}] {url} {SUITE} {COMPONENT}\n\
-                 deb-src [signed-by={keyring}] {url} {SUITE} {COMPONENT}\n"
-            ),
-        )
-        .unwrap();
+        let mut sources = String::new();
+        for suite in suites {
+            sources.push_str(&format!(
+                "deb [signed-by={keyring}] {url} {suite} {COMPONENT}\n"
+            ));
+            if deb_src {
+                sources.push_str(&format!(
+                    "deb-src [signed-by={keyring}] {url} {suite} {COMPONENT}\n"
+                ));
+            }
+        }
+        std::fs::write(root.join("etc/apt/sources.list"), sources).unwrap();
         let r = root.display();
         let proxy = match mode {
             Mode::Proxy(d) => format!("\"http://{d}/\""),
@@ -131,6 +152,7 @@ Acquire::IndexTargets::deb::CNF::DefaultEnabled "false";
             mode,
             config,
             timeout: Duration::from_secs(120),
+            suites: suites.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -227,16 +249,14 @@ Acquire::IndexTargets::deb::CNF::DefaultEnabled "false";
         Ok(())
     }
 
-    /// apt stored a verified InRelease for the suite.
+    /// apt stored a verified InRelease for the suite (for each suite of a
+    /// [`AptClient::with_suites`] client).
     pub fn has_verified_inrelease(&self) -> bool {
-        std::fs::read_dir(self.lists())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .ends_with(&format!("_dists_{SUITE}_InRelease"))
-            })
+        let files = self.list_files();
+        self.suites.iter().all(|suite| {
+            let tail = format!("_dists_{suite}_InRelease");
+            files.iter().any(|f| f.ends_with(&tail))
+        })
     }
 
     /// Files apt stored in its lists folder.

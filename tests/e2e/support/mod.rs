@@ -10,6 +10,7 @@ pub mod apt;
 pub mod daemon;
 pub mod mirror;
 pub mod repo;
+pub mod suites;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
