@@ -109,6 +109,11 @@ impl Release {
         self.sha256.get(name).copied()
     }
 
+    /// Every name the SHA256 section lists (relative to the suite).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.sha256.keys().map(|k| k.as_str())
+    }
+
     /// The file listed with this SHA256.
     pub fn by_sha256(&self, h: &[u8; 32]) -> Option<&Listed> {
         self.by_sha256.get(h)

@@ -1,9 +1,16 @@
 //! What the front end serves: the policy behind every apt request.
 //!
-//! - `dists/...` (InRelease, Packages, by-hash, Translation, ...): passed
-//!   through from the mirror unchanged and kept as the last good copy,
-//!   served when the mirror fails. A Packages/Sources file whose bytes match
-//!   its suite's Release becomes a registered torrent.
+//! - `dists/.../InRelease`, `Release`, `Release.gpg`: always from the
+//!   mirror (freshness; signatures are apt's to check), passed through
+//!   unchanged and kept as the last good copy, served when the mirror fails.
+//! - other `dists/...` files that the suite's (cached) Release lists by
+//!   SHA-256 (Packages, Sources, Translation, Contents, dep11, under their
+//!   by-hash or plain names): content of the suite's swarm like pool files,
+//!   fetched from peers that hold the same SHA-256 or from the mirror,
+//!   verified and stored before apt gets a byte, and offered to peers.
+//!   Anything else there is passed through from the mirror like a Release.
+//!   A Packages/Sources file whose bytes match its suite's Release becomes
+//!   a registered torrent.
 //! - `pool/...` listed by a registered torrent: from the verified store, or
 //!   fetched (verified while streaming, see fetch.rs) and stored.
 //! - anything else that looks like a Debian archive file: passed through,
@@ -26,6 +33,8 @@ use crate::release::{self, Release};
 use crate::stats::Stats;
 use crate::status::Pages;
 use crate::store::{self, Store};
+use crate::swarm::Content;
+use crate::types::InfoHash;
 use crate::url::{self, Area, LocalPage, Policy, Target, UpstreamUrl};
 
 /// The request handler.
@@ -575,6 +584,11 @@ impl Service {
     }
 
     async fn serve_index(&self, req: &Request, u: &UpstreamUrl, rel: &str) -> Response {
+        if let Some(c) = index_content(&self.registry, &self.store, u, rel) {
+            if let Some(r) = self.serve_index_content(req, u, rel, &c).await {
+                return r;
+            }
+        }
         let cache = self.store.index_file(u);
         let mut rb = self.mirror.get(&u.url());
         for h in ["if-modified-since", "if-none-match"] {
@@ -632,6 +646,7 @@ impl Service {
         let job = IndexJob {
             store: self.store.clone(),
             registry: self.registry.clone(),
+            swarm: self.swarm.clone(),
             u: u.clone(),
             rel: rel.to_string(),
             cache,
@@ -648,6 +663,64 @@ impl Service {
         }
     }
 
+    /// An index file its suite's Release lists: from the store, or fetched
+    /// through its swarm (peers, the mirror as fallback) and stored, and
+    /// only once it matched the Release's SHA-256 sent to apt. `None`: go
+    /// to the mirror as for a Release (no room in the store, a local fault).
+    async fn serve_index_content(
+        &self,
+        req: &Request,
+        u: &UpstreamUrl,
+        rel: &str,
+        c: &IndexContent,
+    ) -> Option<Response> {
+        self.wait_loaded().await;
+        if self.store.get(&c.store_rel, &c.sha256).is_some() {
+            self.stats.store_hit();
+        } else {
+            if !self.store.can_store(c.size) {
+                return None;
+            }
+            let content = Content {
+                sha256: c.sha256,
+                size: c.size,
+                path: c.store_rel.clone(),
+            };
+            let dl = match self
+                .swarm
+                .fetch_content(c.swarm, Vec::new(), content, u.url())
+                .await
+            {
+                Ok(d) => d,
+                Err(_) => return None,
+            };
+            match dl.finished().await {
+                State::Done => {}
+                State::Failed(Failure::Status(s)) if (400..500).contains(&s) => {
+                    return Some(Response::text(s, format!("the mirror answered {s}")));
+                }
+                // Failed (or verified but not stored): the mirror directly,
+                // with the last good copy behind it.
+                _ => return None,
+            }
+            self.store.get(&c.store_rel, &c.sha256)?;
+        }
+        self.store.touch(&c.store_rel);
+        let path = self.store.piece_path(&c.store_rel);
+        keep_index(&self.store, &self.registry, u, rel, c, &path).await;
+        // Always sent whole: a conditional request must not get a 304 for
+        // content the Release has since changed (`now` is after any
+        // If-Modified-Since apt can send); the ETag is the content's hash.
+        let v = Validators {
+            mtime: store::now(),
+            etag: Some(etag_of(&c.sha256)),
+        };
+        let ctype = content_type(rel);
+        Some(respond_with(req, c.size, &v, ctype, |s, e| {
+            file_body(&path, s, e)
+        }))
+    }
+
     /// The last good copy of an index, or `fallback` if there is none.
     fn cached_index(&self, req: &Request, cache: &Path, fallback: Response) -> Response {
         let Ok(md) = std::fs::metadata(cache) else {
@@ -662,10 +735,137 @@ impl Service {
     }
 }
 
+/// An index file that its suite's Release lists by SHA-256: content its
+/// swarm's peers may serve.
+#[derive(Clone, Debug)]
+struct IndexContent {
+    sha256: [u8; 32],
+    size: u64,
+    /// Where the store keeps it, named by content as the archive does:
+    /// `dists/SUITE/main/binary-amd64/by-hash/SHA256/<hex>`.
+    store_rel: String,
+    /// The swarm of its suite family and component.
+    swarm: InfoHash,
+    /// Its name in the Release, under `dists/` (`dists/SUITE/main/
+    /// binary-amd64/Packages.xz`), whichever name apt asked for.
+    listed_rel: String,
+}
+
+/// The cached InRelease (or Release) of the suite at `dir` (`dists/x/`)
+/// of `u`'s archive.
+fn cached_release(store: &Store, u: &UpstreamUrl, dir: &str) -> Option<Release> {
+    ["InRelease", "Release"].iter().find_map(|f| {
+        let mut u2 = u.clone();
+        let (root, _, _) = u.split_archive()?;
+        u2.path = format!("{root}{dir}{f}");
+        std::fs::read(store.index_file(&u2))
+            .ok()
+            .map(|t| Release::parse(&t))
+    })
+}
+
+/// Whether `rel` (under `dists/`) is an index file its suite's Release
+/// lists by SHA-256, and if so what it is. InRelease, Release and
+/// Release.gpg never are: they always come from the mirror.
+fn index_content(
+    registry: &Registry,
+    store: &Store,
+    u: &UpstreamUrl,
+    rel: &str,
+) -> Option<IndexContent> {
+    let name = rel.rsplit('/').next()?;
+    if matches!(name, "InRelease" | "Release" | "Release.gpg") {
+        return None;
+    }
+    let archive = u.archive_key()?;
+    let (suite_dir, release) =
+        registry.release_for(&archive, rel, |d| cached_release(store, u, d))?;
+    let within = rel.strip_prefix(suite_dir.as_str())?;
+    let (sha256, size, listed) = match within.split_once("by-hash/") {
+        // By SHA-512 (apt's choice where the Release lists it): the same
+        // file, addressed by its SHA-256 from the same Release.
+        Some((_, rest)) => {
+            let l = match rest.split_once('/') {
+                Some(("SHA256", hex)) => release.by_sha256(&release::hex::<32>(hex)?)?,
+                Some(("SHA512", hex)) => release.by_sha512(&release::hex::<64>(hex)?)?,
+                _ => return None,
+            };
+            let (sha, size) = release.sha256_of(&l.name)?;
+            (sha, size, l.name.clone())
+        }
+        None => {
+            let (sha, size) = release.sha256_of(within)?;
+            (sha, size, within.to_string())
+        }
+    };
+    if size == 0 {
+        return None;
+    }
+    let dir = listed.rsplit_once('/').map_or("", |(d, _)| d);
+    let hex = debtorrent_gen::sha256_hex(&sha256);
+    let store_rel = if dir.is_empty() {
+        format!("{suite_dir}by-hash/SHA256/{hex}")
+    } else {
+        format!("{suite_dir}{dir}/by-hash/SHA256/{hex}")
+    };
+    debtorrent_gen::check_path(store_rel.as_bytes()).ok()?;
+    let component = registry::component(&suite_dir, &format!("{suite_dir}{listed}"));
+    Some(IndexContent {
+        sha256,
+        size,
+        store_rel,
+        swarm: release.swarm_id(&component),
+        listed_rel: format!("{suite_dir}{listed}"),
+    })
+}
+
+/// An index file served from the store: kept as the last good copy under
+/// its URL's name (a hard link), and registered if it is a Packages or
+/// Sources file that is new there.
+async fn keep_index(
+    store: &Arc<Store>,
+    registry: &Arc<Registry>,
+    u: &UpstreamUrl,
+    rel: &str,
+    c: &IndexContent,
+    stored: &Path,
+) {
+    let cache = store.index_file(u);
+    let same =
+        std::fs::metadata(&cache).is_ok_and(|m| m.len() == c.size) && rel.contains("/by-hash/");
+    if same {
+        return;
+    }
+    let (src, dst, tmp) = (
+        stored.to_path_buf(),
+        cache.clone(),
+        cache.with_extension("dt-link"),
+    );
+    let linked = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&src, &tmp).is_err() {
+            std::fs::copy(&src, &tmp)?;
+        }
+        std::fs::rename(&tmp, &dst)
+    })
+    .await;
+    if !matches!(linked, Ok(Ok(()))) {
+        tracing::warn!(path = %cache.display(), "could not keep the index copy");
+        return;
+    }
+    // Registered under the name the Release lists it by: its SHA-256 is
+    // all we checked (apt asked by SHA-512, perhaps).
+    register_saved(store, registry, u, &c.listed_rel, &cache, c.sha256, None).await;
+}
+
 /// Passing one index file through: tee to the cache, then register.
 struct IndexJob {
     store: Arc<Store>,
     registry: Arc<Registry>,
+    swarm: Arc<crate::swarm::Swarm>,
     u: UpstreamUrl,
     rel: String,
     cache: PathBuf,
@@ -746,64 +946,139 @@ impl IndexJob {
         self.after_saved(sha256, sha512.as_ref()).await;
     }
 
-    /// A Release updates the suite's hash list; a Packages/Sources file
-    /// that matches it becomes a torrent.
+    /// A Release updates the suite's hash list (and what we hold of the
+    /// files it lists is offered to their swarms); an index file it lists
+    /// joins the store and its swarm; a Packages/Sources file that matches
+    /// it becomes a torrent.
     async fn after_saved(&self, sha256: [u8; 32], sha512: Option<&[u8; 64]>) {
-        let Some(archive) = self.u.archive_key() else {
-            return;
-        };
         let name = self.rel.rsplit('/').next().unwrap_or("");
         if name == "InRelease" || name == "Release" {
-            if let Ok(text) = std::fs::read(&self.cache) {
-                let suite_dir = &self.rel[..self.rel.len() - name.len()];
-                let r = Release::parse(&text);
-                tracing::debug!(suite = suite_dir, files = r.len(), "release registered");
-                self.registry.set_release(&archive, suite_dir, r);
+            if let Some(archive) = self.u.archive_key() {
+                if let Ok(text) = std::fs::read(&self.cache) {
+                    let suite_dir = &self.rel[..self.rel.len() - name.len()];
+                    let r = Release::parse(&text);
+                    tracing::debug!(suite = suite_dir, files = r.len(), "release registered");
+                    self.registry.set_release(&archive, suite_dir, r);
+                    self.offer_held(suite_dir).await;
+                }
             }
             return;
         }
-        let candidate = release::index_kind(name).is_some() || self.rel.contains("/by-hash/");
-        if !candidate {
-            return;
-        }
-        let loader = |dir: &str| -> Option<Release> {
-            ["InRelease", "Release"].iter().find_map(|f| {
-                let mut u = self.u.clone();
-                let (root, _, _) = self.u.split_archive()?;
-                u.path = format!("{root}{dir}{f}");
-                std::fs::read(self.store.index_file(&u))
-                    .ok()
-                    .map(|t| Release::parse(&t))
-            })
-        };
-        let Some((suite_dir, rel_release)) = self.registry.release_for(&archive, &self.rel, loader)
-        else {
-            tracing::info!(index = %self.rel, "no Release known for this index; not registered");
-            return;
-        };
-        let (kind, index_path) =
-            match registry::classify_index(&suite_dir, &self.rel, &rel_release, &sha256, sha512) {
-                Ok(x) => x,
-                Err(why) => {
-                    if release::index_kind(name).is_some() {
-                        tracing::warn!(index = %self.rel, why, "index not registered");
+        if let Some(c) = index_content(&self.registry, &self.store, &self.u, &self.rel) {
+            if c.sha256 == sha256 {
+                let (store, cache, c2) = (self.store.clone(), self.cache.clone(), c.clone());
+                let linked = tokio::task::spawn_blocking(move || {
+                    store.link_verified(&cache, &c2.store_rel, c2.sha256, c2.size)
+                })
+                .await;
+                match linked {
+                    Ok(Ok(())) => self.swarm.offer(c.swarm, content_of(&c)).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "index file not shared: not stored")
                     }
-                    return;
+                    Err(_) => {}
                 }
-            };
-        let swarm = Some(rel_release.swarm_id(&registry::component(&suite_dir, &index_path)));
-        let f = registry::IndexFile {
-            archive,
-            index_path,
-            file: self.cache.clone(),
-            file_rel: self.store.relative_index(&self.cache),
-            kind,
-            added: store::now(),
-            swarm,
-        };
-        if let Err(e) = registry::register_index(&self.registry, self.store.db(), f, None).await {
-            tracing::warn!(error = %e, "index matched its Release but gives no torrent");
+            }
         }
+        register_saved(
+            &self.store,
+            &self.registry,
+            &self.u,
+            &self.rel,
+            &self.cache,
+            sha256,
+            sha512,
+        )
+        .await;
+    }
+
+    /// The files a new Release of `suite_dir` lists that the store holds
+    /// (unchanged since an earlier version, or kept from before a
+    /// restart): offered to their swarms.
+    async fn offer_held(&self, suite_dir: &str) {
+        let Some(archive) = self.u.archive_key() else {
+            return;
+        };
+        let Some((dir, release)) =
+            self.registry
+                .release_for(&archive, &format!("{suite_dir}InRelease"), |_| None)
+        else {
+            return;
+        };
+        let mut held = Vec::new();
+        for name in release.names() {
+            let mut u = self.u.clone();
+            if let Some((root, _, _)) = self.u.split_archive() {
+                u.path = format!("{root}{dir}{name}");
+            }
+            let rel = format!("{dir}{name}");
+            if let Some(c) = index_content(&self.registry, &self.store, &u, &rel) {
+                if self.store.get(&c.store_rel, &c.sha256).is_some() {
+                    held.push(c);
+                }
+            }
+        }
+        for c in held {
+            self.swarm.offer(c.swarm, content_of(&c)).await;
+        }
+    }
+}
+
+fn content_of(c: &IndexContent) -> Content {
+    Content {
+        sha256: c.sha256,
+        size: c.size,
+        path: c.store_rel.clone(),
+    }
+}
+
+/// Registers a saved index file (`cache`, fetched as `rel` of `u`) if it
+/// is a Packages or Sources file its suite's Release lists with this hash.
+async fn register_saved(
+    store: &Arc<Store>,
+    registry: &Arc<Registry>,
+    u: &UpstreamUrl,
+    rel: &str,
+    cache: &Path,
+    sha256: [u8; 32],
+    sha512: Option<&[u8; 64]>,
+) {
+    let Some(archive) = u.archive_key() else {
+        return;
+    };
+    let name = rel.rsplit('/').next().unwrap_or("");
+    let candidate = release::index_kind(name).is_some() || rel.contains("/by-hash/");
+    if !candidate {
+        return;
+    }
+    let Some((suite_dir, rel_release)) =
+        registry.release_for(&archive, rel, |d| cached_release(store, u, d))
+    else {
+        tracing::info!(index = %rel, "no Release known for this index; not registered");
+        return;
+    };
+    let (kind, index_path) =
+        match registry::classify_index(&suite_dir, rel, &rel_release, &sha256, sha512) {
+            Ok(x) => x,
+            Err(why) => {
+                if release::index_kind(name).is_some() {
+                    tracing::warn!(index = %rel, why, "index not registered");
+                }
+                return;
+            }
+        };
+    let swarm = Some(rel_release.swarm_id(&registry::component(&suite_dir, &index_path)));
+    let f = registry::IndexFile {
+        archive,
+        index_path,
+        file: cache.to_path_buf(),
+        file_rel: store.relative_index(cache),
+        kind,
+        added: store::now(),
+        swarm,
+    };
+    if let Err(e) = registry::register_index(registry, store.db(), f, None).await {
+        tracing::warn!(error = %e, "index matched its Release but gives no torrent");
     }
 }
 

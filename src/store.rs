@@ -320,6 +320,37 @@ impl Store {
         self.get(rel, sha256)
     }
 
+    /// Puts a verified, fsynced file (hashed by the caller to be `sha256`)
+    /// into the store at `rel` as a hard link, so that an index file kept
+    /// as the last good copy and shared with peers takes its space once;
+    /// where linking fails (another file system), a checked copy. Blocking.
+    pub fn link_verified(
+        &self,
+        src: &Path,
+        rel: &str,
+        sha256: [u8; 32],
+        size: u64,
+    ) -> io::Result<()> {
+        if self.get(rel, &sha256).is_some() {
+            return Ok(());
+        }
+        if fs::metadata(src)?.len() != size {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "size changed"));
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp_dir.join(format!("ln-{}-{n}", std::process::id()));
+        match fs::hard_link(src, &tmp) {
+            Ok(()) => {
+                let res = self.commit_piece(&tmp, rel, sha256, size, None);
+                if res.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                res
+            }
+            Err(_) => self.import_file(src, rel, sha256, size),
+        }
+    }
+
     /// Copies a file (already hashed by the caller to be `sha256`) into the
     /// store: used by `debtorrent import`. Blocking.
     pub fn import_file(

@@ -210,21 +210,29 @@ stop_daemon() {
 status() { curl -s --max-time 5 "http://${DHTTP[$1]}/status.json"; }
 # The torrent of suite $2 in daemon $1's status.json (or null).
 torrent_of() { status "$1" | jq -c --arg s "dists/$2/" '[.torrents[]? | select(.index_path | contains($s))][0]'; }
-# index NAME VIEW SUITE: Release + Packages through the daemon, then wait
-# (10 s at most) until the torrent is registered; prints its info hash.
+# index NAME VIEW SUITE [COMPONENT]: Release + Packages (of COMPONENT,
+# default main) through the daemon, then wait (10 s at most) until the
+# torrent is registered; prints its info hash. Without a COMPONENT the
+# Release is fetched each time; with one, only if the daemon has no
+# torrent of the suite yet (apt-get update: one Release, then every
+# component's Packages).
 index() {
-    local name=$1 view=$2 suite=$3 base code i t
+    local name=$1 view=$2 suite=$3 comp=${4:-} base code i t key
     base="http://${DHTTP[$name]}/$(vurl "$view")/dists/$suite"
-    code=$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' "$base/Release")
-    [ "$code" = 200 ] || { echo "bench: $name: Release gave HTTP $code" >&2; return 1; }
-    code=$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' "$base/main/binary-amd64/Packages")
+    key=$suite
+    [ -z "$comp" ] || key="$suite/$comp"
+    if [ -z "$comp" ] || [ "$(torrent_of "$name" "$suite")" = null ]; then
+        code=$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' "$base/Release")
+        [ "$code" = 200 ] || { echo "bench: $name: Release gave HTTP $code" >&2; return 1; }
+    fi
+    code=$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' "$base/${comp:-main}/binary-amd64/Packages")
     [ "$code" = 200 ] || { echo "bench: $name: Packages gave HTTP $code" >&2; return 1; }
     for i in $(seq 1 100); do
-        t=$(torrent_of "$name" "$suite" | jq -r '.info_hash // empty')
+        t=$(torrent_of "$name" "$key" | jq -r '.info_hash // empty')
         [ -n "$t" ] && { echo "$t"; return 0; }
         sleep 0.1
     done
-    echo "bench: $name: no torrent for dists/$suite after 10 s" >&2
+    echo "bench: $name: no torrent for dists/$key after 10 s" >&2
     return 1
 }
 # get NAME VIEW PATH WANT_SIZE: one package through the daemon; prints
@@ -519,15 +527,24 @@ S4_RSS=nan S4_BASE=nan S4_PEERS=0 S4_HWM=nan S4_DETAIL=""
 scenario4() {
     log "(4) a daemon holding the set, then $NPEERS scripted peers"
     start_daemon r4 127.0.0.21 --dht-bootstrap none --max-peers 300 --max-peers-per-ip 2 --max-peers-per-torrent 200
-    local ih
+    # dt2: peers meet in the swarm of (Origin, suite family, component),
+    # and the handshake's info hash is that swarm id.
+    local ih sid
     ih=$(index r4 full set)
+    sid=$(torrent_of r4 set | jq -r '.swarm_id // empty')
+    [ -n "$sid" ] || { note "(4) no swarm_id for dists/set in /status.json; the peers use the info hash"; sid=$ih; }
     local bad
     bad=$(fetch_set r4 full)
     [ "$bad" = 0 ] || note "(4) r4 had $bad failed packages"
     sleep 2
     S4_BASE=$(rss_mb "${DPID[r4]}")
+    # What the daemon may announce in dt_hold, by SHA-256: the set's files
+    # and its Packages index.
+    local content="$WORK/s4-content"
+    awk '{print $3, $2}' "$REPO/set.files" >"$content"
+    echo "$(sha256sum <"$REPO/dists/set/main/binary-amd64/Packages" | cut -d' ' -f1) $(stat -c %s "$REPO/dists/set/main/binary-amd64/Packages")" >>"$content"
     local host=${DPEER[r4]%:*} port=${DPEER[r4]##*:}
-    timeout 120 "$PY" "$HERE/peers.py" "$host" "$port" "$ih" "$REPO/set.files" "$NPEERS" 100 90 \
+    timeout 120 "$PY" "$HERE/peers.py" "$host" "$port" "$sid" "$content" "$NPEERS" 100 90 \
         >"$WORK/peers.out" 2>"$WORK/peers.err" &
     local ppid=$!
     PIDS+=("$ppid")
@@ -546,8 +563,21 @@ scenario4() {
     local st
     st=$(status r4)
     S4_DETAIL="uploaded $(jq -r '.bytes_uploaded' <<<"$st") B to the scripted peers; unchoked $(jq -r '[.torrents[] | .peers[]? | select(.unchoked)] | length' <<<"$st"); peers.py: $(tail -n 1 "$WORK/peers.err")"
+    local pl
+    pl=$(tail -n 1 "$WORK/peers.err")
+    case $pl in
+    *" informed=0 "*) note "(4) no scripted peer learned a file from the daemon's dt_hold: $pl" ;;
+    esac
+    case $pl in
+    *" blocks=0 "*) note "(4) the scripted peers got no block: $pl" ;;
+    esac
+    case $pl in
+    *ProtocolError*) note "(4) peers.py saw protocol errors from the daemon: $pl" ;;
+    esac
     kill "$ppid" 2>/dev/null || true
     wait "$ppid" 2>/dev/null || true
+    grep -q 'dropping peer' "$WORK/d/r4/stderr" 2>/dev/null &&
+        note "(4) the daemon dropped $(grep -c 'dropping peer' "$WORK/d/r4/stderr") scripted peers, first: $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/d/r4/stderr" | grep -m 1 -o 'dropping peer.*' | cut -c1-200)"
     stop_daemon r4
 }
 

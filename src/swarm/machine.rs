@@ -186,6 +186,12 @@ pub enum Input {
         add: Vec<PieceIndex>,
         done: Vec<PieceIndex>,
     },
+    /// We hold `piece` (`size` bytes) now: it got into the store outside a
+    /// job of ours (an index file apt fetched from the mirror).
+    Stored {
+        piece: PieceIndex,
+        size: u64,
+    },
     /// A peer holds these pieces now (its `dt_hold`, in our numbers).
     Holds {
         key: PeerKey,
@@ -706,6 +712,11 @@ impl Machine {
                             self.drive(i, now, env);
                         }
                     }
+                }
+            }
+            Input::Stored { piece, size } => {
+                if piece < self.cfg.piece_count && !wire::bitfield_get(&self.have, piece) {
+                    self.hold(piece, size);
                 }
             }
             Input::Holds { key, pieces } => {
@@ -1431,15 +1442,20 @@ impl Machine {
         // this piece must see that we hold it before it hears that we
         // stopped fetching it, or it would go to the mirror in between.
         if stored && piece < self.cfg.piece_count && !wire::bitfield_get(&self.have, piece) {
-            wire::bitfield_set(&mut self.have, piece);
-            self.stored_since_scan.insert(piece);
-            self.have_count += 1;
-            self.held_bytes = (self.held_bytes + size).min(self.cfg.total_size);
-            self.broadcast_have(piece);
+            self.hold(piece, size);
         }
         if ending {
             self.end_job(piece, None);
         }
+    }
+
+    /// We hold `piece` now: peers are told.
+    fn hold(&mut self, piece: PieceIndex, size: u64) {
+        wire::bitfield_set(&mut self.have, piece);
+        self.stored_since_scan.insert(piece);
+        self.have_count += 1;
+        self.held_bytes = (self.held_bytes + size).min(self.cfg.total_size);
+        self.broadcast_have(piece);
     }
 
     /// Asks for a scan of the store.

@@ -61,6 +61,14 @@ pub struct Swarm {
     downloads: Arc<Downloads>,
 }
 
+/// One piece of content: its SHA-256, size and store path.
+#[derive(Clone, Debug)]
+pub struct Content {
+    pub sha256: [u8; 32],
+    pub size: u64,
+    pub path: String,
+}
+
 /// Options to start the swarm.
 pub struct Start {
     pub cfg: SwarmConfig,
@@ -260,6 +268,18 @@ impl Swarm {
         }
     }
 
+    /// The task of swarm `id`, started (with `initial`) if there is none.
+    fn task(&self, id: InfoHash, initial: Vec<Arc<Registered>>) -> Handle {
+        if let Some(h) = self.handle(&id) {
+            return h;
+        }
+        let h = torrent::start(id, initial, self.ctx.clone());
+        match self.torrents.lock() {
+            Ok(mut m) => m.entry(id).or_insert(h).clone(),
+            Err(_) => h,
+        }
+    }
+
     /// The download of piece `index` of `reg` (joined if it is in flight),
     /// for the pool file at `url`. Its swarm's task fetches it by content,
     /// from any peer of the swarm that holds the same SHA-256.
@@ -270,25 +290,34 @@ impl Swarm {
         url: String,
     ) -> Result<Arc<Download>, Failure> {
         let p = reg.torrent.piece(index).ok_or(Failure::Local)?;
-        let (dl, created) = self.downloads.get_or_create(p.path, *p.sha256, p.size)?;
+        let c = Content {
+            sha256: *p.sha256,
+            size: p.size,
+            path: p.path.to_string(),
+        };
+        self.fetch_content(reg.swarm_key(), vec![reg.clone()], c, url)
+            .await
+    }
+
+    /// The download of `content` (joined if it is in flight) in swarm
+    /// `id`, with the mirror at `url` as the fallback: a pool file, or an
+    /// index file that its suite's InRelease lists.
+    pub async fn fetch_content(
+        &self,
+        id: InfoHash,
+        initial: Vec<Arc<Registered>>,
+        content: Content,
+        url: String,
+    ) -> Result<Arc<Download>, Failure> {
+        let (dl, created) =
+            self.downloads
+                .get_or_create(&content.path, content.sha256, content.size)?;
         if created {
-            let id = reg.swarm_key();
-            let h = match self.handle(&id) {
-                Some(h) => h,
-                None => {
-                    // Registered a moment ago: start its task now.
-                    let h = torrent::start(id, vec![reg.clone()], self.ctx.clone());
-                    if let Ok(mut m) = self.torrents.lock() {
-                        m.entry(id).or_insert(h).clone()
-                    } else {
-                        h
-                    }
-                }
-            };
+            let h = self.task(id, initial);
             let want = Ev::Want {
-                sha256: *p.sha256,
-                size: p.size,
-                path: p.path.to_string(),
+                sha256: content.sha256,
+                size: content.size,
+                path: content.path,
                 dl: dl.clone(),
                 url,
             };
@@ -297,6 +326,13 @@ impl Swarm {
             }
         }
         Ok(dl)
+    }
+
+    /// `content`, verified and in the store now (an index file apt got from
+    /// the mirror), joins what swarm `id` holds and announces.
+    pub async fn offer(&self, id: InfoHash, content: Content) {
+        let h = self.task(id, Vec::new());
+        let _ = h.tx.send(Ev::Offer(content)).await;
     }
 
     /// Per swarm (by its id): peers, discovery, bytes (for `/status.json`).

@@ -49,6 +49,8 @@ pub enum Ev {
     /// The registered indexes of this swarm now (new versions are folded
     /// into the catalogue; nothing is taken out).
     Indexes(Vec<Arc<Registered>>),
+    /// Content we hold now (in the store), to announce.
+    Offer(super::Content),
     /// A connection came in for this torrent (handshake already read, a
     /// connection slot taken).
     Incoming(TcpStream, SocketAddr, Handshake),
@@ -353,6 +355,27 @@ impl Task {
         match ev {
             Ev::Stop => {}
             Ev::Indexes(regs) => self.fold_in(&regs),
+            Ev::Offer(c) => {
+                let (piece, grew) = {
+                    let mut cat = self.cat();
+                    let before = cat.len();
+                    let id = cat.intern(c.sha256, c.size, &c.path);
+                    (id, cat.len() > before)
+                };
+                if grew {
+                    self.grow(piece);
+                }
+                let held = self
+                    .cat_read()
+                    .get(piece)
+                    .is_some_and(|e| self.ctx.store.get(&e.path, &e.sha256).is_some());
+                if held {
+                    self.feed(Input::Stored {
+                        piece,
+                        size: c.size,
+                    });
+                }
+            }
             Ev::Want {
                 sha256,
                 size,

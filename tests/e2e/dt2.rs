@@ -244,7 +244,6 @@ fn dt2_two_suites_share_pool_files() {
 /// suite's signed Release (`InRelease`, or `Release` + `Release.gpg`); the
 /// index files it lists come from a peer that has them.
 #[test]
-#[ignore = "index files from peers: not yet"]
 fn dt2_second_update_takes_no_index_bytes_from_mirror() {
     let fixture = repo();
     let mut r = SuiteRepo::new("dt2-index", ORIGIN);
