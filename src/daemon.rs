@@ -98,11 +98,13 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // wait for them (a fraction of a second) so nothing is fetched twice.
     let data_dir = args.data.data_dir.clone();
     let (reg3, db) = (registry.clone(), store.db().clone());
+    let (swarm3, store3) = (swarm.clone(), store.clone());
     background.spawn(async move {
         let rows = loaded.torrents;
         let n = crate::registry::reload(&data_dir, rows, &reg3, &db).await;
         tracing::info!(torrents = n, "torrents of the previous run loaded");
         let _ = loaded_tx.send(true);
+        swarm3.restore(loaded.shared, &store3).await;
     });
     // Counters reach the database every few seconds, last-use times twice a minute.
     let (stats2, store2) = (stats.clone(), store.clone());

@@ -3,7 +3,8 @@
 //! or on fsync of the database.
 //!
 //! What is in it: the torrents registered from indexes, the stored pieces
-//! (path, SHA-256, size, when stored, last use), and byte counters. The
+//! (path, SHA-256, size, when stored, last use), the dt2 swarm each stored
+//! piece is shared in, and byte counters. The
 //! store's files are the truth for content and the rows are the index of
 //! them: at start-up, rows whose file is missing or has the wrong size are
 //! removed (see `Store::open`). Writes are batched per transaction. A crash
@@ -57,6 +58,7 @@ pub struct TorrentRow {
 
 enum Cmd {
     PutPiece(PieceRow),
+    PutShared(String, [u8; 20]),
     DelPiece(String),
     Touch(String, i64),
     PutTorrent(TorrentRow),
@@ -79,6 +81,8 @@ pub struct Loaded {
     pub torrents: Vec<TorrentRow>,
     /// Counters by name.
     pub counters: Vec<(String, u64)>,
+    /// Stored pieces by the dt2 swarm they were shared in: (path, swarm).
+    pub shared: Vec<(String, [u8; 20])>,
 }
 
 impl Db {
@@ -108,6 +112,10 @@ impl Db {
                 added INTEGER NOT NULL,
                 PRIMARY KEY (archive, index_path)
             );
+            CREATE TABLE IF NOT EXISTS shared (
+                path TEXT PRIMARY KEY,
+                swarm BLOB NOT NULL
+            );
             CREATE TABLE IF NOT EXISTS counters (
                 name TEXT PRIMARY KEY,
                 value INTEGER NOT NULL
@@ -131,6 +139,13 @@ impl Db {
     /// Records a stored piece.
     pub fn put_piece(&self, row: PieceRow) {
         self.send(Cmd::PutPiece(row));
+    }
+
+    /// Records the dt2 swarm a stored piece is shared in, so that it is
+    /// announced there again after a restart even if no current index
+    /// lists it any more (an older index version did).
+    pub fn put_shared(&self, path: &str, swarm: [u8; 20]) {
+        self.send(Cmd::PutShared(path.to_string(), swarm));
     }
 
     /// Forgets a stored piece.
@@ -219,10 +234,19 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         })?
         .filter_map(Result::ok)
         .collect();
+    let mut st = conn.prepare("SELECT path, swarm FROM shared")?;
+    let shared = st
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?
+        .filter_map(Result::ok)
+        .filter_map(|(path, id)| Some((path, <[u8; 20]>::try_from(id.as_slice()).ok()?)))
+        .collect();
     Ok(Loaded {
         pieces,
         torrents,
         counters,
+        shared,
     })
 }
 
@@ -261,8 +285,15 @@ fn apply(
                     params![p.path, &p.sha256[..], p.size as i64, p.stored_at, p.last_used, p.mtime],
                 )?;
             }
+            Cmd::PutShared(path, swarm) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO shared (path, swarm) VALUES (?1, ?2)",
+                    params![path, &swarm[..]],
+                )?;
+            }
             Cmd::DelPiece(path) => {
                 tx.execute("DELETE FROM pieces WHERE path = ?1", params![path])?;
+                tx.execute("DELETE FROM shared WHERE path = ?1", params![path])?;
             }
             Cmd::Touch(path, now) => {
                 tx.execute(

@@ -23,6 +23,9 @@ pub struct Stats {
     bans: Counter,
     cache_bytes: Gauge,
     torrents: Gauge,
+    swarms: Gauge,
+    swarm_peers: Gauge,
+    versions_seen: Gauge,
     prom: PromRegistry,
     persisted_to_apt: AtomicU64,
     persisted_from_mirror: AtomicU64,
@@ -45,6 +48,9 @@ impl Stats {
             bans: Counter::default(),
             cache_bytes: Gauge::default(),
             torrents: Gauge::default(),
+            swarms: Gauge::default(),
+            swarm_peers: Gauge::default(),
+            versions_seen: Gauge::default(),
             prom: PromRegistry::default(),
             persisted_to_apt: AtomicU64::new(0),
             persisted_from_mirror: AtomicU64::new(0),
@@ -99,6 +105,21 @@ impl Stats {
             "Registered torrents (one per index)",
             s.torrents.clone(),
         );
+        prom.register(
+            "swarms",
+            "dt2 swarms joined (one per suite family and component)",
+            s.swarms.clone(),
+        );
+        prom.register(
+            "swarm_peers",
+            "Peer connections over all swarms",
+            s.swarm_peers.clone(),
+        );
+        prom.register(
+            "index_versions_seen",
+            "Distinct index versions registered here or reported by connected peers",
+            s.versions_seen.clone(),
+        );
         Arc::new(Stats { prom, ..s })
     }
 
@@ -152,7 +173,11 @@ impl Stats {
     }
 
     /// The Prometheus text, with the two gauges set first.
-    pub fn metrics_text(&self, cache_bytes: u64, torrents: usize) -> String {
+    pub fn metrics_text(&self, cache_bytes: u64, torrents: usize, swarms: &SwarmGauges) -> String {
+        let g = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.swarms.set(g(swarms.swarms));
+        self.swarm_peers.set(g(swarms.peers));
+        self.versions_seen.set(g(swarms.versions_seen));
         self.cache_bytes
             .set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
         self.torrents
@@ -184,6 +209,14 @@ impl Stats {
             db.add_counter(name, now.saturating_sub(before));
         }
     }
+}
+
+/// What `/metrics` shows of the swarms.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SwarmGauges {
+    pub swarms: usize,
+    pub peers: usize,
+    pub versions_seen: usize,
 }
 
 /// The counters at one moment (part of `/status.json`).

@@ -38,7 +38,29 @@ pub struct StatusJson {
     #[serde(flatten)]
     pub counters: Counters,
     pub swarm: Option<SwarmStatus>,
+    /// The dt2 swarms: one per suite family and component, whatever the
+    /// number of index versions and suites in it.
+    pub swarms: Vec<SwarmJson>,
     pub torrents: Vec<TorrentJson>,
+}
+
+/// One dt2 swarm in `/status.json`.
+#[derive(serde::Serialize)]
+pub struct SwarmJson {
+    pub swarm_id: String,
+    /// The registered indexes in it (their paths).
+    pub indexes: Vec<String>,
+    /// Content it numbers, and of that what we hold.
+    pub catalogue: u32,
+    pub pieces_held: u32,
+    pub peers: usize,
+    /// Index versions registered here (dt1 info hashes), and those its
+    /// connected peers are on, with how many peers each.
+    pub versions: Vec<String>,
+    pub peer_versions: std::collections::BTreeMap<String, usize>,
+    pub bytes_from_peers: u64,
+    pub bytes_from_mirror: u64,
+    pub bytes_uploaded: u64,
 }
 
 /// One registered torrent in `/status.json`.
@@ -82,7 +104,36 @@ impl Pages {
                     .and_then(|w| w.torrent_status(&r.swarm_key())),
             })
             .collect();
+        let all = self.registry.all();
+        let swarms = self
+            .swarm
+            .as_ref()
+            .map(|w| w.swarms())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, t)| {
+                let mut indexes: Vec<String> = all
+                    .iter()
+                    .filter(|r| r.swarm_key() == id)
+                    .map(|r| r.index_path.clone())
+                    .collect();
+                indexes.sort();
+                SwarmJson {
+                    swarm_id: id.to_hex(),
+                    indexes,
+                    catalogue: t.catalogue,
+                    pieces_held: t.pieces_held,
+                    peers: t.peers.len(),
+                    versions: t.versions,
+                    peer_versions: t.peer_versions,
+                    bytes_from_peers: t.bytes_from_peers,
+                    bytes_from_mirror: t.bytes_from_mirror,
+                    bytes_uploaded: t.bytes_uploaded,
+                }
+            })
+            .collect();
         StatusJson {
+            swarms,
             version: env!("CARGO_PKG_VERSION"),
             listen: self.listen.clone(),
             cache_bytes: self.store.total_bytes(),
@@ -104,8 +155,19 @@ impl Pages {
 
     /// `/metrics`.
     pub fn metrics(&self) -> String {
+        let swarms = self.swarm.as_ref().map(|w| w.swarms()).unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        for (_, t) in &swarms {
+            seen.extend(t.versions.iter().cloned());
+            seen.extend(t.peer_versions.keys().cloned());
+        }
+        let g = crate::stats::SwarmGauges {
+            swarms: swarms.len(),
+            peers: swarms.iter().map(|(_, t)| t.peers.len()).sum(),
+            versions_seen: seen.len(),
+        };
         self.stats
-            .metrics_text(self.store.total_bytes(), self.registry.all().len())
+            .metrics_text(self.store.total_bytes(), self.registry.all().len(), &g)
     }
 
     /// `/`.
@@ -128,6 +190,25 @@ impl Pages {
                 human(sw.map_or(0, |s| s.bytes_uploaded)),
             ));
         }
+        let mut swarm_rows = String::new();
+        for s in &j.swarms {
+            let theirs: Vec<String> = s
+                .peer_versions
+                .iter()
+                .map(|(v, n)| format!("{}&hellip; ({n})", esc(&v[..12.min(v.len())])))
+                .collect();
+            swarm_rows.push_str(&format!(
+                "<tr><td><code>{}&hellip;</code></td><td>{}</td><td>{} of {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(&s.swarm_id[..12.min(s.swarm_id.len())]),
+                esc(&s.indexes.join(", ")),
+                s.pieces_held,
+                s.catalogue,
+                s.peers,
+                s.versions.len(),
+                theirs.join(" "),
+                human(s.bytes_from_peers),
+            ));
+        }
         let sw = j.swarm.as_ref();
         format!(
             "<!doctype html><html><head><meta charset=utf-8><title>debtorrent</title>\
@@ -138,6 +219,7 @@ impl Pages {
 <tr><th>to apt</th><td>{}</td></tr><tr><th>from the mirror</th><td>{}</td></tr>\
 <tr><th>from peers</th><td>{}</td></tr><tr><th>uploaded</th><td>{}</td></tr>\
 <tr><th>requests</th><td>{} ({} from the store)</td></tr></table>\
+<h2>Swarms</h2><table><tr><th>swarm</th><th>indexes</th><th>held</th><th>peers</th><th>our index versions</th><th>peers' index versions (peers)</th><th>from peers</th></tr>\n{}</table>\
 <h2>Torrents</h2><table><tr><th>info hash</th><th>archive</th><th>index</th><th>pieces</th><th>size</th><th>peers</th><th>from peers</th><th>from the mirror</th><th>uploaded</th></tr>\n{}</table>\
 <p><a href=\"/status.json\">status.json</a> · <a href=\"/metrics\">metrics</a></p></body></html>\n",
             j.version,
@@ -155,6 +237,7 @@ impl Pages {
             human(j.bytes_uploaded),
             c.requests,
             c.store_hits,
+            swarm_rows,
             rows
         )
     }

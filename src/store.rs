@@ -181,6 +181,11 @@ impl Store {
         self.lock().get(rel).filter(|m| &m.sha256 == sha).copied()
     }
 
+    /// The stored piece at `rel`, whatever its hash.
+    pub fn get_any(&self, rel: &str) -> Option<Meta> {
+        self.lock().get(rel).copied()
+    }
+
     /// Records a use of `rel` (for least-recently-used pruning). Only the
     /// in-memory map changes here; [`Store::flush_touches`] writes the
     /// changed times to the database periodically, so a busy store does

@@ -99,6 +99,8 @@ pub struct Context {
     pub listen_port: u16,
     /// What our numbers (what peers request) stand for.
     pub cat: Arc<RwLock<Catalogue>>,
+    /// The index versions registered in this swarm now (our `dt_idx`).
+    pub versions: Mutex<Vec<InfoHash>>,
     pub store: Arc<Store>,
     pub events: mpsc::Sender<Event>,
     pub upload_limit: Arc<Mutex<TokenBucket>>,
@@ -124,6 +126,7 @@ impl Context {
             peer_id,
             listen_port,
             cat,
+            versions: Mutex::new(Vec::new()),
             store,
             events,
             upload_limit,
@@ -437,6 +440,7 @@ pub async fn establish(
             reqq: Some(REQQ as u32),
             debtorrent: Some(wire::DT_VERSION),
             yourip: None,
+            versions: sh.versions.lock().map(|v| v.clone()).unwrap_or_default(),
         };
         wire::encode(
             &Msg::Extended {

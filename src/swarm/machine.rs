@@ -203,10 +203,12 @@ pub enum Input {
         piece: PieceIndex,
     },
     /// The swarm's catalogue grew: pieces are numbered up to `piece_count`
-    /// now, and all of them make `total_size` bytes.
+    /// now, and all of them make `total_size` bytes. With `scan`, the store
+    /// may hold some of the new ones (a new index version came).
     Grow {
         piece_count: u32,
         total_size: u64,
+        scan: bool,
     },
     /// A mirror range ended, and what of the piece is in.
     MirrorDone {
@@ -748,6 +750,7 @@ impl Machine {
             Input::Grow {
                 piece_count,
                 total_size,
+                scan,
             } => {
                 if piece_count > self.cfg.piece_count {
                     let len = wire::bitfield_len(piece_count);
@@ -758,8 +761,9 @@ impl Machine {
                         }
                     }
                     self.cfg.piece_count = piece_count;
-                    // The store may hold some of the new pieces already.
-                    self.scan();
+                    if scan {
+                        self.scan();
+                    }
                 }
                 self.cfg.total_size = self.cfg.total_size.max(total_size);
             }

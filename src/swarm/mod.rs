@@ -335,9 +335,45 @@ impl Swarm {
         let _ = h.tx.send(Ev::Offer(content)).await;
     }
 
+    /// After a restart: what the store holds is announced again in the
+    /// swarm it was shared in (`shared`: path, swarm id), whether or not a
+    /// current index still lists it (issue 11: older files stay shared for
+    /// as long as they are in the store).
+    pub async fn restore(&self, shared: Vec<(String, [u8; 20])>, store: &Store) {
+        let mut n = 0;
+        for (path, id) in shared {
+            let Some(meta) = store.get_any(&path) else {
+                continue;
+            };
+            let c = Content {
+                sha256: meta.sha256,
+                size: meta.size,
+                path,
+            };
+            self.offer(InfoHash(id), c).await;
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(pieces = n, "stored pieces shared again in their swarms");
+        }
+    }
+
     /// Per swarm (by its id): peers, discovery, bytes (for `/status.json`).
     pub fn torrent_status(&self, swarm: &InfoHash) -> Option<TorrentStatus> {
         self.handle(swarm).map(|h| h.status())
+    }
+
+    /// Every swarm task's status, by swarm id.
+    pub fn swarms(&self) -> Vec<(InfoHash, TorrentStatus)> {
+        let handles: Vec<(InfoHash, Handle)> = self
+            .torrents
+            .lock()
+            .map(|m| m.iter().map(|(k, h)| (*k, h.clone())).collect())
+            .unwrap_or_default();
+        let mut v: Vec<(InfoHash, TorrentStatus)> =
+            handles.into_iter().map(|(k, h)| (k, h.status())).collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
     }
 
     /// Swarm-wide status.

@@ -108,6 +108,10 @@ pub struct TorrentStatus {
     /// folded into it.
     pub catalogue: u32,
     pub index_versions: usize,
+    /// The index versions registered here now (dt1 info hashes), and those
+    /// the connected peers say they are on, with how many peers each.
+    pub versions: Vec<String>,
+    pub peer_versions: BTreeMap<String, usize>,
     pub peers: Vec<PeerStatus>,
     pub discovered: BTreeMap<Origin, Vec<String>>,
     pub pieces_held: u32,
@@ -175,6 +179,8 @@ struct Link {
     by_sha: HashMap<[u8; 32], u32>,
     /// Its `dt_wip` numbers that name content our catalogue lists.
     wip: HashMap<u32, PieceIndex>,
+    /// The index versions it is on (its `dt_idx`).
+    versions: Vec<InfoHash>,
 }
 
 /// A wanted piece's assembly, mirror URL and mirror run (its number and
@@ -243,6 +249,7 @@ pub fn start(swarm: InfoHash, regs: Vec<Arc<Registered>>, ctx: Arc<Ctx>) -> Hand
         seed: fastrand::u64(..),
     });
     let names: Vec<String> = regs.iter().map(|r| r.index_path.clone()).collect();
+    set_versions(&conns, &regs);
     let task = Task {
         m,
         ctx,
@@ -271,6 +278,16 @@ pub fn start(swarm: InfoHash, regs: Vec<Arc<Registered>>, ctx: Arc<Ctx>) -> Hand
         shown,
         conns,
         ended: ended_rx,
+    }
+}
+
+/// What our `dt_idx` says from now on.
+fn set_versions(conns: &conn::Context, regs: &[Arc<Registered>]) {
+    let mut v: Vec<InfoHash> = regs.iter().map(|r| r.torrent.info_hash()).collect();
+    v.sort_unstable();
+    v.dedup();
+    if let Ok(mut cur) = conns.versions.lock() {
+        *cur = v;
     }
 }
 
@@ -363,13 +380,14 @@ impl Task {
                     (id, cat.len() > before)
                 };
                 if grew {
-                    self.grow(piece);
+                    self.grow(piece, false);
                 }
                 let held = self
                     .cat_read()
                     .get(piece)
                     .is_some_and(|e| self.ctx.store.get(&e.path, &e.sha256).is_some());
                 if held {
+                    self.ctx.store.db().put_shared(&c.path, self.info_hash.0);
                     self.feed(Input::Stored {
                         piece,
                         size: c.size,
@@ -390,7 +408,7 @@ impl Task {
                     (id, cat.len() > before)
                 };
                 if grew {
-                    self.grow(piece);
+                    self.grow(piece, false);
                 }
                 if let Some(j) = self.jobs.get(&piece) {
                     if Arc::ptr_eq(&j.dl, &dl) {
@@ -476,7 +494,13 @@ impl Task {
                 stored,
                 culprits,
             } => {
-                let size = self.cat_read().get(piece).map_or(0, |e| e.size);
+                let (size, path) = self
+                    .cat_read()
+                    .get(piece)
+                    .map_or((0, None), |e| (e.size, Some(e.path.to_string())));
+                if let (true, Some(p)) = (stored, path) {
+                    self.ctx.store.db().put_shared(&p, self.info_hash.0);
+                }
                 self.feed(Input::Committed {
                     piece,
                     size,
@@ -643,6 +667,7 @@ impl Task {
                         by_num: HashMap::new(),
                         by_sha: HashMap::new(),
                         wip: HashMap::new(),
+                        versions: est.hello.ext.versions.clone(),
                     },
                 );
                 est.run(key, self.conns.clone());
@@ -770,6 +795,7 @@ impl Task {
 
     /// Folds new index versions into the catalogue.
     fn fold_in(&mut self, regs: &[Arc<Registered>]) {
+        set_versions(&self.conns, regs);
         let before = self.cat_read().len();
         let mut added = 0;
         for r in regs {
@@ -779,13 +805,14 @@ impl Task {
             }
         }
         if added > 0 && self.cat_read().len() > before {
-            self.grow(before);
+            self.grow(before, true);
         }
     }
 
     /// The catalogue grew from `from` entries: the machine learns its new
-    /// size, and what peers said they hold of the new content counts now.
-    fn grow(&mut self, from: u32) {
+    /// size (and, with `scan`, rescans the store), and what peers said they
+    /// hold of the new content counts now.
+    fn grow(&mut self, from: u32, scan: bool) {
         let (piece_count, total_size) = {
             let c = self.cat_read();
             (c.len(), c.total_size())
@@ -793,6 +820,7 @@ impl Task {
         self.feed(Input::Grow {
             piece_count,
             total_size,
+            scan,
         });
         let mut keys: Vec<PeerKey> = self.links.keys().copied().collect();
         keys.sort_unstable();
@@ -802,12 +830,22 @@ impl Task {
                 let Some(l) = self.links.get(&key) else {
                     continue;
                 };
-                let mut v: Vec<PieceIndex> = l
-                    .by_sha
-                    .keys()
-                    .filter_map(|sha| cat.id(sha))
-                    .filter(|&id| id >= from)
-                    .collect();
+                // A few new entries (a want, an offer): look each up; many
+                // (a new index version): go through what the peer holds.
+                let mut v: Vec<PieceIndex> = if piece_count - from <= 64 {
+                    (from..piece_count)
+                        .filter(|&id| {
+                            cat.get(id)
+                                .is_some_and(|e| l.by_sha.contains_key(&e.sha256))
+                        })
+                        .collect()
+                } else {
+                    l.by_sha
+                        .keys()
+                        .filter_map(|sha| cat.id(sha))
+                        .filter(|&id| id >= from)
+                        .collect()
+                };
                 v.sort_unstable();
                 v
             };
@@ -1011,9 +1049,23 @@ impl Task {
             let c = self.cat_read();
             (c.len(), c.versions())
         };
+        let mut peer_versions: BTreeMap<String, usize> = BTreeMap::new();
+        for l in self.links.values() {
+            for v in &l.versions {
+                *peer_versions.entry(v.to_hex()).or_default() += 1;
+            }
+        }
+        let versions = self
+            .conns
+            .versions
+            .lock()
+            .map(|v| v.iter().map(|h| h.to_hex()).collect())
+            .unwrap_or_default();
         let s = TorrentStatus {
             catalogue,
             index_versions,
+            versions,
+            peer_versions,
             peers,
             discovered: self.m.discovered(),
             pieces_held,

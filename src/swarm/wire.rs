@@ -534,7 +534,16 @@ pub struct ExtHandshake {
     pub debtorrent: Option<i64>,
     /// Our address as the sender sees it (4 or 16 bytes; else ignored).
     pub yourip: Option<Vec<u8>>,
+    /// Our key `dt_idx` (dt2): the index versions (dt1 info hashes of the
+    /// Packages/Sources files) the sender has registered in this swarm, at
+    /// most [`MAX_IDX`], as one string of 20-byte hashes. Informational
+    /// (status pages show which versions the swarm's peers are on); a
+    /// malformed value is ignored.
+    pub versions: Vec<crate::types::InfoHash>,
 }
+
+/// Most index versions a `dt_idx` carries.
+pub const MAX_IDX: usize = 64;
 
 impl ExtHandshake {
     pub fn encode(&self) -> Vec<u8> {
@@ -545,6 +554,15 @@ impl ExtHandshake {
             w.dict();
             if let Some(d) = self.debtorrent {
                 w.bytes(b"debtorrent").int(d);
+            }
+            if !self.versions.is_empty() {
+                let v: Vec<u8> = self
+                    .versions
+                    .iter()
+                    .take(MAX_IDX)
+                    .flat_map(|h| h.0)
+                    .collect();
+                w.bytes(b"dt_idx").bytes(&v);
             }
             w.bytes(b"m").dict();
             for (name, id) in m {
@@ -597,6 +615,13 @@ impl ExtHandshake {
                     h.reqq = ben_parse_int(s).and_then(|i| u32::try_from(i).ok());
                 }
                 (b"debtorrent", Object::Integer(s)) => h.debtorrent = ben_parse_int(s),
+                (b"dt_idx", Object::Bytes(v)) if v.len() % 20 == 0 && v.len() <= 20 * MAX_IDX => {
+                    h.versions = v
+                        .chunks_exact(20)
+                        .filter_map(|c| <[u8; 20]>::try_from(c).ok())
+                        .map(crate::types::InfoHash)
+                        .collect();
+                }
                 (b"yourip", Object::Bytes(ip)) if ip.len() == 4 || ip.len() == 16 => {
                     h.yourip = Some(ip.to_vec());
                 }
@@ -1170,8 +1195,9 @@ mod tests {
             p: Some(6881),
             v: Some("debtorrent 0.1.0".into()),
             reqq: Some(250),
-            debtorrent: Some(1),
+            debtorrent: Some(2),
             yourip: Some(vec![10, 0, 0, 1]),
+            versions: vec![crate::types::InfoHash([0x61; 20])],
         }
     }
 
@@ -1181,15 +1207,27 @@ mod tests {
         let b = h.encode();
         assert_eq!(
             std::str::from_utf8(&b).unwrap(),
-            "d10:debtorrenti1e1:md6:dt_wipi2e6:ut_pexi1ee1:pi6881e4:reqqi250e\
-             1:v16:debtorrent 0.1.06:yourip4:\x0a\x00\x00\x01e"
+            "d10:debtorrenti2e6:dt_idx20:aaaaaaaaaaaaaaaaaaaa1:md6:dt_wipi2e6:ut_pexi1ee\
+             1:pi6881e4:reqqi250e1:v16:debtorrent 0.1.06:yourip4:\x0a\x00\x00\x01e"
         );
         let back = ExtHandshake::decode(&b).unwrap();
         assert_eq!(back.m, vec![("dt_wip".into(), 2), ("ut_pex".into(), 1)]);
         assert_eq!(back.ext_id(EXT_WIP), Some(2));
         assert_eq!(back.ext_id(EXT_PEX), Some(1));
         assert_eq!(back.ext_id("ut_metadata"), None);
-        assert_eq!(back.debtorrent, Some(1));
+        assert_eq!(back.debtorrent, Some(2));
+        assert_eq!(back.versions, h.versions);
+        // A dt_idx that is not whole hashes, or too long, is ignored.
+        for bad in [&b"d6:dt_idx3:abce"[..], &b"d6:dt_idx0:e"[..]] {
+            assert_eq!(ExtHandshake::decode(bad).map(|h| h.versions), Ok(vec![]));
+        }
+        let long = debtorrent_gen::bencode::to_vec(|w| {
+            w.dict()
+                .bytes(b"dt_idx")
+                .bytes(&vec![1; 20 * (MAX_IDX + 1)])
+                .end();
+        });
+        assert_eq!(ExtHandshake::decode(&long).map(|h| h.versions), Ok(vec![]));
         assert_eq!((back.p, back.reqq), (h.p, h.reqq));
         assert_eq!((back.v, back.yourip), (h.v, h.yourip));
         assert_eq!(ExtHandshake::default().encode(), b"d1:mdee");
@@ -1222,6 +1260,7 @@ mod tests {
                 reqq: Some(500),
                 debtorrent: None,
                 yourip: None,
+                versions: vec![],
             }
         );
     }
@@ -1602,7 +1641,8 @@ mod tests {
                 prop::collection::vec(any::<u8>(), 16),
             ]),
         ) {
-            let h = ExtHandshake { m: m.into_iter().collect(), p, v, reqq, debtorrent, yourip };
+            let versions = vec![];
+            let h = ExtHandshake { m: m.into_iter().collect(), p, v, reqq, debtorrent, yourip, versions };
             prop_assert_eq!(ExtHandshake::decode(&h.encode()), Ok(h));
         }
 

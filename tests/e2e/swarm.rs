@@ -268,6 +268,7 @@ fn ext_handshake(client: &str) -> Vec<u8> {
         reqq: Some(250),
         debtorrent: Some(wire::DT_VERSION),
         yourip: None,
+        versions: Vec::new(),
     }
     .encode()
 }

@@ -997,6 +997,7 @@ fn random_inputs_keep_the_invariants() {
                     17 => Input::Grow {
                         piece_count: PIECES + rng.u32(0..4),
                         total_size: 0,
+                        scan: rng.bool(),
                     },
                     _ => tick(&[(piece, rng.u64(0..4) * K)]),
                 },
