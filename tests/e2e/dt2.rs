@@ -10,7 +10,8 @@
 //! from its own counting mirror, and runs two daemons on its own block of
 //! loopback addresses in a private DHT (the first with `--dht-bootstrap
 //! none`, the second bootstrapping from it; `--no-lsd`), each behind its own
-//! real apt. Blocks: 127.0.0.91-99, .101-109, .111-119.
+//! real apt (three in the three-versions test). Blocks: 127.0.0.91-99,
+//! .101-109, .111-119, .121-129, .131-139.
 
 use crate::support::apt::{AptClient, Mode};
 use crate::support::daemon::Daemon;
@@ -61,16 +62,20 @@ fn swarm_ids(d: &Daemon) -> Vec<String> {
 /// Both daemons registered their index in the same dt2 swarm (when both
 /// report swarm ids at all; the byte counts are the real check).
 fn assert_same_swarm(a: &Daemon, b: &Daemon, ctx: &str) {
+    assert_same_swarm_named((a, "A"), (b, "B"), ctx);
+}
+
+/// [`assert_same_swarm`] for daemons named otherwise than A and B.
+fn assert_same_swarm_named((a, na): (&Daemon, &str), (b, nb): (&Daemon, &str), ctx: &str) {
     let (ia, ib) = (swarm_ids(a), swarm_ids(b));
-    eprintln!("{ctx}: swarm ids A {ia:?}, B {ib:?}");
-    if !ia.is_empty() && !ib.is_empty() {
-        assert!(
-            ia.iter().any(|id| ib.contains(id)),
-            "{ctx}: A and B are in no common dt2 swarm: A {ia:?}, B {ib:?}\nA: {:#}\nB: {:#}",
-            a.status_json(),
-            b.status_json()
-        );
-    }
+    eprintln!("{ctx}: swarm ids {na} {ia:?}, {nb} {ib:?}");
+    assert!(
+        ia.iter().any(|id| ib.contains(id)),
+        "{ctx}: {na} and {nb} are in no common dt2 swarm: {na} {ia:?}, {nb} {ib:?}\n{na}: \
+         {:#}\n{nb}: {:#}",
+        a.status_json(),
+        b.status_json()
+    );
 }
 
 fn pool_bytes_since(mirror: &Mirror, before: &Stats) -> u64 {
@@ -180,6 +185,30 @@ fn dt2_index_v1_to_v2_peers_serve_unchanged_files() {
         pool_log(&mirror, mark)
     );
     assert_same_swarm(&a, &b, "index v1 -> v2");
+    // B's status shows the index versions in its swarm: its own (v2) and
+    // A's (v1), which A told it in its extended handshake (`dt_idx`).
+    let sw = st_b["swarms"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| num(&s["peers"]) >= 1))
+        .unwrap_or_else(|| panic!("B shows no swarm with a peer: {st_b:#}"));
+    let ours: Vec<&str> = sw["versions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let theirs: Vec<&String> = sw["peer_versions"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    eprintln!("index v1 -> v2: B's versions {ours:?}, its peers' {theirs:?}");
+    assert_eq!(ours.len(), 1, "B registered one Packages version: {sw:#}");
+    assert!(
+        theirs.iter().any(|v| !ours.contains(&v.as_str())),
+        "B's swarm shows no peer on another index version: {sw:#}"
+    );
+    assert!(
+        num(&sw["catalogue"]) >= num(&sw["pieces_held"]) && num(&sw["pieces_held"]) >= 11,
+        "B's swarm: catalogue and held: {sw:#}"
+    );
 }
 
 /// A peer that fetched through a suite serves the same files to a peer
@@ -296,4 +325,221 @@ fn dt2_second_update_takes_no_index_bytes_from_mirror() {
         b_log.iter().map(|e| format!("  {e}\n")).collect::<String>(),
         b.status_json()
     );
+}
+
+/// A point release folds the files peers fetched through `-updates` into
+/// the main suite: a peer that lists only the new main suite gets them
+/// from a peer that fetched them through `-updates` (one family, one
+/// swarm, same pool files byte for byte).
+#[test]
+fn dt2_point_release_files_fetched_through_updates_come_from_peers() {
+    let fixture = repo();
+    let mut r = SuiteRepo::new("dt2-point", ORIGIN);
+    let base = r.link_from(fixture, &fixture.small_names());
+    // -updates: newer versions of three of them (new pool files; one with
+    // a `+` in its version, as Debian's stable updates have).
+    let upgrades = vec![
+        r.build_deb("fill1", "1.1-2", "all", 40_000, 2101),
+        r.build_deb("fill4", "1.4-1+deb1u1", "all", 60_000, 2102),
+        r.build_deb("small", "2.3-2", "amd64", 80_000, 2103),
+    ];
+    // The point release: the main suite lists the -updates versions in
+    // place of the old ones, the rest unchanged.
+    let point: Vec<Package> = base
+        .iter()
+        .map(|p| {
+            upgrades
+                .iter()
+                .find(|u| u.name == p.name)
+                .unwrap_or(p)
+                .clone()
+        })
+        .collect();
+    let sha_before = r.publish("stable", "dtpr", &base);
+    r.publish("stable-updates", "dtpr-updates", &upgrades);
+
+    let mirror = Mirror::start(&r.root);
+    let a = Daemon::start_peer("127.0.0.121", &[mirror.port()], None, &[]);
+    let boot = a.peer_addr();
+    assert_eq!(boot.ip().to_string(), "127.0.0.121", "peer_addr {boot}");
+    let b = Daemon::start_peer("127.0.0.122", &[mirror.port()], Some(boot), &[]);
+    assert_eq!(b.peer_addr().ip().to_string(), "127.0.0.122");
+
+    // A's apt sees both suites: the candidates of the upgraded packages
+    // are the -updates versions.
+    let view = r.view(&point);
+    let set = names(&upgrades);
+    let mut sha_after = String::new();
+    let (b_pool, mark) = b_after_a(
+        &mirror,
+        &a,
+        &b,
+        &view,
+        &["stable", "stable-updates"],
+        &set,
+        || {
+            sha_after = r.publish("stable", "dtpr", &point);
+            r.view(&point)
+        },
+        &["stable"],
+        &set,
+    );
+    assert_ne!(
+        sha_before, sha_after,
+        "the point release left stable's index unchanged"
+    );
+
+    let set_bytes = total_size(&upgrades);
+    let allowed = set_bytes * SLACK_PERCENT / 100;
+    let st_b = b.status_json();
+    eprintln!(
+        "point release (stable-updates -> stable): B's client took {b_pool} pool bytes from the \
+         mirror for {} upgraded files ({set_bytes} bytes), allowed {allowed}; B bytes_from_peers \
+         {}, A bytes_uploaded {}",
+        upgrades.len(),
+        num(&st_b["bytes_from_peers"]),
+        num(&a.status_json()["bytes_uploaded"]),
+    );
+    assert!(
+        b_pool <= allowed,
+        "B (the point release's stable only) took {b_pool} pool bytes from the mirror, more than \
+         {allowed} ({SLACK_PERCENT}% of the {set_bytes} bytes A holds through stable-updates); \
+         pool requests since B's client started:\n{}B's status:\n{st_b:#}",
+        pool_log(&mirror, mark)
+    );
+    assert_same_swarm(&a, &b, "point release");
+}
+
+/// Waits (at most `limit`) for a spawned apt-get; kills it when the time
+/// is up. Returns whether it exited 0, and how long it ran.
+fn wait_spawned(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    started: std::time::Instant,
+) -> (bool, std::time::Duration) {
+    loop {
+        if let Some(st) = child.try_wait().expect("wait for apt-get") {
+            return (st.success(), started.elapsed());
+        }
+        if started.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (false, started.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Three peers whose apt saw three versions of one suite's index (each
+/// republish adds a package and keeps the rest): A fetched the files v1
+/// lists; then B (index v2) and C (index v3) fetch the files all three
+/// list at the same time, from A and from each other, not the mirror.
+#[test]
+fn dt2_three_index_versions_in_one_swarm_concurrent_clients() {
+    use std::time::{Duration, Instant};
+    const LIMIT: Duration = Duration::from_secs(90);
+
+    let fixture = repo();
+    let mut r = SuiteRepo::new("dt2-three", ORIGIN);
+    let mut common = r.link_from(fixture, &fixture.small_names());
+    // One file of many blocks, so B and C ask for pieces of it at once.
+    common.push(r.build_deb("sharedbig", "1.0-1", "amd64", 1_500_000, 2201));
+    let v1 = common.clone();
+    let mut v2 = v1.clone();
+    v2.push(r.build_deb("newv2", "1.0-1", "amd64", 20_000, 2202));
+    let mut v3 = v2.clone();
+    v3.push(r.build_deb("newv3", "1.0-1", "all", 22_000, 2203));
+
+    let mirror = Mirror::start(&r.root);
+    let a = Daemon::start_peer("127.0.0.131", &[mirror.port()], None, &[]);
+    let boot = a.peer_addr();
+    assert_eq!(boot.ip().to_string(), "127.0.0.131", "peer_addr {boot}");
+    let b = Daemon::start_peer("127.0.0.132", &[mirror.port()], Some(boot), &[]);
+    assert_eq!(b.peer_addr().ip().to_string(), "127.0.0.132");
+    let c = Daemon::start_peer("127.0.0.133", &[mirror.port()], Some(boot), &[]);
+    assert_eq!(c.peer_addr().ip().to_string(), "127.0.0.133");
+
+    let set = names(&common);
+    let common_bytes = total_size(&common);
+
+    // v1: A's client updates and fetches the common set (from the mirror).
+    let sha1 = r.publish("stable", "dtthree", &v1);
+    let view1 = r.view(&v1);
+    let ca = AptClient::with_suites(&view1, &mirror, Mode::Prefix(a.addr()), &["stable"], false);
+    ca.update_and_fetch(&view1, &set, "A's client (index v1)");
+    let after_a = mirror.stats();
+    assert!(
+        after_a.pool_bytes >= common_bytes,
+        "A's client came from the mirror: {after_a:?}, packages {common_bytes} bytes"
+    );
+
+    // v2: B's client updates; v3: C's client updates.
+    let sha2 = r.publish("stable", "dtthree", &v2);
+    let view2 = r.view(&v2);
+    let cb = AptClient::with_suites(&view2, &mirror, Mode::Prefix(b.addr()), &["stable"], false);
+    let out = cb.update();
+    cb.assert_update_verified(&out, "B's client (index v2)");
+    let sha3 = r.publish("stable", "dtthree", &v3);
+    let view3 = r.view(&v3);
+    let cc = AptClient::with_suites(&view3, &mirror, Mode::Prefix(c.addr()), &["stable"], false);
+    let out = cc.update();
+    cc.assert_update_verified(&out, "C's client (index v3)");
+    assert!(
+        sha1 != sha2 && sha2 != sha3 && sha1 != sha3,
+        "the three index versions are not three: {sha1} {sha2} {sha3}"
+    );
+
+    // B and C fetch the common set at the same time.
+    let mark = mirror.log().len();
+    let before = mirror.stats();
+    let mut args = vec!["install", "--download-only"];
+    args.extend_from_slice(&set);
+    let started = Instant::now();
+    let mut pb = cb.spawn(&args);
+    let mut pc = cc.spawn(&args);
+    let (ok_b, took_b) = wait_spawned(&mut pb, LIMIT, started);
+    let (ok_c, took_c) = wait_spawned(&mut pc, LIMIT, started);
+    let phase_pool = pool_bytes_since(&mirror, &before);
+    assert!(
+        ok_b,
+        "B's client (index v2) failed or ran over {LIMIT:?} ({took_b:?})\n{}\nB's status:\n{:#}",
+        cb.spawned_output(),
+        b.status_json()
+    );
+    assert!(
+        ok_c,
+        "C's client (index v3) failed or ran over {LIMIT:?} ({took_c:?})\n{}\nC's status:\n{:#}",
+        cc.spawned_output(),
+        c.status_json()
+    );
+    if let Err(e) = cb.verify_archives(&view2, &set) {
+        panic!("B's client (index v2): {e}\n{}", cb.spawned_output());
+    }
+    if let Err(e) = cc.verify_archives(&view3, &set) {
+        panic!("C's client (index v3): {e}\n{}", cc.spawned_output());
+    }
+
+    let allowed = 2 * common_bytes * SLACK_PERCENT / 100;
+    let (st_a, st_b, st_c) = (a.status_json(), b.status_json(), c.status_json());
+    eprintln!(
+        "three index versions, B (v2) and C (v3) at once: {} common files ({common_bytes} bytes \
+         each); B took {took_b:?}, C {took_c:?}; the mirror sent {phase_pool} pool bytes, \
+         allowed {allowed}; bytes_from_peers B {} C {}; bytes_uploaded A {} B {} C {}",
+        common.len(),
+        num(&st_b["bytes_from_peers"]),
+        num(&st_c["bytes_from_peers"]),
+        num(&st_a["bytes_uploaded"]),
+        num(&st_b["bytes_uploaded"]),
+        num(&st_c["bytes_uploaded"]),
+    );
+    assert!(
+        phase_pool <= allowed,
+        "B (index v2) and C (index v3) took {phase_pool} pool bytes from the mirror, more than \
+         {allowed} ({SLACK_PERCENT}% of 2 x the {common_bytes} bytes A holds and all three \
+         versions list); pool requests since they started:\n{}B's status:\n{st_b:#}\nC's \
+         status:\n{st_c:#}",
+        pool_log(&mirror, mark)
+    );
+    assert_same_swarm(&a, &b, "three versions");
+    assert_same_swarm_named((&a, "A"), (&c, "C"), "three versions");
 }
