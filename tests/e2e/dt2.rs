@@ -11,7 +11,7 @@
 //! loopback addresses in a private DHT (the first with `--dht-bootstrap
 //! none`, the second bootstrapping from it; `--no-lsd`), each behind its own
 //! real apt (three in the three-versions test). Blocks: 127.0.0.91-99,
-//! .101-109, .111-119, .121-129, .131-139.
+//! .101-109, .111-119, .121-129, .131-139, .141-149.
 
 use crate::support::apt::{AptClient, Mode};
 use crate::support::daemon::Daemon;
@@ -542,4 +542,88 @@ fn dt2_three_index_versions_in_one_swarm_concurrent_clients() {
     );
     assert_same_swarm(&a, &b, "three versions");
     assert_same_swarm_named((&a, "A"), (&c, "C"), "three versions");
+}
+
+/// Older files stay shared (issue 11, item 5), across a restart: A fetched
+/// `tiny` through version 1 of `stable`; version 2 no longer lists it, A's
+/// apt updates to it, and A restarts, so no index A has registered lists
+/// `tiny` any more. B lists only `stable-updates`, which still does: B gets
+/// it from A, which announced it again from its store's record of the
+/// swarm the file was shared in.
+#[test]
+fn dt2_file_no_current_index_lists_is_shared_after_restart() {
+    const GONE: &str = "tiny";
+    let fixture = repo();
+    let mut r = SuiteRepo::new("dt2-gone", ORIGIN);
+    let v1 = r.link_from(fixture, &fixture.small_names());
+    let v2: Vec<Package> = v1.iter().filter(|p| p.name != GONE).cloned().collect();
+    let gone: Vec<Package> = v1.iter().filter(|p| p.name == GONE).cloned().collect();
+    assert_eq!(gone.len(), 1, "the fixture has no {GONE}");
+    r.publish("stable", "dtgone", &v1);
+
+    let mirror = Mirror::start(&r.root);
+    let mut a = Daemon::start_peer("127.0.0.141", &[mirror.port()], None, &[]);
+    let v1_view = r.view(&v1);
+    let ca = AptClient::with_suites(
+        &v1_view,
+        &mirror,
+        Mode::Prefix(a.addr()),
+        &["stable"],
+        false,
+    );
+    ca.update_and_fetch(&v1_view, &names(&v1), "A's client (stable v1)");
+
+    // Version 2 of stable drops GONE; stable-updates lists it.
+    r.publish("stable", "dtgone", &v2);
+    r.publish("stable-updates", "dtgone-updates", &gone);
+    let v2_view = r.view(&v2);
+    let out = ca.update();
+    ca.assert_update_verified(&out, "A's client (stable v2)");
+    let listed = |d: &Daemon| -> Vec<String> {
+        d.status_json()["torrents"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t["index_path"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    a.stop(std::time::Duration::from_secs(10));
+    a.restart();
+    let a_indexes = listed(&a);
+    assert!(
+        !a_indexes.is_empty() && a_indexes.iter().all(|p| !p.contains("updates")),
+        "A registers stable only: {a_indexes:?}"
+    );
+    let b = Daemon::start_peer("127.0.0.142", &[mirror.port()], Some(a.peer_addr()), &[]);
+    let gone_view = r.view(&gone);
+    let before = mirror.stats();
+    let mark = mirror.log().len();
+    let cb = AptClient::with_suites(
+        &gone_view,
+        &mirror,
+        Mode::Prefix(b.addr()),
+        &["stable-updates"],
+        false,
+    );
+    cb.update_and_fetch(&gone_view, &[GONE], "B's client (stable-updates)");
+    let b_pool = pool_bytes_since(&mirror, &before);
+    let st_b = b.status_json();
+    eprintln!(
+        "{GONE} after A's index dropped it and A restarted: B took {b_pool} pool bytes from the \
+         mirror for {} bytes; B bytes_from_peers {}; A's indexes {a_indexes:?}",
+        gone[0].size,
+        num(&st_b["bytes_from_peers"]),
+    );
+    assert_eq!(
+        b_pool,
+        0,
+        "B fetched {GONE} from the mirror although A holds it; pool requests:\n{}B's status:\n\
+         {st_b:#}\nA's status:\n{:#}",
+        pool_log(&mirror, mark),
+        a.status_json()
+    );
+    assert!(num(&st_b["bytes_from_peers"]) >= gone[0].size, "{st_b:#}");
+    drop(v2_view);
 }
