@@ -37,6 +37,11 @@ use crate::types::{PeerKey, PieceIndex, Source, BLOCK};
 
 /// How long a stalled peer gets no requests.
 pub const SNUB_MS: u64 = 30_000;
+/// A peer that stalls this many times in a row, with no block delivered
+/// in between, is dropped as a protocol violation: it announced content it
+/// does not serve (dt2 lets any peer announce anything; what it cannot
+/// back with bytes costs us at most this many stall timeouts).
+pub const MAX_STALLS: u8 = 3;
 /// How often the choker runs without a reason to.
 pub const CHOKE_EVERY_MS: u64 = 10_000;
 /// Addresses remembered per torrent (for `/status.json`).
@@ -403,6 +408,8 @@ struct Peer {
     /// When it last delivered a block, or was first asked (ms).
     last_progress: u64,
     snub_until: u64,
+    /// Stalls since its last block.
+    stalls: u8,
     rate: Rate,
     up_seen: u64,
     up_rate: Rate,
@@ -988,6 +995,7 @@ impl Machine {
             reqq: h.reqq.map_or(64, |q| (q as usize).clamp(1, 1000)),
             last_progress: now,
             snub_until: 0,
+            stalls: 0,
             rate: Rate::new(5000),
             up_seen: 0,
             up_rate: Rate::new(10_000),
@@ -1135,6 +1143,7 @@ impl Machine {
         let ip = self.peers.get_mut(&key).map(|p| {
             p.last_progress = now;
             p.snub_until = 0;
+            p.stalls = 0;
             p.rate.add(u64::from(len), now);
             p.listen.ip()
         });
@@ -1559,12 +1568,22 @@ impl Machine {
             .collect();
         stalled.sort_unstable();
         for k in stalled {
+            let mut give_up = None;
             if let Some(p) = self.peers.get_mut(&k) {
                 tracing::info!(peer = %p.listen, "peer stalled: its requests go elsewhere");
                 p.snub_until = now + SNUB_MS;
+                p.stalls = p.stalls.saturating_add(1);
+                if p.stalls >= MAX_STALLS {
+                    give_up = Some(p.listen.ip());
+                }
             }
             self.send(k, PeerMsg::CancelAll);
             self.picker.release(Source::Peer(k));
+            if let Some(ip) = give_up {
+                tracing::warn!(%ip, "peer announced content it does not serve: dropped");
+                self.emit(Effect::Violation { ip });
+                self.close(k);
+            }
         }
         // Rule (b): the mirror takes the tail of a piece the peers are too
         // slow for.

@@ -563,12 +563,13 @@ struct HostileReport {
 
 /// A peer that claims every pool file (`hold`), unchokes at once and
 /// answers each REQUEST with a block of the right length and the wrong
-/// bytes.
+/// bytes, or (`answer` false) never answers at all.
 async fn hostile_peer(
     src: &str,
     to: SocketAddr,
     ih: debtorrent_gen::InfoHash,
     hold: Vec<(u32, [u8; 32])>,
+    answer: bool,
     ready: std::sync::mpsc::Sender<()>,
     give_up: Duration,
 ) -> HostileReport {
@@ -594,6 +595,9 @@ async fn hostile_peer(
                 if let Msg::Request(r) = decode_frame(&f) {
                     rep.requests += 1;
                     first_request.get_or_insert_with(Instant::now);
+                    if !answer {
+                        continue;
+                    }
                     let junk = vec![0x5a ^ (r.begin as u8); r.length as usize];
                     let msg = Msg::Piece {
                         index: r.index,
@@ -640,6 +644,7 @@ fn swarm_corrupt_peer_is_banned_and_apt_gets_correct_files() {
             peer_addr,
             ih,
             all,
+            true,
             tx,
             Duration::from_secs(120),
         ))
@@ -705,6 +710,78 @@ fn swarm_corrupt_peer_is_banned_and_apt_gets_correct_files() {
         Ok(how) => eprintln!("reconnect from the banned address: {how}"),
         Err(()) => panic!("the banned address could connect again and stay connected"),
     }
+}
+
+/// dt2 lets a peer announce any content: one that announces every pool
+/// file, unchokes and then never sends a byte costs apt one
+/// `--stall-timeout`, after which the mirror delivers (and after a few
+/// such stalls in a row the peer is dropped: the machine's table test
+/// `a_peer_that_announces_what_it_never_serves_is_dropped`).
+#[test]
+fn swarm_peer_announcing_what_it_never_serves_costs_one_stall() {
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let pkgs = ["small", "tiny", "libfoo1"];
+    let d = Daemon::start_peer(
+        "127.0.0.33",
+        &[mirror.port()],
+        None,
+        &["--stall-timeout", "2s"],
+    );
+    let apt = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
+    let out = apt.update();
+    apt.assert_update_verified(&out, "update");
+    let ih = info_hash(&d);
+    let peer_addr = d.peer_addr();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let all = hold_all(repo);
+    let liar = std::thread::spawn(move || {
+        rt().block_on(hostile_peer(
+            "127.0.0.34",
+            peer_addr,
+            ih,
+            all,
+            false,
+            tx,
+            Duration::from_secs(10),
+        ))
+    });
+    rx.recv_timeout(Duration::from_secs(15))
+        .expect("the lying peer did not get going");
+    wait_status(
+        &d,
+        Duration::from_secs(10),
+        "the daemon lists the lying peer",
+        |v| packages_torrent_of(v).is_some_and(|t| peer_count(t) >= 1),
+    );
+    let t0 = Instant::now();
+    let out = apt.download_only(&pkgs);
+    let took = t0.elapsed();
+    assert!(
+        out.success(),
+        "apt failed with a lying peer in the swarm\n{}\n{:#}",
+        out.combined(),
+        d.status_json()
+    );
+    if let Err(e) = apt.verify_archives(repo, &pkgs) {
+        panic!("{e}");
+    }
+    let st = d.status_json();
+    eprintln!("apt with a peer that never serves: {took:.1?}; status {st:#}");
+    assert!(
+        took < Duration::from_secs(20),
+        "apt took {took:?} with a peer that never serves (one 2 s stall expected)"
+    );
+    assert!(
+        num(&st["bytes_from_mirror"]) >= sizes(repo, &pkgs),
+        "the mirror delivered: {st:#}"
+    );
+    let rep = liar.join().expect("liar thread");
+    assert!(rep.error.is_none(), "lying peer: {rep:?}");
+    assert!(
+        rep.requests >= 1,
+        "the daemon never asked the lying peer (so the test proves nothing): {rep:?}"
+    );
 }
 
 /// §14 fault: the only peer with the packages disappears; the mirror takes

@@ -1246,3 +1246,50 @@ fn a_late_mirror_result_of_an_old_job_is_ignored() {
         Some((JobState::Fetching, MirrorState::Running { gen: 2 }))
     );
 }
+
+/// dt2 lets a peer announce any content. One that announces and never
+/// serves stalls; after [`MAX_STALLS`] stalls in a row with no block in
+/// between it is dropped as a violation. A block in between starts the
+/// count again.
+#[test]
+fn a_peer_that_announces_what_it_never_serves_is_dropped() {
+    let env = no_discovery();
+    for (name, deliver_once, dropped) in [
+        ("never serves", false, true),
+        ("serves a block between stalls", true, false),
+    ] {
+        let mut m = Machine::new(cfg());
+        m.handle(0, &env, hello(2, Some(&[0, 1, 2, 3])));
+        m.handle(0, &env, unchoked(1));
+        let mut now = 0;
+        let mut violations = 0;
+        let mut closed = false;
+        for (i, piece) in [0u32, 1, 2].into_iter().enumerate() {
+            m.handle(now, &env, Input::Want { piece, size: SIZE });
+            if deliver_once && i == 1 {
+                m.handle(now + 10, &env, block(1, piece, 0, K));
+            }
+            // Past --stall-timeout: a stall.
+            now += 2001;
+            for e in m.handle(now, &env, tick(&[(piece, 0)])) {
+                match e {
+                    Effect::Violation { .. } => violations += 1,
+                    Effect::Send {
+                        msg: PeerMsg::Close,
+                        ..
+                    } => closed = true,
+                    _ => {}
+                }
+            }
+            m.check_invariants();
+            // The snub is over before the next want.
+            now += SNUB_MS;
+            m.handle(now, &env, tick(&[]));
+        }
+        assert_eq!(
+            (violations, closed),
+            if dropped { (1, true) } else { (0, false) },
+            "{name}"
+        );
+    }
+}
