@@ -169,14 +169,24 @@ impl Handle {
     }
 }
 
+/// Content a peer announced that our catalogue does not list, kept per
+/// peer: what a peer on a newer index version holds beyond ours is a few
+/// hundred files; more is dropped (it only costs a later request to that
+/// peer).
+const MAX_PENDING: usize = 4096;
+
 /// A connected peer's channel and shared counters, and what its
 /// `dt_hold` and `dt_wip` messages said, in its numbers.
 struct Link {
     tx: mpsc::Sender<Out>,
     shared: Arc<PeerShared>,
-    /// Its numbers for the content it holds, both ways.
-    by_num: HashMap<u32, [u8; 32]>,
-    by_sha: HashMap<[u8; 32], u32>,
+    /// Its numbers for the content it holds that our catalogue lists, both
+    /// ways (our number -> its, its -> ours): what requests and drops need.
+    theirs: HashMap<PieceIndex, u32>,
+    ours: HashMap<u32, PieceIndex>,
+    /// Content it holds that our catalogue does not list (yet: our next
+    /// index version may), by its number; at most [`MAX_PENDING`].
+    pending: HashMap<u32, [u8; 32]>,
     /// Its `dt_wip` numbers that name content our catalogue lists.
     wip: HashMap<u32, PieceIndex>,
     /// The index versions it is on (its `dt_idx`).
@@ -664,8 +674,9 @@ impl Task {
                     Link {
                         tx: est.tx.clone(),
                         shared: est.shared.clone(),
-                        by_num: HashMap::new(),
-                        by_sha: HashMap::new(),
+                        theirs: HashMap::new(),
+                        ours: HashMap::new(),
+                        pending: HashMap::new(),
                         wip: HashMap::new(),
                         versions: est.hello.ext.versions.clone(),
                     },
@@ -826,26 +837,25 @@ impl Task {
         keys.sort_unstable();
         for key in keys {
             let pieces: Vec<PieceIndex> = {
-                let cat = self.cat_read();
-                let Some(l) = self.links.get(&key) else {
+                let cat = self.cat.read().unwrap_or_else(|e| e.into_inner());
+                let Some(l) = self.links.get_mut(&key) else {
                     continue;
                 };
-                // A few new entries (a want, an offer): look each up; many
-                // (a new index version): go through what the peer holds.
-                let mut v: Vec<PieceIndex> = if piece_count - from <= 64 {
-                    (from..piece_count)
-                        .filter(|&id| {
-                            cat.get(id)
-                                .is_some_and(|e| l.by_sha.contains_key(&e.sha256))
-                        })
-                        .collect()
-                } else {
-                    l.by_sha
-                        .keys()
-                        .filter_map(|sha| cat.id(sha))
-                        .filter(|&id| id >= from)
-                        .collect()
-                };
+                // What it holds that we did not list until now.
+                let now_known: Vec<(u32, PieceIndex)> = l
+                    .pending
+                    .iter()
+                    .filter_map(|(&n, sha)| cat.id(sha).filter(|&id| id >= from).map(|id| (n, id)))
+                    .collect();
+                let mut v = Vec::with_capacity(now_known.len());
+                for (n, id) in now_known {
+                    l.pending.remove(&n);
+                    if let Some(prev) = l.theirs.insert(id, n) {
+                        l.ours.remove(&prev);
+                    }
+                    l.ours.insert(n, id);
+                    v.push(id);
+                }
                 v.sort_unstable();
                 v
             };
@@ -855,7 +865,9 @@ impl Task {
         }
     }
 
-    /// A peer's `dt_hold`: drops, then adds.
+    /// A peer's `dt_hold`: drops, then adds. A number it gives again
+    /// names its new content; content it gives a new number is known by
+    /// that one.
     fn on_hold(&mut self, key: PeerKey, hold: wire::Hold) {
         let mut lost = Vec::new();
         let mut held = Vec::new();
@@ -864,23 +876,33 @@ impl Task {
             let Some(l) = self.links.get_mut(&key) else {
                 return;
             };
-            for n in hold.drop {
-                if let Some(sha) = l.by_num.remove(&n) {
-                    if l.by_sha.get(&sha) == Some(&n) {
-                        l.by_sha.remove(&sha);
-                        lost.extend(cat.id(&sha));
+            let forget = |l: &mut Link, n: u32, lost: &mut Vec<PieceIndex>| {
+                l.pending.remove(&n);
+                if let Some(id) = l.ours.remove(&n) {
+                    if l.theirs.get(&id) == Some(&n) {
+                        l.theirs.remove(&id);
+                        lost.push(id);
                     }
                 }
+            };
+            for n in hold.drop {
+                forget(l, n, &mut lost);
             }
             for (n, sha) in hold.add {
-                if let Some(old) = l.by_num.insert(n, sha) {
-                    if old != sha && l.by_sha.get(&old) == Some(&n) {
-                        l.by_sha.remove(&old);
-                        lost.extend(cat.id(&old));
+                forget(l, n, &mut lost);
+                match cat.id(&sha) {
+                    Some(id) => {
+                        if let Some(prev) = l.theirs.insert(id, n) {
+                            l.ours.remove(&prev);
+                        }
+                        l.ours.insert(n, id);
+                        held.push(id);
                     }
+                    None if l.pending.len() < MAX_PENDING => {
+                        l.pending.insert(n, sha);
+                    }
+                    None => {}
                 }
-                l.by_sha.insert(sha, n);
-                held.extend(cat.id(&sha));
             }
         }
         for piece in lost {
@@ -921,10 +943,7 @@ impl Task {
             return;
         };
         // Our number -> the peer's, for content it announced.
-        let theirs = |piece: PieceIndex| -> Option<u32> {
-            let sha = self.sha(piece)?;
-            link.by_sha.get(&sha).copied()
-        };
+        let theirs = |piece: PieceIndex| -> Option<u32> { link.theirs.get(&piece).copied() };
         let out = match msg {
             PeerMsg::Request { piece, blocks } => {
                 let Some(j) = self.jobs.get(&piece) else {
