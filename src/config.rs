@@ -205,7 +205,8 @@ pub struct ServeArgs {
         default_value = "200"
     )]
     pub max_peers: usize,
-    /// Most peer connections from one IP address.
+    /// Most peer connections from one IP address, per swarm we are in (a
+    /// connection carries one swarm, and neighbours share several).
     #[arg(
         long,
         value_name = "N",

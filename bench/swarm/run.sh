@@ -10,11 +10,16 @@
 #       fresh daemons all at once: mirror pool bytes / set size;
 #   (3) a 10 MB/s mirror and 4 daemons holding the set: a 5th daemon's time
 #       for the set vs a --no-peers daemon's time straight from that mirror;
-#   (4) VmRSS of a daemon with 100 scripted peer connections (peers.py);
+#   (4) VmRSS of a daemon with 100 scripted dt2 peer connections (peers.py:
+#       handshake with the set's dt2 swarm id, dt_hold);
 #   (5) index update: a daemon holds the set through one index version; a
 #       second one sees only the next version (one package added, one
 #       upgraded), a third only another suite listing the same files:
 #       mirror pool bytes / the bytes they could have had from the first.
+#       Then DHT load: private DHTs of 4 daemons each, every daemon in 1, 4
+#       or 16 swarms (side by side): UDP packets and bytes per node per
+#       second on the DHT sockets (nftables counters; needs root, installs
+#       nftables if missing).
 #
 # Usage: bench/swarm/run.sh          (builds target/release/debtorrent first)
 # Env:   DEBTORRENT_BIN=path  use this binary instead of building
@@ -22,12 +27,14 @@
 #        SET_MAX=8000000  NPEERS=100  SCENARIOS="1 2 3 4 5"
 #        SEQ_SETTLED=1 (also run (2) one after another with the indexes
 #        registered 61 s before; 0 skips that minute)
+#        DHT_SWARMS="1 4 16" (scenario 5's DHT load; empty skips it)
+#        DHT_NODES=4 DHT_SETTLE=80 DHT_WINDOW=60 (seconds)
 #        LOG_LEVEL=...  (daemon --log-level; default info plus debug for
 #        the torrent task, which logs each mirror range, and discovery)
 #        BENCH_TMP=/tmp (where the work folder goes; it needs ~4 GB)
 #        KEEP=1 keeps the work folder (daemon logs, status.json snapshots)
 # Every loop and wait is bounded; every process started here is stopped at
-# exit.
+# exit, and the nftables table scenario 5 adds is deleted.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +47,10 @@ SET_MAX=${SET_MAX:-8000000}
 NPEERS=${NPEERS:-100}
 SEQ_SETTLED=${SEQ_SETTLED:-1}
 SCENARIOS=${SCENARIOS:-1 2 3 4 5}
+DHT_SWARMS=${DHT_SWARMS-1 4 16}
+DHT_NODES=${DHT_NODES:-4}
+DHT_SETTLE=${DHT_SETTLE:-80}
+DHT_WINDOW=${DHT_WINDOW:-60}
 LOG_LEVEL=${LOG_LEVEL:-info,debtorrent::swarm::torrent=debug,debtorrent::discovery=debug}
 PY=/usr/bin/python3
 T_START=$(date +%s)
@@ -51,13 +62,35 @@ need jq jq
 need openssl openssl
 need sha256sum coreutils
 "$PY" -c 'import libtorrent' 2>/dev/null || { echo "bench: missing python3-libtorrent (apt-get install python3-libtorrent)" >&2; exit 1; }
+# Scenario 5's DHT load is counted with nftables counters (root only).
+DHT_ON=0
+case " $SCENARIOS " in *" 5 "*) [ -n "$DHT_SWARMS" ] && DHT_ON=1 ;; esac
+if [ "$DHT_ON" = 1 ]; then
+    [ "$(id -u)" = 0 ] || { echo "bench: scenario 5's DHT load needs root (nftables counters); DHT_SWARMS= skips it" >&2; exit 1; }
+    for n in $DHT_SWARMS; do
+        [[ $n =~ ^(0|[1-9][0-9]?)$ ]] || { echo "bench: DHT_SWARMS: $n is not 0..99" >&2; exit 1; }
+    done
+    if [ $((70 + $(wc -w <<<"$DHT_SWARMS") * DHT_NODES)) -gt 99 ]; then
+        echo "bench: DHT_SWARMS x DHT_NODES needs addresses past 127.0.0.99 (peers.py's)" >&2
+        exit 1
+    fi
+    if ! command -v nft >/dev/null 2>&1; then
+        echo "bench: installing nftables (scenario 5's DHT counters)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        timeout 300 apt-get install -y -q nftables >/dev/null ||
+            { timeout 300 apt-get update -q >/dev/null && timeout 300 apt-get install -y -q nftables >/dev/null; } ||
+            { echo "bench: cannot install nftables (DHT_SWARMS= skips the DHT load)" >&2; exit 1; }
+    fi
+fi
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/dt-swarm.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
+NFT_TABLE=
 cleanup() {
     local p i
+    if [ -n "$NFT_TABLE" ]; then nft delete table inet "$NFT_TABLE" 2>/dev/null || true; fi
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for i in $(seq 1 50); do
         local alive=0
@@ -97,7 +130,9 @@ BIN="$WORK/debtorrent"
 # -------------------------------------------------------------- repository
 log "building the archive: $BIG-byte package, $SET_N packages of $SET_MIN..$SET_MAX bytes"
 REPO="$WORK/repo"
-"$PY" "$HERE/mkrepo.py" "$REPO" "$BIG" "$SET_N" "$SET_MIN" "$SET_MAX" 1
+DHT_MAXN=0
+for n in $DHT_SWARMS; do [ "$n" -gt "$DHT_MAXN" ] && DHT_MAXN=$n; done
+"$PY" "$HERE/mkrepo.py" "$REPO" "$BIG" "$SET_N" "$SET_MIN" "$SET_MAX" 1 "$DHT_MAXN"
 BIG_PATH=$(awk '$1=="big" {print $4}' "$REPO/big.files")
 WARM_PATH=$(awk '$1=="warm" {print $4}' "$REPO/big.files")
 SET_SIZE=$(awk '{s+=$2} END {print s}' "$REPO/set.files")
@@ -583,6 +618,173 @@ scenario4() {
 
 # ============================================================ scenario 5
 S5_V2=nan S5_SUITE=nan S5_V2_SECS=nan S5_SUITE_SECS=nan S5_DETAIL=""
+S5_DHT="    DHT load: not measured (DHT_SWARMS empty or scenario 5's DHT part skipped)"
+# dht_snap FILE: "dir name packets bytes" per counter of the bench's nft
+# table (dir: s = sent by that daemon's DHT socket, r = received), then a
+# "t <unix time>" line.
+dht_snap() {
+    nft -j list table inet "$NFT_TABLE" |
+        jq -r '.nftables[] | select(.rule) | .rule | "\(.comment) \(.expr[] | select(.counter) | .counter | "\(.packets) \(.bytes)")"' >"$1.tmp"
+    echo "t $(date +%s.%N)" >>"$1.tmp"
+    mv "$1.tmp" "$1"
+}
+# dht_rate A B PREFIX NODES: packets/s and bytes/s per node (sent +
+# received) of the daemons named PREFIX* between snapshots A and B.
+dht_rate() {
+    awk -v pre="$3" -v nodes="$4" '
+        FNR == 1 { f++ }
+        $1 == "t" { t[f] = $2; next }
+        index($2, pre) == 1 { p[f] += $3; b[f] += $4 }
+        END {
+            d = t[2] - t[1]
+            if (d <= 0 || nodes <= 0) { print "nan nan 0"; exit }
+            printf "%.2f %.0f %.1f\n", (p[2] - p[1]) / nodes / d, (b[2] - b[1]) / nodes / d, d
+        }' "$1" "$2"
+}
+# Scenario 5, DHT load (issue: a daemon's announces must grow with the
+# number of swarms it is in, not with the number of files it holds). For
+# each N of DHT_SWARMS, a private DHT of DHT_NODES daemons (the first with
+# no bootstrap, the others bootstrapping from it; the groups never meet),
+# each daemon in the same N swarms: dists/dht's components c01..cN, one
+# Packages of one file each, so N dt2 swarm ids. The groups run side by
+# side. nft counts the UDP packets and IP bytes each daemon's DHT socket
+# (its peer port) sends and receives; per group: the rate from the first
+# registration to DHT_SETTLE s after the last one (lookups; the first three
+# announces: when the first lookup ends, 10 s later, 60 s after that), then
+# over the next DHT_WINDOW s (the steady state: a lookup a minute per swarm
+# while it has fewer than 4 peers, announces every 15 min).
+dht_load() {
+    [ "$DHT_ON" = 1 ] || return 0
+    local n k g=0 ip name
+    NFT_TABLE="dtbench$$"
+    if ! nft add table inet "$NFT_TABLE" 2>"$WORK/nft.err"; then
+        note "(5) nft cannot add a table ($(head -c 200 "$WORK/nft.err")): no DHT load figures"
+        NFT_TABLE=
+        return 0
+    fi
+    log "(5) DHT load: $DHT_NODES daemons per private DHT, each in N swarms, N = $DHT_SWARMS (side by side)"
+    for n in $DHT_SWARMS; do
+        for k in $(seq 1 "$DHT_NODES"); do
+            ip="127.0.0.$((70 + g * DHT_NODES + k))"
+            if [ "$k" = 1 ]; then
+                start_daemon "h${n}n$k" "$ip" --dht-bootstrap none
+            else
+                start_daemon "h${n}n$k" "$ip" --dht-bootstrap "${DPEER[h${n}n1]}"
+            fi
+        done
+        g=$((g + 1))
+    done
+    {
+        echo "table inet $NFT_TABLE {"
+        echo "  chain out {"
+        echo "    type filter hook output priority 0; policy accept;"
+        for n in $DHT_SWARMS; do
+            for k in $(seq 1 "$DHT_NODES"); do
+                name="h${n}n$k"
+                echo "    ip saddr ${DPEER[$name]%:*} udp sport ${DPEER[$name]##*:} counter comment \"s $name\""
+            done
+        done
+        echo "  }"
+        echo "  chain in {"
+        echo "    type filter hook input priority 0; policy accept;"
+        for n in $DHT_SWARMS; do
+            for k in $(seq 1 "$DHT_NODES"); do
+                name="h${n}n$k"
+                echo "    ip daddr ${DPEER[$name]%:*} udp dport ${DPEER[$name]##*:} counter comment \"r $name\""
+            done
+        done
+        echo "  }"
+        echo "}"
+    } >"$WORK/nft.rules"
+    if ! nft -f "$WORK/nft.rules" 2>"$WORK/nft.err"; then
+        note "(5) nft refused the counters ($(head -c 200 "$WORK/nft.err")): no DHT load figures"
+        for n in $DHT_SWARMS; do for k in $(seq 1 "$DHT_NODES"); do stop_daemon "h${n}n$k"; done; done
+        return 0
+    fi
+    # Per group, in the background: every daemon registers its N indexes
+    # (one Release, then N Packages, as apt-get update does), all daemons
+    # at once; then the two windows.
+    local pids=() c
+    for n in $DHT_SWARMS; do
+        (
+            dht_snap "$WORK/dht-$n.0"
+            rp=()
+            for k in $(seq 1 "$DHT_NODES"); do
+                (
+                    bad=0
+                    for c in $(seq 1 "$n"); do
+                        index "h${n}n$k" full dht "$(printf 'c%02d' "$c")" >/dev/null || bad=$((bad + 1))
+                    done
+                    echo "$bad" >"$WORK/dht-$n-n$k.bad"
+                ) 2>>"$WORK/dht-$n.err" &
+                rp+=($!)
+            done
+            for k in "${rp[@]}"; do wait "$k" || true; done
+            date +%s.%N >"$WORK/dht-$n.registered"
+            sleep "$DHT_SETTLE"
+            dht_snap "$WORK/dht-$n.1"
+            sleep "$DHT_WINDOW"
+            dht_snap "$WORK/dht-$n.2"
+        ) &
+        pids+=($!)
+        PIDS+=($!)
+    done
+    local limit=$((DHT_SETTLE + DHT_WINDOW + 300)) i alive
+    for i in $(seq 1 $((limit * 10))); do
+        alive=0
+        for k in "${pids[@]}"; do kill -0 "$k" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for k in "${pids[@]}"; do
+        kill -0 "$k" 2>/dev/null && { note "(5) DHT load: a group still running after $limit s"; kill "$k" 2>/dev/null || true; }
+        wait "$k" 2>/dev/null || true
+    done
+    # The table.
+    local first last row_sp row_sb row_rp row_rb row_n row_a rp rb sp sb d1 d2 st bad
+    first=$(awk '{print $1}' <<<"$DHT_SWARMS")
+    last=$(awk '{print $NF}' <<<"$DHT_SWARMS")
+    declare -A SP SB RP RB
+    row_n="" row_a="" row_sp="" row_sb="" row_rp="" row_rb=""
+    for n in $DHT_SWARMS; do
+        bad=$(cat "$WORK"/dht-"$n"-n*.bad 2>/dev/null | awk '{s+=$1} END {print s+0}')
+        [ "$bad" = 0 ] || note "(5) DHT load, N=$n: $bad indexes not registered: $(head -c 300 "$WORK/dht-$n.err")"
+        if [ -s "$WORK/dht-$n.2" ]; then
+            read -r sp sb d2 < <(dht_rate "$WORK/dht-$n.1" "$WORK/dht-$n.2" "h${n}n" "$DHT_NODES")
+            read -r rp rb d1 < <(dht_rate "$WORK/dht-$n.0" "$WORK/dht-$n.1" "h${n}n" "$DHT_NODES")
+        else
+            sp=nan sb=nan rp=nan rb=nan
+        fi
+        SP[$n]=$sp SB[$n]=$sb RP[$n]=$rp RB[$n]=$rb
+        row_n+=$(printf '%10s' "$n")
+        row_sp+=$(printf '%10s' "$sp")
+        row_sb+=$(printf '%10s' "$sb")
+        row_rp+=$(printf '%10s' "$rp")
+        row_rb+=$(printf '%10s' "$rb")
+        # Per daemon: swarms announced in the DHT, table nodes, and peers
+        # connected per swarm (avg), from status.json.
+        local ann=() nodes=() peers=()
+        for k in $(seq 1 "$DHT_NODES"); do
+            st=$(status "h${n}n$k" || echo '{}')
+            ann+=("$(jq -r '.swarm.discovery.dht.announced // "?"' <<<"$st")")
+            nodes+=("$(jq -r '.swarm.discovery.dht.nodes // "?"' <<<"$st")")
+            peers+=("$(jq -r '[.torrents[]? | select(.index_path | contains("dists/dht/")) | (.peers // []) | length] | if length > 0 then (add / length * 10 | round / 10) else "?" end' <<<"$st")")
+        done
+        row_a+="N=$n: announced ${ann[*]}, table ${nodes[*]}, peers/swarm ${peers[*]}; "
+    done
+    local lbl_s="steady, ${DHT_WINDOW} s window" lbl_r="registration + ${DHT_SETTLE} s"
+    S5_DHT="    DHT load: $DHT_NODES daemons per private DHT, every daemon in the same N swarms; UDP packets and IP bytes its
+    DHT socket sent + received (nft counters), per node per second
+$(printf '    %-40s%s %10s' "swarms per daemon" "$row_n" "$last vs $first")
+$(printf '    %-28s%-12s%s %10s' "$lbl_s" "packets/s" "$row_sp" "$(ratio "${SP[$last]}" "${SP[$first]}")")
+$(printf '    %-28s%-12s%s %10s' "" "bytes/s" "$row_sb" "$(ratio "${SB[$last]}" "${SB[$first]}")")
+$(printf '    %-28s%-12s%s %10s' "$lbl_r" "packets/s" "$row_rp" "$(ratio "${RP[$last]}" "${RP[$first]}")")
+$(printf '    %-28s%-12s%s %10s' "" "bytes/s" "$row_rb" "$(ratio "${RB[$last]}" "${RB[$first]}")")
+    per daemon at the end (status.json): $row_a"
+    for n in $DHT_SWARMS; do for k in $(seq 1 "$DHT_NODES"); do stop_daemon "h${n}n$k"; done; done
+    nft delete table inet "$NFT_TABLE" 2>/dev/null || true
+    NFT_TABLE=
+}
 # measure_list NAME SUITE FILE: NAME registers SUITE, then fetches the
 # packages of FILE; sets M_RATIO (mirror pool bytes / their size) and
 # M_SECS.
@@ -624,6 +826,7 @@ scenario5() {
     stop_daemon u3
     stop_daemon u2
     stop_daemon u1
+    dht_load
 }
 
 for s in $SCENARIOS; do
@@ -675,6 +878,7 @@ MB = 10^6 bytes
     next index version (v1 -> v2) $S5_V2   ($(fmt "$S5_V2_SECS" 1) s; the files both versions list)
     another suite, same files     $S5_SUITE   ($(fmt "$S5_SUITE_SECS" 1) s)
     $S5_DETAIL
+$S5_DHT
 EOF
 if [ "${#NOTES[@]}" -gt 0 ]; then
     echo

@@ -232,6 +232,7 @@ impl Swarm {
                 }
             }
         }
+        self.ctx.set_swarms(map.len());
     }
 
     async fn accept_loop(self: Arc<Self>, l: TcpListener) {
@@ -275,7 +276,11 @@ impl Swarm {
         }
         let h = torrent::start(id, initial, self.ctx.clone());
         match self.torrents.lock() {
-            Ok(mut m) => m.entry(id).or_insert(h).clone(),
+            Ok(mut m) => {
+                let h = m.entry(id).or_insert(h).clone();
+                self.ctx.set_swarms(m.len());
+                h
+            }
             Err(_) => h,
         }
     }

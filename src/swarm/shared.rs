@@ -23,7 +23,9 @@ pub struct SwarmConfig {
     pub peer_wait_ms: u64,
     /// A peer with requests out and no block for this long is snubbed (ms).
     pub stall_ms: u64,
-    /// Connections in total, per IP and per torrent.
+    /// Connections in total, per IP (per swarm: an IP may hold this many
+    /// in each swarm we are in, since a dt2 connection carries one swarm
+    /// and two daemons often share several) and per swarm.
     pub max_peers: usize,
     pub max_peers_per_ip: usize,
     pub max_peers_per_torrent: usize,
@@ -56,6 +58,8 @@ pub struct Ctx {
     bans: Mutex<Bans>,
     conns: Mutex<HashMap<IpAddr, usize>>,
     total: AtomicUsize,
+    /// Swarms we are in (the per-IP limit scales with it).
+    swarms: AtomicUsize,
     epoch: Instant,
 }
 
@@ -87,6 +91,7 @@ impl Ctx {
             bans: Mutex::new(Bans::new(cfg.ban_ms, cfg.ban_strikes, 10_000)),
             conns: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
+            swarms: AtomicUsize::new(0),
             epoch: Instant::now(),
             cfg,
         }
@@ -152,7 +157,16 @@ impl Ctx {
             .unwrap_or(false)
     }
 
+    /// Sets how many swarms we are in.
+    pub fn set_swarms(&self, n: usize) {
+        self.swarms.store(n, Ordering::Relaxed);
+    }
+
     /// Takes a connection slot for `ip` (total and per-IP limits, bans).
+    /// The per-IP limit is `max_peers_per_ip` per swarm we are in: the
+    /// slot is taken before the handshake says which swarm a connection is
+    /// for, and a neighbour that shares our four components needs a
+    /// connection in each.
     pub fn acquire_conn(&self, ip: IpAddr) -> bool {
         if self.is_banned(ip) {
             return false;
@@ -160,10 +174,12 @@ impl Ctx {
         let Ok(mut c) = self.conns.lock() else {
             return false;
         };
+        let per_ip = self
+            .cfg
+            .max_peers_per_ip
+            .saturating_mul(self.swarms.load(Ordering::Relaxed).max(1));
         let n = c.entry(ip).or_insert(0);
-        if *n >= self.cfg.max_peers_per_ip
-            || self.total.load(Ordering::Relaxed) >= self.cfg.max_peers
-        {
+        if *n >= per_ip || self.total.load(Ordering::Relaxed) >= self.cfg.max_peers {
             if *n == 0 {
                 c.remove(&ip);
             }
