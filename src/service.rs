@@ -389,7 +389,17 @@ impl Service {
             return self.pass_through(req, u).await;
         };
         let ctype = content_type(rel);
-        let meta = match self.store.get(rel, &found.sha256) {
+        // The same content stored under another path (fetched through
+        // another suite's pool path) is the same file.
+        let (rel, meta) = match self.store.get(rel, &found.sha256) {
+            Some(m) => (rel.to_string(), Some(m)),
+            None => match self.store.find(&found.sha256) {
+                Some((other, m)) => (other, Some(m)),
+                None => (rel.to_string(), None),
+            },
+        };
+        let rel = rel.as_str();
+        let meta = match meta {
             Some(m) => Some(m),
             None => {
                 let store = self.store.clone();
@@ -741,8 +751,8 @@ impl Service {
 struct IndexContent {
     sha256: [u8; 32],
     size: u64,
-    /// Where the store keeps it, named by content as the archive does:
-    /// `dists/SUITE/main/binary-amd64/by-hash/SHA256/<hex>`.
+    /// Where the store keeps it, named by content alone:
+    /// `dists/by-hash/SHA256/<hex>`.
     store_rel: String,
     /// The swarm of its suite family and component.
     swarm: InfoHash,
@@ -781,33 +791,28 @@ fn index_content(
     let (suite_dir, release) =
         registry.release_for(&archive, rel, |d| cached_release(store, u, d))?;
     let within = rel.strip_prefix(suite_dir.as_str())?;
-    let (sha256, size, listed) = match within.split_once("by-hash/") {
-        // By SHA-512 (apt's choice where the Release lists it): the same
-        // file, addressed by its SHA-256 from the same Release.
-        Some((_, rest)) => {
-            let l = match rest.split_once('/') {
-                Some(("SHA256", hex)) => release.by_sha256(&release::hex::<32>(hex)?)?,
-                Some(("SHA512", hex)) => release.by_sha512(&release::hex::<64>(hex)?)?,
-                _ => return None,
-            };
-            let (sha, size) = release.sha256_of(&l.name)?;
-            (sha, size, l.name.clone())
-        }
-        None => {
-            let (sha, size) = release.sha256_of(within)?;
-            (sha, size, within.to_string())
-        }
+    // Only by-hash names: the name pins the content. A plain name
+    // (`Packages.xz`) means whatever the mirror's InRelease says now, which
+    // may be newer than the Release we know while apt's InRelease is still
+    // on its way; those pass through from the mirror.
+    let (_, rest) = within.split_once("by-hash/")?;
+    // By SHA-512 (apt's choice where the Release lists it): the same file,
+    // addressed by its SHA-256 from the same Release.
+    let l = match rest.split_once('/') {
+        Some(("SHA256", hex)) => release.by_sha256(&release::hex::<32>(hex)?)?,
+        Some(("SHA512", hex)) => release.by_sha512(&release::hex::<64>(hex)?)?,
+        _ => return None,
     };
+    let (sha256, size) = release.sha256_of(&l.name)?;
+    let listed = l.name.clone();
     if size == 0 {
         return None;
     }
-    let dir = listed.rsplit_once('/').map_or("", |(d, _)| d);
+    // Stored by content alone: the same file listed by several suites or
+    // architectures (an empty contrib index, a Translation that did not
+    // change) is one download and one file.
     let hex = debtorrent_gen::sha256_hex(&sha256);
-    let store_rel = if dir.is_empty() {
-        format!("{suite_dir}by-hash/SHA256/{hex}")
-    } else {
-        format!("{suite_dir}{dir}/by-hash/SHA256/{hex}")
-    };
+    let store_rel = format!("dists/by-hash/SHA256/{hex}");
     debtorrent_gen::check_path(store_rel.as_bytes()).ok()?;
     let component = registry::component(&suite_dir, &format!("{suite_dir}{listed}"));
     Some(IndexContent {
@@ -836,11 +841,10 @@ async fn keep_index(
     if same {
         return;
     }
-    let (src, dst, tmp) = (
-        stored.to_path_buf(),
-        cache.clone(),
-        cache.with_extension("dt-link"),
-    );
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache.with_file_name(format!(".dt-link-{}-{n}", std::process::id()));
+    let (src, dst) = (stored.to_path_buf(), cache.clone());
     let linked = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent)?;

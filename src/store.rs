@@ -50,12 +50,41 @@ pub struct Meta {
     dirty: bool,
 }
 
+/// The stored pieces by path, and one path per SHA-256 (content that
+/// peers and other suites name by its hash, whatever path we stored it at).
+#[derive(Default)]
+struct Pieces {
+    by_path: HashMap<String, Meta>,
+    by_sha: HashMap<[u8; 32], String>,
+}
+
+impl Pieces {
+    fn insert(&mut self, rel: &str, meta: Meta) -> Option<Meta> {
+        let old = self.by_path.insert(rel.to_string(), meta);
+        if let Some(o) = &old {
+            if o.sha256 != meta.sha256 && self.by_sha.get(&o.sha256).is_some_and(|p| p == rel) {
+                self.by_sha.remove(&o.sha256);
+            }
+        }
+        self.by_sha.insert(meta.sha256, rel.to_string());
+        old
+    }
+
+    fn remove(&mut self, rel: &str) -> Option<Meta> {
+        let m = self.by_path.remove(rel)?;
+        if self.by_sha.get(&m.sha256).is_some_and(|p| p == rel) {
+            self.by_sha.remove(&m.sha256);
+        }
+        Some(m)
+    }
+}
+
 /// The content store.
 pub struct Store {
     store_dir: PathBuf,
     tmp_dir: PathBuf,
     index_dir: PathBuf,
-    pieces: Mutex<HashMap<String, Meta>>,
+    pieces: Mutex<Pieces>,
     db: Db,
     total: AtomicU64,
     limit: u64,
@@ -104,7 +133,7 @@ impl Store {
             res.with_context(|| format!("cannot remove {}", p.display()))?;
         }
         let (db, mut loaded) = Db::open(&data_dir.join("state.db"))?;
-        let mut map = HashMap::with_capacity(loaded.pieces.len());
+        let mut map = Pieces::default();
         let mut total = 0;
         let mut dropped = 0;
         for row in std::mem::take(&mut loaded.pieces) {
@@ -117,7 +146,7 @@ impl Store {
             }
             total += row.size;
             map.insert(
-                row.path.clone(),
+                &row.path,
                 Meta {
                     sha256: row.sha256,
                     size: row.size,
@@ -134,7 +163,7 @@ impl Store {
                 "state rows without a matching store file were removed"
             );
         }
-        tracing::info!(pieces = map.len(), bytes = total, "store opened");
+        tracing::info!(pieces = map.by_path.len(), bytes = total, "store opened");
         let store = Store {
             store_dir,
             tmp_dir,
@@ -162,10 +191,10 @@ impl Store {
 
     /// Number of stored pieces.
     pub fn piece_count(&self) -> usize {
-        self.lock().len()
+        self.lock().by_path.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Meta>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pieces> {
         // A panic while holding this lock leaves a consistent map (every
         // critical section is a single insert, remove or lookup).
         self.pieces.lock().unwrap_or_else(|e| e.into_inner())
@@ -178,12 +207,24 @@ impl Store {
 
     /// The stored piece at `rel`, if it is the one with hash `sha`.
     pub fn get(&self, rel: &str, sha: &[u8; 32]) -> Option<Meta> {
-        self.lock().get(rel).filter(|m| &m.sha256 == sha).copied()
+        self.lock()
+            .by_path
+            .get(rel)
+            .filter(|m| &m.sha256 == sha)
+            .copied()
     }
 
     /// The stored piece at `rel`, whatever its hash.
     pub fn get_any(&self, rel: &str) -> Option<Meta> {
-        self.lock().get(rel).copied()
+        self.lock().by_path.get(rel).copied()
+    }
+
+    /// The content `sha`, wherever it is stored: its path and meta.
+    pub fn find(&self, sha: &[u8; 32]) -> Option<(String, Meta)> {
+        let p = self.lock();
+        let rel = p.by_sha.get(sha)?;
+        let m = p.by_path.get(rel).filter(|m| &m.sha256 == sha)?;
+        Some((rel.clone(), *m))
     }
 
     /// Records a use of `rel` (for least-recently-used pruning). Only the
@@ -193,7 +234,7 @@ impl Store {
     /// flush interval of recency, which only pruning order depends on.
     pub fn touch(&self, rel: &str) {
         let now = now();
-        if let Some(m) = self.lock().get_mut(rel) {
+        if let Some(m) = self.lock().by_path.get_mut(rel) {
             if m.last_used != now {
                 m.last_used = now;
                 m.dirty = true;
@@ -205,6 +246,7 @@ impl Store {
     pub fn flush_touches(&self) {
         let changed: Vec<(String, i64)> = self
             .lock()
+            .by_path
             .iter_mut()
             .filter(|(_, m)| m.dirty)
             .map(|(p, m)| {
@@ -296,7 +338,7 @@ impl Store {
             last_used: now,
             mtime,
         });
-        if let Some(old) = self.lock().insert(rel.to_string(), meta) {
+        if let Some(old) = self.lock().insert(rel, meta) {
             self.total.fetch_sub(old.size, Ordering::Relaxed);
         }
         self.total.fetch_add(size, Ordering::Relaxed);
@@ -325,10 +367,12 @@ impl Store {
         self.get(rel, sha256)
     }
 
-    /// Puts a verified, fsynced file (hashed by the caller to be `sha256`)
-    /// into the store at `rel` as a hard link, so that an index file kept
-    /// as the last good copy and shared with peers takes its space once;
-    /// where linking fails (another file system), a checked copy. Blocking.
+    /// Puts a file that should be `sha256` into the store at `rel` as a hard
+    /// link, so that an index file kept as the last good copy and shared
+    /// with peers takes its space once; where linking fails (another file
+    /// system), a checked copy. The link is hashed before it is listed:
+    /// `src` is a path another writer may have replaced since the caller
+    /// hashed its bytes. Blocking.
     pub fn link_verified(
         &self,
         src: &Path,
@@ -346,6 +390,15 @@ impl Store {
         let tmp = self.tmp_dir.join(format!("ln-{}-{n}", std::process::id()));
         match fs::hard_link(src, &tmp) {
             Ok(()) => {
+                let same = fs::metadata(&tmp).is_ok_and(|m| m.len() == size)
+                    && sha256_file(&tmp).is_ok_and(|h| h == sha256);
+                if !same {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the file changed before it was linked",
+                    ));
+                }
                 let res = self.commit_piece(&tmp, rel, sha256, size, None);
                 if res.is_err() {
                     let _ = fs::remove_file(&tmp);
@@ -425,8 +478,12 @@ impl Store {
         if self.total_bytes() <= self.limit {
             return;
         }
-        let snapshot: Vec<(String, Meta)> =
-            self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let snapshot: Vec<(String, Meta)> = self
+            .lock()
+            .by_path
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         let refs: Vec<bool> = snapshot.iter().map(|(p, _)| (self.referenced)(p)).collect();
         let files: Vec<crate::prune::Stored<'_>> = snapshot
             .iter()

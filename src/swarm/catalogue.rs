@@ -88,7 +88,7 @@ impl Catalogue {
             path: path.into(),
         });
         self.by_sha.insert(sha256, id);
-        self.total += size;
+        self.total = self.total.saturating_add(size);
         id
     }
 
@@ -113,7 +113,9 @@ impl Catalogue {
         }
         assert_eq!(
             self.total,
-            self.entries.iter().map(|e| e.size).sum::<u64>(),
+            self.entries
+                .iter()
+                .fold(0u64, |t, e| t.saturating_add(e.size)),
             "total size"
         );
     }

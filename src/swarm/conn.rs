@@ -159,15 +159,16 @@ impl Context {
         file: &mut Option<(u32, std::fs::File)>,
         buf: &mut [u8],
     ) -> Option<usize> {
-        let path = {
-            let cat = self.cat();
-            let e = cat.get(r.index)?;
-            if file.as_ref().is_none_or(|(i, _)| *i != r.index) {
-                self.store.get(&e.path, &e.sha256)?;
-            }
-            self.store.piece_path(&e.path)
-        };
-        read_stored(&path, r, file, buf)
+        if file.as_ref().is_none_or(|(i, _)| *i != r.index) {
+            // By content: wherever the store keeps it now.
+            let sha = self.cat().get(r.index)?.sha256;
+            let (rel, _) = self.store.find(&sha)?;
+            *file = Some((
+                r.index,
+                std::fs::File::open(self.store.piece_path(&rel)).ok()?,
+            ));
+        }
+        read_stored(r, file, buf)
     }
 }
 
@@ -393,15 +394,16 @@ pub async fn read_handshake(s: &mut TcpStream) -> Result<Handshake, ConnError> {
     Ok(Handshake::decode(&b)?)
 }
 
-/// Both handshakes, then our holdings. `theirs` is the handshake already
-/// read (incoming connections: the listener read it to find the swarm).
+/// Both handshakes; our holdings are queued for the writer. `theirs` is
+/// the handshake already read (incoming connections: the listener read it
+/// to find the swarm).
 ///
 /// dt2 (`docs/torrent-format.md` §7): no BITFIELD, HAVE or HAVE_ALL, since
 /// piece numbers are each peer's own; we send HAVE_NONE (BEP 6), the
-/// extended handshake with `"debtorrent": 2` and `dt_hold`, and once the
+/// extended handshake with `"debtorrent": 2` and `dt_hold`; once the
 /// peer's extended handshake told us its id for `dt_hold`, what we hold
-/// (`hold`, our numbers with their SHA-256) in messages of at most
-/// [`wire::MAX_HOLD`] entries.
+/// (`hold`, our numbers with their SHA-256) is queued for the writer in
+/// messages of at most [`wire::MAX_HOLD`] entries.
 pub async fn establish(
     mut s: TcpStream,
     addr: SocketAddr,
@@ -492,21 +494,6 @@ pub async fn establish(
         let hold_id = ext
             .ext_id(wire::EXT_HOLD)
             .ok_or(ConnError::Protocol("no dt_hold in the extended handshake"))?;
-        let mut out = BytesMut::new();
-        for chunk in hold.chunks(wire::MAX_HOLD) {
-            let h = wire::Hold {
-                add: chunk.to_vec(),
-                drop: Vec::new(),
-            };
-            wire::encode(
-                &Msg::Extended {
-                    id: hold_id,
-                    payload: &h.encode(),
-                },
-                &mut out,
-            );
-        }
-        s.write_all(&out).await?;
         Ok((hs, ext, buf, hold_id))
     };
     let (hs, ext, buf, hold_id) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
@@ -516,7 +503,19 @@ pub async fn establish(
     let (read, write) = s.into_split();
     let (tx, rx) = mpsc::channel(1024);
     let shared = Arc::new(PeerShared::new());
-    shared.announced().extend(hold.iter().map(|(n, _)| *n));
+    // What we hold goes out first thing from the writer, once both sides'
+    // readers run: two peers that each hold thousands of files would
+    // otherwise both block writing it before either reads. At most what a
+    // peer accepts ([`MAX_PEER_HOLD`]).
+    let mut hold = hold;
+    hold.truncate(MAX_PEER_HOLD);
+    for chunk in hold.chunks(wire::MAX_HOLD) {
+        let h = wire::Hold {
+            add: chunk.to_vec(),
+            drop: Vec::new(),
+        };
+        let _ = tx.try_send(Out::Hold(h));
+    }
     Ok(Established {
         addr,
         hello: Hello {
@@ -983,17 +982,17 @@ fn cancelled(shared: &PeerShared, index: u32, begin: u32, length: u32, out: &mut
     );
 }
 
-/// Reads one block of a stored piece for upload.
+/// Reads one block of a stored piece for upload, from the file opened for
+/// it.
 pub fn read_stored(
-    path: &std::path::Path,
     r: BlockRef,
     file: &mut Option<(u32, std::fs::File)>,
     buf: &mut [u8],
 ) -> Option<usize> {
-    if file.as_ref().is_none_or(|(i, _)| *i != r.index) {
-        *file = Some((r.index, std::fs::File::open(path).ok()?));
+    let (i, f) = file.as_ref()?;
+    if *i != r.index {
+        return None;
     }
-    let (_, f) = file.as_ref()?;
     let n = r.length as usize;
     f.read_exact_at(buf.get_mut(..n)?, u64::from(r.begin))
         .ok()?;

@@ -38,9 +38,10 @@ use crate::types::{PeerKey, PieceIndex, Source, BLOCK};
 /// How long a stalled peer gets no requests.
 pub const SNUB_MS: u64 = 30_000;
 /// A peer that stalls this many times in a row, with no block delivered
-/// in between, is dropped as a protocol violation: it announced content it
-/// does not serve (dt2 lets any peer announce anything; what it cannot
-/// back with bytes costs us at most this many stall timeouts).
+/// in between, is disconnected: it announced content it does not serve
+/// (dt2 lets any peer announce anything; what it cannot back with bytes
+/// costs us at most this many stall timeouts). Not a violation: an honest
+/// peer on a saturated uplink can stall too, and may come back.
 pub const MAX_STALLS: u8 = 3;
 /// How often the choker runs without a reason to.
 pub const CHOKE_EVERY_MS: u64 = 10_000;
@@ -169,6 +170,14 @@ pub enum Input {
         key: PeerKey,
         interested: bool,
     },
+    /// Requests the actor could not send: free again. `unheld`: the peer
+    /// gave no number for the content (it no longer holds it); else its
+    /// connection's queue was full, and the next tick tries again.
+    Unsent {
+        key: PeerKey,
+        reqs: Vec<BlockRef>,
+        unheld: bool,
+    },
     Rejected {
         key: PeerKey,
         req: BlockRef,
@@ -243,8 +252,11 @@ pub enum Input {
         stored: bool,
         culprits: Vec<PeerKey>,
     },
-    /// The pieces in the store (at start and every minute when idle).
+    /// The pieces in the store (at start and every minute when idle), in
+    /// answer to scan `gen` (0: the actor's own at start). Only the answer
+    /// to the latest scan counts.
     Holding {
+        gen: u64,
         bits: Vec<u8>,
         held_bytes: u64,
     },
@@ -278,8 +290,11 @@ pub enum PeerMsg {
     CancelPiece(PieceIndex),
     CancelAll,
     Have(PieceIndex),
-    /// We no longer hold it (pruned).
-    Drop(PieceIndex),
+    /// What a scan of the store changed: held now, no longer held.
+    Holdings {
+        add: Vec<PieceIndex>,
+        drop: Vec<PieceIndex>,
+    },
     /// `dt_wip` with the peer's id for it: we started (`add`) or stopped
     /// (`done`) fetching these from the mirror.
     Wip {
@@ -368,8 +383,10 @@ pub enum Effect {
         left: u64,
     },
     Forget,
-    /// Read which pieces are in the store ([`Input::Holding`]).
-    ScanHolding,
+    /// Read which pieces are in the store ([`Input::Holding`] with `gen`).
+    ScanHolding {
+        gen: u64,
+    },
 }
 
 /// A connection's life once it is up. (Before, its address is in
@@ -520,7 +537,9 @@ pub struct Machine {
     mirror_gen: u32,
     /// Pieces committed since the last [`Effect::ScanHolding`]: its answer
     /// may have missed them.
-    stored_since_scan: HashSet<PieceIndex>,
+    stored_since_scan: HashMap<PieceIndex, u64>,
+    /// The latest scan asked for.
+    scan_gen: u64,
 }
 
 fn count_bits(b: &[u8]) -> u32 {
@@ -552,7 +571,8 @@ impl Machine {
             announced: false,
             stopped: false,
             mirror_gen: 0,
-            stored_since_scan: HashSet::new(),
+            stored_since_scan: HashMap::new(),
+            scan_gen: 0,
             cfg,
         }
     }
@@ -670,10 +690,12 @@ impl Machine {
                 discarded,
             } => {
                 if let Some(p) = self.peers.get_mut(&key) {
-                    p.choked_us = choked;
-                    if !choked {
+                    // Only a real unchoke restarts the stall clock: a peer
+                    // cannot dodge it by repeating UNCHOKE.
+                    if !choked && p.choked_us {
                         p.last_progress = now;
                     }
+                    p.choked_us = choked;
                 }
                 if choked && discarded {
                     self.picker.release(Source::Peer(key));
@@ -686,6 +708,33 @@ impl Machine {
                 }
                 self.choke_round(now);
             }
+            Input::Unsent { key, reqs, unheld } => {
+                let mut pieces: Vec<PieceIndex> = reqs.iter().map(|r| r.index).collect();
+                pieces.dedup();
+                if unheld {
+                    if let Some(b) = self.peers.get_mut(&key).and_then(|p| p.bits.as_mut()) {
+                        for &i in &pieces {
+                            wire::bitfield_clear(b, i);
+                        }
+                    }
+                    self.update_interest(key);
+                }
+                for r in reqs {
+                    self.picker.rejected(
+                        picker::Req {
+                            piece: r.index,
+                            begin: r.begin,
+                            len: r.length,
+                        },
+                        Source::Peer(key),
+                    );
+                }
+                if unheld {
+                    for p in pieces {
+                        self.drive(p, now, env);
+                    }
+                }
+            }
             Input::Rejected { key, req } => {
                 self.picker.rejected(
                     picker::Req {
@@ -695,6 +744,18 @@ impl Machine {
                     },
                     Source::Peer(key),
                 );
+                // A peer that unchoked us and still rejects a request
+                // cannot serve that content (pruned since, or it lied):
+                // it is not asked for it again until its dt_hold says so
+                // anew. (A choke's rejects are the BEP 6 norm.)
+                if let Some(p) = self.peers.get_mut(&key) {
+                    if !p.choked_us {
+                        if let Some(b) = p.bits.as_mut() {
+                            wire::bitfield_clear(b, req.index);
+                        }
+                    }
+                }
+                self.update_interest(key);
                 self.drive(req.index, now, env);
             }
             Input::Block {
@@ -801,9 +862,10 @@ impl Machine {
                 culprits,
             } => self.committed(piece, size, stored, culprits),
             Input::Holding {
+                gen,
                 mut bits,
                 held_bytes,
-            } => {
+            } if gen == self.scan_gen => {
                 // A scan of a smaller catalogue (it grew meanwhile): the
                 // pieces beyond it count as not held, until the next scan.
                 bits.resize(self.have.len(), 0);
@@ -813,22 +875,28 @@ impl Machine {
                     .collect();
                 let gone: Vec<PieceIndex> = (0..n)
                     .filter(|&i| !wire::bitfield_get(&bits, i) && wire::bitfield_get(&self.have, i))
-                    .filter(|i| !self.stored_since_scan.contains(i))
+                    .filter(|i| !self.stored_since_scan.contains_key(i))
                     .collect();
                 self.have = bits;
                 // Pieces committed while the scan ran stay held.
-                for i in std::mem::take(&mut self.stored_since_scan) {
-                    wire::bitfield_set(&mut self.have, i);
+                let mut extra = 0;
+                for (i, size) in std::mem::take(&mut self.stored_since_scan) {
+                    if !wire::bitfield_get(&self.have, i) {
+                        wire::bitfield_set(&mut self.have, i);
+                        extra += size;
+                    }
                 }
                 self.have_count = count_bits(&self.have);
-                self.held_bytes = held_bytes.min(self.cfg.total_size);
-                for i in fresh {
-                    self.broadcast_have(i);
-                }
-                for i in gone {
-                    self.broadcast(PeerMsg::Drop(i));
+                self.held_bytes = held_bytes.saturating_add(extra).min(self.cfg.total_size);
+                if !fresh.is_empty() || !gone.is_empty() {
+                    self.broadcast(PeerMsg::Holdings {
+                        add: fresh,
+                        drop: gone,
+                    });
                 }
             }
+            // The answer to a scan a newer one replaced.
+            Input::Holding { .. } => {}
             Input::Banned { ip } => self.drop_ip(ip),
             Input::LookupDone => {
                 self.lookup_done_at = Some(now);
@@ -1465,16 +1533,20 @@ impl Machine {
     /// We hold `piece` now: peers are told.
     fn hold(&mut self, piece: PieceIndex, size: u64) {
         wire::bitfield_set(&mut self.have, piece);
-        self.stored_since_scan.insert(piece);
+        self.stored_since_scan.insert(piece, size);
         self.have_count += 1;
-        self.held_bytes = (self.held_bytes + size).min(self.cfg.total_size);
+        self.held_bytes = self
+            .held_bytes
+            .saturating_add(size)
+            .min(self.cfg.total_size);
         self.broadcast_have(piece);
     }
 
     /// Asks for a scan of the store.
     fn scan(&mut self) {
         self.stored_since_scan.clear();
-        self.emit(Effect::ScanHolding);
+        self.scan_gen += 1;
+        self.emit(Effect::ScanHolding { gen: self.scan_gen });
     }
 
     fn broadcast_have(&mut self, piece: PieceIndex) {
@@ -1580,8 +1652,7 @@ impl Machine {
             self.send(k, PeerMsg::CancelAll);
             self.picker.release(Source::Peer(k));
             if let Some(ip) = give_up {
-                tracing::warn!(%ip, "peer announced content it does not serve: dropped");
-                self.emit(Effect::Violation { ip });
+                tracing::info!(%ip, "peer stalled {MAX_STALLS} times in a row: disconnected");
                 self.close(k);
             }
         }

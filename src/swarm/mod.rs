@@ -219,10 +219,9 @@ impl Swarm {
             now.sort_unstable();
             match map.get(&id) {
                 Some(h) => {
-                    if versions.get(&id) != Some(&now) {
-                        // A full queue drops the update; the next
-                        // registration brings it again.
-                        let _ = h.tx.try_send(Ev::Indexes(regs));
+                    // A full queue drops the update; it is tried again at
+                    // the next registration.
+                    if versions.get(&id) != Some(&now) && h.tx.try_send(Ev::Indexes(regs)).is_ok() {
                         versions.insert(id, now);
                     }
                 }
@@ -271,18 +270,19 @@ impl Swarm {
 
     /// The task of swarm `id`, started (with `initial`) if there is none.
     fn task(&self, id: InfoHash, initial: Vec<Arc<Registered>>) -> Handle {
-        if let Some(h) = self.handle(&id) {
-            return h;
-        }
-        let h = torrent::start(id, initial, self.ctx.clone());
-        match self.torrents.lock() {
-            Ok(mut m) => {
-                let h = m.entry(id).or_insert(h).clone();
-                self.ctx.set_swarms(m.len());
-                h
-            }
-            Err(_) => h,
-        }
+        // Looked up and started under the lock: two callers at once must
+        // not start two tasks for one swarm (the loser would run forever,
+        // never told to stop).
+        let mut m = match self.torrents.lock() {
+            Ok(m) => m,
+            Err(e) => e.into_inner(),
+        };
+        let h = m
+            .entry(id)
+            .or_insert_with(|| torrent::start(id, initial, self.ctx.clone()))
+            .clone();
+        self.ctx.set_swarms(m.len());
+        h
     }
 
     /// The download of piece `index` of `reg` (joined if it is in flight),

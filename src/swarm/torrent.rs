@@ -29,7 +29,7 @@ use super::conn::{self, Established, Out, PeerShared};
 use super::machine::{self, Effect, Env, Hello, Input, Machine, PeerMsg, Received};
 use super::shared::Ctx;
 use super::wire::{self, Handshake};
-use crate::assembly::{Download, Failure};
+use crate::assembly::{Download, Failure, State};
 use crate::discovery::Origin;
 use crate::registry::Registered;
 use crate::store::Store;
@@ -81,8 +81,9 @@ pub enum Ev {
         stored: bool,
         culprits: Vec<PeerKey>,
     },
-    /// Pieces held in the store now, and their bytes.
-    Holding(Vec<u8>, u64),
+    /// The answer to scan `gen`: pieces held in the store now, and their
+    /// bytes.
+    Holding(u64, Vec<u8>, u64),
     /// The torrent is no longer registered, or the daemon stops.
     Stop,
 }
@@ -217,6 +218,9 @@ struct Task {
     /// machine attaches or accepts it (dropped otherwise).
     pending_up: Option<Established>,
     pending_in: Option<(TcpStream, Handshake)>,
+    /// Inputs that performing an effect produced besides its answer
+    /// (requests that could not be sent).
+    followups: Vec<Input>,
     epoch: Instant,
     last_snapshot: Instant,
 }
@@ -272,6 +276,7 @@ pub fn start(swarm: InfoHash, regs: Vec<Arc<Registered>>, ctx: Arc<Ctx>) -> Hand
         jobs: HashMap::new(),
         pending_up: None,
         pending_in: None,
+        followups: Vec::new(),
         epoch: Instant::now(),
         last_snapshot: Instant::now(),
     };
@@ -310,7 +315,8 @@ fn holding(cat: &RwLock<Catalogue>, store: &Store) -> (Vec<u8>, u64) {
     let mut bytes = 0;
     for i in 0..n {
         if let Some(e) = cat.get(i) {
-            if store.get(&e.path, &e.sha256).is_some() {
+            // By content: wherever it was stored (another suite's path).
+            if store.find(&e.sha256).is_some() {
                 wire::bitfield_set(&mut bits, i);
                 bytes += e.size;
             }
@@ -325,7 +331,11 @@ impl Task {
         if let Ok((bits, held_bytes)) =
             tokio::task::spawn_blocking(move || holding(&cat, &store)).await
         {
-            self.feed(Input::Holding { bits, held_bytes });
+            self.feed(Input::Holding {
+                gen: 0,
+                bits,
+                held_bytes,
+            });
         }
         self.feed(Input::DiscoveryReady);
         tracing::debug!(holding = self.m.counts().0, "swarm task started");
@@ -374,6 +384,7 @@ impl Task {
                 if let Some(next) = self.perform(e) {
                     queue.push_back(next);
                 }
+                queue.extend(self.followups.drain(..));
             }
         }
     }
@@ -392,10 +403,7 @@ impl Task {
                 if grew {
                     self.grow(piece, false);
                 }
-                let held = self
-                    .cat_read()
-                    .get(piece)
-                    .is_some_and(|e| self.ctx.store.get(&e.path, &e.sha256).is_some());
+                let held = self.ctx.store.find(&c.sha256).is_some();
                 if held {
                     self.ctx.store.db().put_shared(&c.path, self.info_hash.0);
                     self.feed(Input::Stored {
@@ -422,6 +430,15 @@ impl Task {
                 }
                 if let Some(j) = self.jobs.get(&piece) {
                     if Arc::ptr_eq(&j.dl, &dl) {
+                        return;
+                    }
+                    if !matches!(j.dl.state(), State::Done | State::Failed(_)) {
+                        // The same content under a second path while the
+                        // first is in flight (one job per content): this
+                        // request goes to the mirror on its own rather
+                        // than wait on an assembly it cannot share.
+                        tracing::debug!(piece, path = %dl.rel, "content in flight under another path");
+                        dl.fail(Failure::Local);
                         return;
                     }
                     self.feed(Input::Abandon { piece });
@@ -504,10 +521,9 @@ impl Task {
                 stored,
                 culprits,
             } => {
-                let (size, path) = self
-                    .cat_read()
-                    .get(piece)
-                    .map_or((0, None), |e| (e.size, Some(e.path.to_string())));
+                let size = self.cat_read().get(piece).map_or(0, |e| e.size);
+                // Where this job's assembly was committed.
+                let path = self.jobs.get(&piece).map(|j| j.dl.rel.clone());
                 if let (true, Some(p)) = (stored, path) {
                     self.ctx.store.db().put_shared(&p, self.info_hash.0);
                 }
@@ -519,7 +535,11 @@ impl Task {
                 });
                 self.snapshot();
             }
-            Ev::Holding(bits, held_bytes) => self.feed(Input::Holding { bits, held_bytes }),
+            Ev::Holding(gen, bits, held_bytes) => self.feed(Input::Holding {
+                gen,
+                bits,
+                held_bytes,
+            }),
         }
     }
 
@@ -770,11 +790,11 @@ impl Task {
                     d.forget(self.info_hash);
                 }
             }
-            Effect::ScanHolding => {
+            Effect::ScanHolding { gen } => {
                 let (cat, store, tx) = (self.cat.clone(), self.ctx.store.clone(), self.tx.clone());
                 tokio::task::spawn_blocking(move || {
                     let (bits, bytes) = holding(&cat, &store);
-                    let _ = tx.blocking_send(Ev::Holding(bits, bytes));
+                    let _ = tx.blocking_send(Ev::Holding(gen, bits, bytes));
                 });
             }
         }
@@ -904,6 +924,14 @@ impl Task {
                     None => {}
                 }
             }
+            // Only the final state counts: a piece dropped and given again
+            // in one message is held; one given and replaced is not.
+            lost.retain(|id| !l.theirs.contains_key(id));
+            held.retain(|id| l.theirs.contains_key(id));
+            lost.sort_unstable();
+            lost.dedup();
+            held.sort_unstable();
+            held.dedup();
         }
         for piece in lost {
             self.feed(Input::Lost { key, piece });
@@ -927,8 +955,12 @@ impl Task {
             }
             for (n, sha) in wip.add {
                 if let Some(id) = cat.id(&sha) {
-                    if l.wip.len() < machine::WIP_MAX {
-                        l.wip.insert(n, id);
+                    if l.wip.len() < machine::WIP_MAX || l.wip.contains_key(&n) {
+                        if let Some(old) = l.wip.insert(n, id) {
+                            if old != id {
+                                done.push(old);
+                            }
+                        }
                         add.push(id);
                     }
                 }
@@ -946,19 +978,34 @@ impl Task {
         let theirs = |piece: PieceIndex| -> Option<u32> { link.theirs.get(&piece).copied() };
         let out = match msg {
             PeerMsg::Request { piece, blocks } => {
-                let Some(j) = self.jobs.get(&piece) else {
-                    return;
-                };
-                let Some(n) = theirs(piece) else {
-                    tracing::debug!(%key, piece, "no number of the peer's for a request");
+                let (Some(j), Some(n)) = (self.jobs.get(&piece), theirs(piece)) else {
+                    tracing::debug!(%key, piece, "a request that cannot be sent");
+                    self.followups.push(Input::Unsent {
+                        key,
+                        reqs: blocks,
+                        unheld: true,
+                    });
                     return;
                 };
                 j.dl.mark_started();
-                let blocks = blocks
-                    .into_iter()
-                    .map(|b| wire::BlockRef { index: n, ..b })
+                let wired = blocks
+                    .iter()
+                    .map(|b| wire::BlockRef { index: n, ..*b })
                     .collect();
-                Out::Request(blocks, j.dl.clone(), piece)
+                if link
+                    .tx
+                    .try_send(Out::Request(wired, j.dl.clone(), piece))
+                    .is_err()
+                {
+                    // The connection's queue is full (or it is gone): the
+                    // blocks are free again, not waiting on a stall.
+                    self.followups.push(Input::Unsent {
+                        key,
+                        reqs: blocks,
+                        unheld: false,
+                    });
+                }
+                return;
             }
             PeerMsg::Cancel(r) => {
                 let Some(n) = theirs(r.index) else {
@@ -977,10 +1024,28 @@ impl Task {
                     drop: Vec::new(),
                 })
             }
-            PeerMsg::Drop(i) => Out::Hold(wire::Hold {
-                add: Vec::new(),
-                drop: vec![i],
-            }),
+            PeerMsg::Holdings { add, drop } => {
+                let add: Vec<(u32, [u8; 32])> = {
+                    let cat = self.cat_read();
+                    add.iter()
+                        .filter_map(|&i| cat.get(i).map(|e| (i, e.sha256)))
+                        .collect()
+                };
+                let mut a = add.chunks(wire::MAX_HOLD);
+                let mut d = drop.chunks(wire::MAX_HOLD);
+                loop {
+                    let (x, y) = (a.next(), d.next());
+                    if x.is_none() && y.is_none() {
+                        break;
+                    }
+                    let h = wire::Hold {
+                        add: x.map(<[_]>::to_vec).unwrap_or_default(),
+                        drop: y.map(<[_]>::to_vec).unwrap_or_default(),
+                    };
+                    let _ = link.tx.try_send(Out::Hold(h));
+                }
+                return;
+            }
             PeerMsg::Wip { ext, add, done } => {
                 let add = add
                     .into_iter()
