@@ -4,8 +4,8 @@
 //!   mirror (freshness; signatures are apt's to check), passed through
 //!   unchanged and kept as the last good copy, served when the mirror fails.
 //! - other `dists/...` files that the suite's (cached) Release lists by
-//!   SHA-256 (Packages, Sources, Translation, Contents, dep11, under their
-//!   by-hash or plain names): content of the suite's swarm like pool files,
+//!   SHA-256 and apt asks for by their by-hash names (Packages, Sources,
+//!   Translation, Contents, dep11): content of the suite's swarm like pool files,
 //!   fetched from peers that hold the same SHA-256 or from the mirror,
 //!   verified and stored before apt gets a byte, and offered to peers.
 //!   Anything else there is passed through from the mirror like a Release.
