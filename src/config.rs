@@ -138,7 +138,9 @@ pub struct ServeArgs {
         default_value = "10"
     )]
     pub connect_timeout: u64,
-    /// Most apt connections served at once.
+    /// Most apt connections at once. When full, a new connection takes the
+    /// slot of the one doing least (a slow request head, else the longest
+    /// idle); 8 more slots serve only the status pages.
     #[arg(
         long,
         value_name = "N",
@@ -146,6 +148,20 @@ pub struct ServeArgs {
         default_value = "512"
     )]
     pub max_connections: usize,
+    /// Most apt connections from one address, when listening beyond
+    /// loopback (a LAN's machines cannot take each other's slots).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DEBTORRENT_MAX_CONNECTIONS_PER_IP",
+        default_value = "64"
+    )]
+    pub max_connections_per_ip: usize,
+    /// A request head must be complete this long after its first byte, or
+    /// it is answered 408 (a deadline, not an idle timer: slow clients
+    /// cannot hold a slot by sending a byte now and then).
+    #[arg(long, value_name = "DURATION", env = "DEBTORRENT_REQUEST_HEAD_TIMEOUT", default_value = "5s", value_parser = parse_millis)]
+    pub request_head_timeout: u64,
     /// Also trust the CA certificates in this PEM file for HTTPS mirrors
     /// (e.g. an organisation's internal CA); the system store is always used.
     #[arg(long, value_name = "FILE", env = "DEBTORRENT_CA_FILE")]

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::config::ServeArgs;
 use crate::registry::Registry;
-use crate::{discovery, http1, mirror, service, stats, status, store, swarm, url};
+use crate::{admission, discovery, http1, mirror, service, stats, status, store, swarm, url};
 
 /// Everything shutdown does must fit in this.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
@@ -121,7 +121,17 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     println!("debtorrent listening on http://{addr}");
     tracing::info!(%addr, data_dir = %args.data.data_dir.display(), "serving apt");
-    let limit = Arc::new(tokio::sync::Semaphore::new(args.max_connections.max(1)));
+    // Slots for apt connections (admission.rs): a deadline for request
+    // heads, eviction of the idlest connection when full, per-address
+    // limits beyond loopback, slots for the status pages.
+    let admission = admission::Admission::new(
+        admission::Limits {
+            max: args.max_connections.max(1),
+            per_ip: (!addr.ip().is_loopback()).then_some(args.max_connections_per_ip.max(1)),
+        },
+        Some(stats.clone()),
+    );
+    let head_timeout = Duration::from_millis(args.request_head_timeout.max(100));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let shutdown = shutdown_signal();
@@ -139,15 +149,15 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
                         continue;
                     }
                 };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "too many connections; refusing one");
+                let Some(ticket) = admission.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "no place for a new connection: refused");
                     drop(sock);
                     continue;
                 };
                 let (svc, stop) = (service.clone(), stop_rx.clone());
                 conns.spawn(async move {
-                    http1::serve_connection(sock, peer, svc, stop).await;
-                    drop(permit);
+                    http1::serve_connection(sock, peer, svc, stop, Arc::new(ticket), head_timeout)
+                        .await;
                 });
             }
         }

@@ -30,12 +30,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::admission::Ticket;
+
 /// Largest request head.
 pub const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 const MAX_IN_FLIGHT: usize = 16;
 const IDLE: Duration = Duration::from_secs(60);
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A parsed request.
@@ -165,24 +166,50 @@ struct Queued {
     close: bool,
 }
 
+/// Whether `target` names one of the daemon's own pages (`/`,
+/// `/status.json`, `/metrics`): what a status slot may serve.
+fn is_status_page(target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or("");
+    matches!(path, "/" | "/status.json" | "/metrics")
+}
+
 /// Serves one connection until it closes.
 ///
 /// When `shutdown` turns true the connection reads no further request:
-/// the responses already queued are sent in full, then it closes.
+/// the responses already queued are sent in full, then it closes. A
+/// request head must be complete within `head_timeout` of its first byte
+/// (else 408). The connection reports what it does to its admission
+/// `ticket`, and closes when the ticket is evicted (`admission.rs`).
 pub async fn serve_connection<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     handler: Arc<H>,
     shutdown: watch::Receiver<bool>,
+    ticket: Arc<Ticket>,
+    head_timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
     let span = tracing::debug_span!("apt", %peer);
+    let conn = Conn {
+        peer,
+        ticket: ticket.clone(),
+        head_timeout,
+    };
     let reader =
-        tokio::spawn(read_loop(rd, peer, handler.clone(), tx, shutdown).instrument(span.clone()));
-    write_loop(wr, rx, &*handler).instrument(span).await;
+        tokio::spawn(read_loop(rd, conn, handler.clone(), tx, shutdown).instrument(span.clone()));
+    write_loop(wr, rx, &*handler, &ticket)
+        .instrument(span)
+        .await;
     reader.abort();
+}
+
+/// What the read loop knows of its connection.
+struct Conn {
+    peer: SocketAddr,
+    ticket: Arc<Ticket>,
+    head_timeout: Duration,
 }
 
 fn ready(resp: Response) -> JoinHandle<Response> {
@@ -191,12 +218,19 @@ fn ready(resp: Response) -> JoinHandle<Response> {
 
 async fn read_loop<H: Handler>(
     mut rd: OwnedReadHalf,
-    peer: SocketAddr,
+    conn: Conn,
     handler: Arc<H>,
     tx: mpsc::Sender<Queued>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Conn {
+        peer,
+        ticket,
+        head_timeout,
+    } = conn;
     let mut buf = BytesMut::with_capacity(4096);
+    // When the head now buffered must be complete.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -206,9 +240,24 @@ async fn read_loop<H: Handler>(
         match parsed {
             Parsed::Complete(len, req) => {
                 let _ = buf.split_to(len);
+                deadline = None;
                 let (mut req, close, problem) = *req;
                 req.peer = peer;
                 let head = req.is_head();
+                // The first complete request earns the connection a slot
+                // (admission.rs); without one it gets 503.
+                let status = is_status_page(&req.target);
+                let slot = ticket.request(status);
+                let problem = problem.or_else(|| {
+                    (!slot || (ticket.status_only() && !status)).then(|| {
+                        let mut r = Response::text(
+                            503,
+                            "busy: every connection slot is serving apt; try again",
+                        );
+                        r.headers.push(("retry-after", "1".into()));
+                        r
+                    })
+                });
                 let (response, close) = match problem {
                     Some(resp) => (ready(resp), true),
                     None => {
@@ -245,16 +294,31 @@ async fn read_loop<H: Handler>(
             }
             Parsed::Partial => {}
         }
-        let limit = if buf.is_empty() { IDLE } else { HEAD_TIMEOUT };
+        // A head under way has a deadline from its first byte: a client
+        // sending a byte now and then cannot hold the slot (slowloris).
+        // Between requests, the idle timer.
+        let until = if buf.is_empty() {
+            ticket.head(false);
+            tokio::time::Instant::now() + IDLE
+        } else {
+            ticket.head(true);
+            *deadline.get_or_insert_with(|| tokio::time::Instant::now() + head_timeout)
+        };
         let read = tokio::select! {
-            r = tokio::time::timeout(limit, rd.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout_at(until, rd.read_buf(&mut buf)) => r,
             _ = shutdown.changed() => return,
+            _ = ticket.kill.notified() => {
+                tracing::debug!("evicted: another connection needed the slot");
+                return;
+            }
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}
             Err(_) => {
                 if !buf.is_empty() {
+                    tracing::debug!(%peer, "request head not complete in time: 408");
+                    ticket.head_timed_out();
                     let _ = tx
                         .send(Queued {
                             response: ready(Response::text(408, "request head took too long")),
@@ -382,6 +446,7 @@ async fn write_loop<H: Handler>(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Queued>,
     handler: &H,
+    ticket: &Ticket,
 ) {
     while let Some(q) = rx.recv().await {
         let resp = match q.response.await {
@@ -392,7 +457,9 @@ async fn write_loop<H: Handler>(
             }
         };
         let close = q.close || resp.close;
-        match write_response(&mut wr, resp, q.head, close, handler).await {
+        let res = write_response(&mut wr, resp, q.head, close, handler).await;
+        ticket.response_done();
+        match res {
             Ok(()) if !close => {}
             Ok(()) => break,
             Err(e) => {

@@ -31,6 +31,7 @@
 // Table-driven tests spell out their row types; that is the point of them.
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
+mod admission;
 mod apply;
 mod assembly;
 mod commands;

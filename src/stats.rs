@@ -21,6 +21,9 @@ pub struct Stats {
     corrupt: Counter,
     from_peers: Counter,
     bans: Counter,
+    evicted: Counter,
+    refused: Counter,
+    head_timeouts: Counter,
     cache_bytes: Gauge,
     torrents: Gauge,
     swarms: Gauge,
@@ -46,6 +49,9 @@ impl Stats {
             corrupt: Counter::default(),
             from_peers: Counter::default(),
             bans: Counter::default(),
+            evicted: Counter::default(),
+            refused: Counter::default(),
+            head_timeouts: Counter::default(),
             cache_bytes: Gauge::default(),
             torrents: Gauge::default(),
             swarms: Gauge::default(),
@@ -85,6 +91,21 @@ impl Stats {
             s.bans.clone(),
         );
         prom.register("requests", "Requests from apt", s.requests.clone());
+        prom.register(
+            "apt_connections_evicted",
+            "apt-side connections closed to make room (a slow head, or idle longest)",
+            s.evicted.clone(),
+        );
+        prom.register(
+            "apt_connections_refused",
+            "apt-side connections or requests refused: no slot (every one serving apt)",
+            s.refused.clone(),
+        );
+        prom.register(
+            "request_head_timeouts",
+            "Request heads not complete within --request-head-timeout (answered 408)",
+            s.head_timeouts.clone(),
+        );
         prom.register(
             "store_hits",
             "Package requests served from the store",
@@ -143,6 +164,21 @@ impl Stats {
         self.bans.inc();
     }
 
+    /// A front-end connection was evicted.
+    pub fn evicted(&self) {
+        self.evicted.inc();
+    }
+
+    /// A front-end connection or request found no slot.
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
+
+    /// A request head missed its deadline.
+    pub fn head_timeout(&self) {
+        self.head_timeouts.inc();
+    }
+
     /// A request from apt.
     pub fn request(&self) {
         self.requests.inc();
@@ -169,6 +205,9 @@ impl Stats {
             requests: self.requests.get(),
             store_hits: self.store_hits.get(),
             corrupt_downloads: self.corrupt.get(),
+            apt_connections_evicted: self.evicted.get(),
+            apt_connections_refused: self.refused.get(),
+            request_head_timeouts: self.head_timeouts.get(),
         }
     }
 
@@ -230,4 +269,7 @@ pub struct Counters {
     pub requests: u64,
     pub store_hits: u64,
     pub corrupt_downloads: u64,
+    pub apt_connections_evicted: u64,
+    pub apt_connections_refused: u64,
+    pub request_head_timeouts: u64,
 }

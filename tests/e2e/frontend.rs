@@ -164,3 +164,188 @@ fn status_pages_count_what_apt_got() {
         "{page}"
     );
 }
+
+/// Issue 16: the slowloris attack. 300 connections (the daemon's limit is
+/// 64) each send half a request head, then one more header line every
+/// second, reconnecting (after up to a second) whenever the daemon closes
+/// them. Meanwhile apt
+/// updates and fetches packages, and `/status.json` answers: a head has a
+/// deadline from its first byte (`--request-head-timeout`, 2 s here), and
+/// a full daemon evicts the connection doing least instead of refusing
+/// the new one.
+#[test]
+fn slow_request_heads_cannot_starve_apt_or_the_status_page() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SLOW: usize = 300;
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let daemon = Daemon::start_with_args(
+        &[mirror.port()],
+        &["--max-connections", "64", "--request-head-timeout", "2s"],
+    );
+    let addr = daemon.addr();
+    // The deadline alone: one connection that sends a header line every
+    // 500 ms is answered 408 and closed about 2 s after its first byte,
+    // though it never stops sending.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let t0 = Instant::now();
+        s.write_all(b"GET /status.json HTTP/1.1\r\nHost: x\r\n")
+            .expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while t0.elapsed() < Duration::from_secs(10) {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {
+                    if s.write_all(b"X-Slow: 1\r\n").is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let took = t0.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        eprintln!("a dribbling head: {took:.2?}: {:?}", text.lines().next());
+        assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+            "408 after {took:?} (deadline 2 s)"
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (opened, closed, got_408) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let attack = {
+        let (stop, opened, closed, got_408) = (
+            stop.clone(),
+            opened.clone(),
+            closed.clone(),
+            got_408.clone(),
+        );
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for i in 0..SLOW {
+                    let (stop, opened, closed, got_408) = (
+                        stop.clone(),
+                        opened.clone(),
+                        closed.clone(),
+                        got_408.clone(),
+                    );
+                    tasks.push(tokio::spawn(async move {
+                        // Bounded: the test sets `stop`, and 90 s at most.
+                        let end = Instant::now() + Duration::from_secs(90);
+                        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                            let Ok(Ok(mut s)) = tokio::time::timeout(
+                                Duration::from_secs(2),
+                                tokio::net::TcpStream::connect(addr),
+                            )
+                            .await
+                            else {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                continue;
+                            };
+                            opened.fetch_add(1, Ordering::Relaxed);
+                            let head = format!("GET /slow/{i} HTTP/1.1\r\nHost: x\r\n");
+                            if s.write_all(head.as_bytes()).await.is_err() {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            let mut buf = [0u8; 512];
+                            loop {
+                                if stop.load(Ordering::Relaxed) || Instant::now() >= end {
+                                    return;
+                                }
+                                // One header line a second; a close or a
+                                // 408 ends this connection.
+                                match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+                                    .await
+                                {
+                                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                                    Ok(Ok(n)) => {
+                                        if buf[..n].starts_with(b"HTTP/1.1 408") {
+                                            got_408.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                        break;
+                                    }
+                                    Err(_) => {}
+                                }
+                                if s.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                                    break;
+                                }
+                            }
+                            closed.fetch_add(1, Ordering::Relaxed);
+                            let pause = (i as u64 * 7919 + closed.load(Ordering::Relaxed)) % 2000;
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        })
+    };
+    // Let the attack fill every slot.
+    std::thread::sleep(Duration::from_secs(3));
+    let t0 = Instant::now();
+    let r = crate::support::http_get(addr, "/status.json", &[]);
+    let status_time = t0.elapsed();
+    assert_eq!(r.status, 200, "/status.json under attack: {}", r.summary());
+    let t1 = Instant::now();
+    let client = AptClient::new(repo, &mirror, Mode::Prefix(addr));
+    let pkgs = ["small", "tiny", "libfoo1"];
+    client.update_and_fetch(repo, &pkgs, "apt under a slowloris attack");
+    let apt_time = t1.elapsed();
+    let t2 = Instant::now();
+    let r = crate::support::http_get(addr, "/status.json", &[]);
+    let status_time2 = t2.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = attack.join();
+    let (o, c, t) = (
+        opened.load(Ordering::Relaxed),
+        closed.load(Ordering::Relaxed),
+        got_408.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "slowloris ({SLOW} connections, limit 64): status.json in {status_time:.2?} and \
+         {status_time2:.2?}, apt update + 3 packages in {apt_time:.1?}; the attack opened {o} \
+         connections, {c} were closed ({t} with a 408, the rest evicted)"
+    );
+    assert_eq!(r.status, 200, "/status.json after apt: {}", r.summary());
+    let st: serde_json::Value = serde_json::from_slice(&r.body).expect("status.json");
+    eprintln!(
+        "front end counters: evicted {}, refused {}, head timeouts {}",
+        st["apt_connections_evicted"], st["apt_connections_refused"], st["request_head_timeouts"]
+    );
+    assert!(
+        st["request_head_timeouts"].as_u64() >= Some(1),
+        "the dribbling head was not counted: {st:#}"
+    );
+    assert!(
+        st["apt_connections_evicted"].as_u64() >= Some(1),
+        "nothing was evicted under the attack: {st:#}"
+    );
+    assert!(status_time < Duration::from_secs(5), "{status_time:?}");
+    assert!(apt_time < Duration::from_secs(60), "apt took {apt_time:?}");
+    assert!(
+        c as usize >= SLOW,
+        "the slow connections were not closed: {c} of {o}"
+    );
+}
