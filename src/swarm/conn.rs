@@ -323,6 +323,9 @@ pub struct PeerShared {
     pub up: AtomicU64,
     /// Requests the peer has queued at us.
     queued: AtomicU64,
+    /// The writer ended (the peer stopped reading, or we closed): the
+    /// reader stops too, so the connection and its slot go.
+    writer_done: tokio::sync::Notify,
 }
 
 impl PeerShared {
@@ -604,9 +607,12 @@ async fn reader(
         if buf.capacity() - buf.len() < 32 * 1024 {
             buf.reserve(256 * 1024);
         }
-        let n = tokio::time::timeout(IDLE_TIMEOUT, read.read_buf(&mut buf))
-            .await
-            .map_err(|_| ConnError::Protocol("silent for too long"))??;
+        let n = tokio::select! {
+            r = tokio::time::timeout(IDLE_TIMEOUT, read.read_buf(&mut buf)) => {
+                r.map_err(|_| ConnError::Protocol("silent for too long"))??
+            }
+            _ = shared.writer_done.notified() => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -830,7 +836,7 @@ async fn writer(
                 tb.take(n as u64, sh.now_ms())
             };
             if wait > 0 {
-                if !out.is_empty() && w.write_all(&out).await.is_err() {
+                if !out.is_empty() && !write_within(&mut w, &out).await {
                     break 'outer;
                 }
                 out.clear();
@@ -843,7 +849,7 @@ async fn writer(
             served += 1;
         }
         if !out.is_empty() {
-            if w.write_all(&out).await.is_err() {
+            if !write_within(&mut w, &out).await {
                 break;
             }
             out.clear();
@@ -868,7 +874,24 @@ async fn writer(
             }
         }
     }
-    let _ = w.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+    shared.writer_done.notify_one();
+}
+
+/// A peer that stops reading (its receive window stays shut) holds no
+/// slot: a write that cannot finish in this long closes the connection.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Writes `out` whole within [`WRITE_STALL`]; false: close.
+async fn write_within(w: &mut OwnedWriteHalf, out: &[u8]) -> bool {
+    match tokio::time::timeout(WRITE_STALL, w.write_all(out)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::info!("peer stopped reading: closing");
+            false
+        }
+    }
 }
 
 /// Applies one command to the writer's state; false means close.

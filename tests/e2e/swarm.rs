@@ -1210,3 +1210,76 @@ fn swarm_tracker_alone_finds_peers() {
     );
     assert!(num(&t["bytes_from_peers"]) >= sizes(repo, &pkgs), "{t:#}");
 }
+
+/// Issue 16, the peer port: a peer that requests a big file and never
+/// reads what we send holds no slot for long. The daemon's writes stall
+/// once the socket buffers are full, and it closes the connection about
+/// 30 s later (`conn.rs`, `WRITE_STALL`), although the peer keeps sending
+/// keep-alives.
+#[test]
+fn swarm_peer_that_never_reads_is_closed() {
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let d = Daemon::start_peer("127.0.0.35", &[mirror.port()], None, &[]);
+    let apt = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
+    let big = crate::support::repo::BIG;
+    apt.update_and_fetch(repo, &[big], "the daemon holds the big package");
+    let ih = info_hash(&d);
+    let to = d.peer_addr();
+    let size = repo.big().size;
+    let big_sha = repo.big().sha256.clone();
+    let res: Result<Duration, String> = rt().block_on(async move {
+        let mut p = join_swarm("127.0.0.36", to, ih, 36, Vec::new()).await?;
+        let held = daemon_hold(&mut p, Duration::from_secs(5)).await?;
+        let &(index, _) = held
+            .add
+            .iter()
+            .find(|(_, sha)| crate::support::hex(sha) == big_sha)
+            .ok_or_else(|| format!("the daemon did not announce the big package: {held:?}"))?;
+        p.send_msgs(&[Msg::Interested])
+            .await
+            .map_err(|e| e.to_string())?;
+        // Wait for the unchoke (the daemon has free upload slots).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let f = p
+                .frame(left)
+                .await
+                .map_err(|e| format!("no unchoke: {e:?}"))?;
+            if matches!(decode_frame(&f), Msg::Unchoke) {
+                break;
+            }
+        }
+        // 1000 blocks (16 MB) of the big package, then never read again.
+        let t0 = Instant::now();
+        let blocks = (size / u64::from(wire::BLOCK)).min(1000);
+        for b in 0..blocks {
+            let m = Msg::Request(wire::BlockRef {
+                index,
+                begin: (b * u64::from(wire::BLOCK)) as u32,
+                length: wire::BLOCK,
+            });
+            if p.send_msgs(&[m]).await.is_err() {
+                return Ok(t0.elapsed());
+            }
+        }
+        // Keep-alives only, never a read, until the daemon closes.
+        let mut s = p.s;
+        loop {
+            if t0.elapsed() > Duration::from_secs(90) {
+                return Err("still open after 90 s".to_string());
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if s.write_all(&[0, 0, 0, 0]).await.is_err() {
+                return Ok(t0.elapsed());
+            }
+        }
+    });
+    let took = res.unwrap_or_else(|e| panic!("{e}\n{:#}", d.status_json()));
+    eprintln!("a peer that never reads was closed after {took:.1?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    // The daemon still serves.
+    let apt2 = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
+    apt2.update_and_fetch(repo, &["small"], "a client afterwards");
+}
