@@ -65,6 +65,11 @@ pub enum Event {
         key: PeerKey,
         hold: wire::Hold,
     },
+    /// A block could not be written into our piece's assembly (a full
+    /// disk).
+    WriteFailed {
+        piece: PieceIndex,
+    },
     /// A REJECT of one of our requests (`req.index` is our number).
     Rejected {
         key: PeerKey,
@@ -743,16 +748,12 @@ async fn handle(
                 Ok(Put::Progress { new }) => new,
                 Ok(Put::Duplicate) => 0,
                 Err(e) => {
-                    // Not written (a full disk): the block is free again,
-                    // as if the peer had rejected it, never taken for
-                    // received.
+                    // Not written (a full disk): the assembly cannot be
+                    // completed here; the job ends, and apt's request
+                    // falls back to a verified pass-through. Never taken
+                    // for received, and not the peer's fault.
                     tracing::error!(error = %e, "cannot write a block");
-                    let req = BlockRef {
-                        index: ours,
-                        begin,
-                        length: len,
-                    };
-                    let _ = ev(Event::Rejected { key, req }).await;
+                    let _ = ev(Event::WriteFailed { piece: ours }).await;
                     return Ok(());
                 }
             };

@@ -170,6 +170,12 @@ pub enum Input {
         key: PeerKey,
         interested: bool,
     },
+    /// A block for `piece` could not be written (a full disk): the job
+    /// ends with a local failure (apt's request falls back to a verified
+    /// pass-through).
+    WriteFailed {
+        piece: PieceIndex,
+    },
     /// Requests the actor could not send: free again. `unheld`: the peer
     /// gave no number for the content (it no longer holds it); else its
     /// connection's queue was full, and the next tick tries again.
@@ -707,6 +713,15 @@ impl Machine {
                     p.interested = interested;
                 }
                 self.choke_round(now);
+            }
+            Input::WriteFailed { piece } => {
+                if self
+                    .jobs
+                    .get(&piece)
+                    .is_some_and(|j| j.state != JobState::Committing)
+                {
+                    self.end_job(piece, Some(Failure::Local));
+                }
             }
             Input::Unsent { key, reqs, unheld } => {
                 let mut pieces: Vec<PieceIndex> = reqs.iter().map(|r| r.index).collect();

@@ -598,6 +598,10 @@ impl Task {
             E::Interest { key, interested } => self.feed(Input::Interest { key, interested }),
             E::Hold { key, hold } => self.on_hold(key, hold),
             E::Rejected { key, req } => self.feed(Input::Rejected { key, req }),
+            E::WriteFailed { piece } => {
+                self.ctx.store.note_write_failure();
+                self.feed(Input::WriteFailed { piece });
+            }
             E::Block {
                 key,
                 piece,

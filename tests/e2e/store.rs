@@ -243,3 +243,112 @@ fn full_disk_keeps_serving_verified_packages() {
         .exists());
     assert!(daemon.is_running(), "the daemon survived the full disk");
 }
+
+/// Issue 16, item 5: the disk fills *during a swarm transfer*. A holds
+/// the 54 MB package and uploads at 4 MB/s; B's data folder is a 96 MiB
+/// tmpfs, which the test fills while B takes the package from A. B's
+/// download ends (apt's first try fails cleanly, short of its length);
+/// nothing partial is left in B's store or tmp; apt's retry gets the
+/// package by verified pass-through; and once space returns (and B's
+/// minute of not storing is over), the package is stored again.
+#[test]
+fn disk_full_during_a_swarm_transfer() {
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let big = repo.big();
+    let a = Daemon::start_peer(
+        "127.0.0.37",
+        &[mirror.port()],
+        None,
+        &["--upload-rate", "4M"],
+    );
+    let ca = AptClient::new(repo, &mirror, Mode::Prefix(a.addr()));
+    ca.update_and_fetch(repo, &[&big.name], "A holds the big package");
+    let mut b = Daemon::start_peer("127.0.0.38", &[mirror.port()], Some(a.peer_addr()), &[]);
+    b.stop(Duration::from_secs(10));
+    let out = run_with_timeout(
+        {
+            let mut c = Command::new("mount");
+            c.args(["-t", "tmpfs", "-o", "size=96M", "tmpfs"])
+                .arg(&b.data_dir);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.success(),
+        "this test mounts a tmpfs and needs root: {}",
+        out.combined()
+    );
+    let _mount = Mount(b.data_dir.clone());
+    b.restart();
+    let cb = AptClient::new(repo, &mirror, Mode::Prefix(b.addr()));
+    let out = cb.update();
+    cb.assert_update_verified(&out, "B's update");
+    // B takes the package from A (4 MB/s: about 14 s); after 2 s the
+    // test fills B's disk.
+    let mut child = cb.spawn(&["install", "--download-only", "-y", &big.name]);
+    std::thread::sleep(Duration::from_secs(2));
+    let filler = b.data_dir.join("filler");
+    let _ = Command::new("fallocate")
+        .args(["-l", "200M"])
+        .arg(&filler)
+        .status();
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "status=none"])
+        .arg(format!("of={}", filler.display()))
+        .args(["oflag=append", "conv=notrunc"])
+        .status();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "apt still running 60 s after the disk filled"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let first = cb.spawned_output();
+    eprintln!("apt while the disk filled: {status:?}");
+    let st = b.status_json();
+    let store_file = b.data_dir.join("store").join(&big.pool_path);
+    assert!(!store_file.exists(), "a partial big package in B's store");
+    let tmp: Vec<_> = std::fs::read_dir(b.data_dir.join("tmp"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "partial files left in tmp: {tmp:?}");
+    assert!(
+        crate::support::apt::check_debs(&cb.archived_debs(), repo).is_ok(),
+        "apt holds a bad file: {first}"
+    );
+    eprintln!(
+        "B: from peers {}, from mirror {}",
+        st["bytes_from_peers"], st["bytes_from_mirror"]
+    );
+    // apt's retry: a verified pass-through (the store takes nothing now).
+    if !status.success() {
+        let out = cb.download_only(&[&big.name]);
+        assert!(
+            out.success(),
+            "apt's retry on a full disk\n{}",
+            out.combined()
+        );
+    }
+    if let Err(e) = cb.verify_archives(repo, &[&big.name]) {
+        panic!("{e}");
+    }
+    assert!(!store_file.exists(), "stored on a full disk");
+    // Space returns; after the minute of not storing, B stores again.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    std::thread::sleep(Duration::from_secs(62));
+    let again = AptClient::new(repo, &mirror, Mode::Prefix(b.addr()));
+    again.update_and_fetch(repo, &[&big.name], "after space returned");
+    assert!(
+        crate::support::wait_until(Duration::from_secs(10), || store_file.exists()),
+        "not stored after space returned: {:#}",
+        b.status_json()
+    );
+    assert!(b.is_running());
+}

@@ -924,7 +924,7 @@ fn random_inputs_keep_the_invariants() {
             let size = rng.u64(1..6) * K - rng.u64(0..100);
             let input = match follow.pop() {
                 Some(i) => i,
-                None => match rng.u8(0..20) {
+                None => match rng.u8(0..21) {
                     0 => Input::Want { piece, size },
                     1 => hello(
                         rng.u8(2..14),
@@ -994,6 +994,7 @@ fn random_inputs_keep_the_invariants() {
                     },
                     15 => Input::Lost { key: k, piece },
                     16 => Input::LookupDone,
+                    19 => Input::WriteFailed { piece },
                     18 => Input::Unsent {
                         key: k,
                         reqs: vec![br(piece, rng.u64(0..5) * K, K)],
