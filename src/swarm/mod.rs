@@ -244,13 +244,29 @@ impl Swarm {
                     continue;
                 }
             };
-            if !self.ctx.acquire_conn(addr.ip()) {
+            if !self.ctx.acquire_conn_evicting(addr.ip()) {
                 tracing::debug!(peer = %addr, "refused: banned or over the connection limits");
                 continue;
             }
             let this = self.clone();
+            // While its handshake is read, the connection may give its
+            // slot up to a newcomer (`Ctx::acquire_conn_evicting`).
+            let (id, kill) = self.ctx.handshake_started(addr.ip());
             tokio::spawn(async move {
-                match conn::read_handshake(&mut s).await {
+                let read = tokio::select! {
+                    r = conn::read_handshake(&mut s) => Some(r),
+                    _ = kill.notified() => None,
+                };
+                // Evicted (its slot already given to another): gone.
+                if !this.ctx.handshake_over(id) {
+                    tracing::debug!(peer = %addr, "slow handshake evicted for a new connection");
+                    return;
+                }
+                let Some(read) = read else {
+                    this.ctx.release_conn(addr.ip());
+                    return;
+                };
+                match read {
                     Ok(hs) => match this.handle(&hs.info_hash) {
                         Some(h) => {
                             if h.tx.send(Ev::Incoming(s, addr, hs)).await.is_ok() {

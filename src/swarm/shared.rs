@@ -39,6 +39,10 @@ pub struct SwarmConfig {
     pub ban_strikes: u32,
 }
 
+/// An incoming handshake in progress: since when, its slot's IP, and what
+/// tells it to give up.
+type Handshaking = (Instant, IpAddr, Arc<tokio::sync::Notify>);
+
 /// What every torrent task shares.
 pub struct Ctx {
     pub cfg: SwarmConfig,
@@ -60,6 +64,11 @@ pub struct Ctx {
     total: AtomicUsize,
     /// Swarms we are in (the per-IP limit scales with it).
     swarms: AtomicUsize,
+    /// Incoming connections still in their handshake, with their slot's
+    /// IP: when every slot is taken, the oldest of them gives its slot to a
+    /// newcomer (a slow handshake must not keep a good peer out).
+    handshaking: Mutex<HashMap<u64, Handshaking>>,
+    next_handshake: std::sync::atomic::AtomicU64,
     epoch: Instant,
 }
 
@@ -92,6 +101,8 @@ impl Ctx {
             conns: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
             swarms: AtomicUsize::new(0),
+            handshaking: Mutex::new(HashMap::new()),
+            next_handshake: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
             cfg,
         }
@@ -188,6 +199,58 @@ impl Ctx {
         *n += 1;
         self.total.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// An incoming connection holding a slot for `ip` starts its
+    /// handshake: its number, and what fires if it is evicted.
+    pub fn handshake_started(&self, ip: IpAddr) -> (u64, Arc<tokio::sync::Notify>) {
+        let id = self.next_handshake.fetch_add(1, Ordering::Relaxed);
+        let kill = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut h) = self.handshaking.lock() {
+            h.insert(id, (Instant::now(), ip, kill.clone()));
+        }
+        (id, kill)
+    }
+
+    /// The handshake `id` is over; false when it was evicted (its slot
+    /// already went to another connection).
+    pub fn handshake_over(&self, id: u64) -> bool {
+        self.handshaking
+            .lock()
+            .map(|mut h| h.remove(&id).is_some())
+            .unwrap_or(false)
+    }
+
+    /// A slot for `ip` ([`Ctx::acquire_conn`]); when every slot is taken,
+    /// the incoming handshake in progress for longest (at least a second)
+    /// gives its slot up first.
+    pub fn acquire_conn_evicting(&self, ip: IpAddr) -> bool {
+        if self.acquire_conn(ip) {
+            return true;
+        }
+        if self.is_banned(ip) || !self.full() {
+            return false;
+        }
+        let victim = self.handshaking.lock().ok().and_then(|mut h| {
+            let id = h
+                .iter()
+                .filter(|(_, (t, _, _))| t.elapsed() >= std::time::Duration::from_secs(1))
+                .min_by_key(|(id, (t, _, _))| (*t, **id))
+                .map(|(id, _)| *id)?;
+            h.remove(&id)
+        });
+        let Some((_, vip, kill)) = victim else {
+            return false;
+        };
+        self.release_conn(vip);
+        kill.notify_one();
+        tracing::debug!(%vip, "a slow handshake gave its slot up");
+        self.acquire_conn(ip)
+    }
+
+    /// Whether every connection slot is taken.
+    pub fn full(&self) -> bool {
+        self.total.load(Ordering::Relaxed) >= self.cfg.max_peers
     }
 
     /// Gives a connection slot back.

@@ -667,7 +667,7 @@ impl Task {
         match e {
             Effect::Send { key, msg } => self.send(key, msg),
             Effect::Dial { addr } => {
-                if !self.ctx.acquire_conn(addr.ip()) {
+                if !self.ctx.acquire_conn_evicting(addr.ip()) {
                     return Some(Input::NoSlot { addr });
                 }
                 let (bits, hold) = self.our_hold();

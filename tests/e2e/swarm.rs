@@ -1283,3 +1283,73 @@ fn swarm_peer_that_never_reads_is_closed() {
     let apt2 = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
     apt2.update_and_fetch(repo, &["small"], "a client afterwards");
 }
+
+/// Issue 16, the peer port: slow handshakes cannot keep a good peer out.
+/// A (`--max-peers 16`) has every slot taken by connections from 8
+/// addresses that send 30 bytes of a handshake and then nothing
+/// (reconnecting when closed); B's client still gets every package from A,
+/// not from the mirror: the handshake in progress for longest gives its
+/// slot up to a new connection.
+#[test]
+fn swarm_slow_handshakes_cannot_keep_a_good_peer_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let pkgs = ["small", "tiny", "libfoo1"];
+    let a = Daemon::start_peer("127.0.0.39", &[mirror.port()], None, &["--max-peers", "16"]);
+    let ca = AptClient::new(repo, &mirror, Mode::Prefix(a.addr()));
+    ca.update_and_fetch(repo, &pkgs, "A's client");
+    let ih = info_hash(&a);
+    let to = a.peer_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let attack = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let mut tasks = Vec::new();
+            for i in 0..16u8 {
+                let stop = stop2.clone();
+                tasks.push(tokio::spawn(async move {
+                    let src = format!("127.0.2.{}", 10 + i / 2);
+                    let end = Instant::now() + Duration::from_secs(90);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                        let Ok(mut p) = RawPeer::connect(&src, to).await else {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        };
+                        let hs = Handshake::new(ih, test_peer_id(100 + i)).encode();
+                        let _ = p.send(&hs[..30]).await;
+                        let _ = p.closed_within(Duration::from_secs(30)).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    });
+    // Let the slow handshakes take every slot.
+    std::thread::sleep(Duration::from_secs(3));
+    let b = Daemon::start_peer("127.0.0.40", &[mirror.port()], Some(to), &[]);
+    let before = mirror.stats();
+    let cb = AptClient::new(repo, &mirror, Mode::Prefix(b.addr()));
+    let t0 = Instant::now();
+    cb.update_and_fetch(repo, &pkgs, "B's client while A's slots are held");
+    let took = t0.elapsed();
+    let after = mirror.stats();
+    stop.store(true, Ordering::Relaxed);
+    let _ = attack.join();
+    let st = b.status_json();
+    eprintln!(
+        "B with A's slots held by slow handshakes: {took:.1?}, pool bytes from the mirror {}, \
+         from peers {}",
+        after.pool_bytes - before.pool_bytes,
+        st["bytes_from_peers"]
+    );
+    assert_eq!(
+        after.pool_bytes,
+        before.pool_bytes,
+        "B went to the mirror: A's slots kept it out\nB: {st:#}\nA: {:#}",
+        a.status_json()
+    );
+}
