@@ -591,6 +591,10 @@ fn dt2_file_no_current_index_lists_is_shared_after_restart() {
     };
     a.stop(std::time::Duration::from_secs(10));
     a.restart();
+    // The previous run's indexes load in the background after a restart.
+    crate::support::wait_until(std::time::Duration::from_secs(20), || {
+        !listed(&a).is_empty()
+    });
     let a_indexes = listed(&a);
     assert!(
         !a_indexes.is_empty() && a_indexes.iter().all(|p| !p.contains("updates")),

@@ -620,6 +620,31 @@ async fn hostile_peer(
     }
 }
 
+/// Starts [`hostile_peer`] from `src` against daemon `d`, claiming every
+/// pool file, in a thread of its own; returns once `d` lists it as a peer.
+fn start_hostile(
+    d: &Daemon,
+    src: &'static str,
+    answer: bool,
+    give_up: Duration,
+) -> std::thread::JoinHandle<HostileReport> {
+    let (ih, peer_addr) = (info_hash(d), d.peer_addr());
+    let all = hold_all(repo());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        rt().block_on(hostile_peer(src, peer_addr, ih, all, answer, tx, give_up))
+    });
+    rx.recv_timeout(Duration::from_secs(15))
+        .expect("the hostile peer did not get going");
+    wait_status(
+        d,
+        Duration::from_secs(10),
+        "the daemon lists the hostile peer",
+        |v| packages_torrent_of(v).is_some_and(|t| peer_count(t) >= 1),
+    );
+    h
+}
+
 /// §14 fault: a peer that sends corrupt blocks is banned, and apt still
 /// gets intact files (small pieces are held whole until verified, and the
 /// failed pieces are refetched from the mirror).
@@ -632,31 +657,9 @@ fn swarm_corrupt_peer_is_banned_and_apt_gets_correct_files() {
     let apt = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
     let out = apt.update();
     apt.assert_update_verified(&out, "update");
-    let ih = info_hash(&d);
-    let peer_addr = d.peer_addr();
-
-    let (tx, rx) = std::sync::mpsc::channel();
-    let all = hold_all(repo);
-    let again_hold = all.clone();
-    let hostile = std::thread::spawn(move || {
-        rt().block_on(hostile_peer(
-            "127.0.0.32",
-            peer_addr,
-            ih,
-            all,
-            true,
-            tx,
-            Duration::from_secs(120),
-        ))
-    });
-    rx.recv_timeout(Duration::from_secs(15))
-        .expect("the hostile peer did not get going");
-    wait_status(
-        &d,
-        Duration::from_secs(10),
-        "the daemon lists the hostile peer",
-        |v| packages_torrent_of(v).is_some_and(|t| peer_count(t) >= 1),
-    );
+    let (ih, peer_addr) = (info_hash(&d), d.peer_addr());
+    let again_hold = hold_all(repo);
+    let hostile = start_hostile(&d, "127.0.0.32", true, Duration::from_secs(120));
 
     let out = apt.download_only(&pkgs);
     assert!(
@@ -731,29 +734,7 @@ fn swarm_peer_announcing_what_it_never_serves_costs_one_stall() {
     let apt = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
     let out = apt.update();
     apt.assert_update_verified(&out, "update");
-    let ih = info_hash(&d);
-    let peer_addr = d.peer_addr();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let all = hold_all(repo);
-    let liar = std::thread::spawn(move || {
-        rt().block_on(hostile_peer(
-            "127.0.0.34",
-            peer_addr,
-            ih,
-            all,
-            false,
-            tx,
-            Duration::from_secs(10),
-        ))
-    });
-    rx.recv_timeout(Duration::from_secs(15))
-        .expect("the lying peer did not get going");
-    wait_status(
-        &d,
-        Duration::from_secs(10),
-        "the daemon lists the lying peer",
-        |v| packages_torrent_of(v).is_some_and(|t| peer_count(t) >= 1),
-    );
+    let liar = start_hostile(&d, "127.0.0.34", false, Duration::from_secs(10));
     let t0 = Instant::now();
     let out = apt.download_only(&pkgs);
     let took = t0.elapsed();
