@@ -94,6 +94,16 @@ pub struct Store {
     degraded_until: std::sync::atomic::AtomicI64,
     /// Pieces that some registered torrent lists, for pruning decisions.
     referenced: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Held around a file's move into the store and its listing, and
+    /// around a pruned file's unlisting and removal: a pass never removes
+    /// a file that a commit just put at the same path.
+    files: Mutex<()>,
+    /// One prune pass at a time.
+    pruning: Mutex<()>,
+    /// An exclusive lock on `DATA/lock` for the life of the store: a second
+    /// daemon (or `debtorrent import`) on the same folder would empty its
+    /// `tmp/` under the running one.
+    _lock: File,
 }
 
 /// Seconds since the Unix epoch.
@@ -117,6 +127,19 @@ impl Store {
         let index_dir = data_dir.join("index");
         for d in [data_dir, &store_dir, &index_dir] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        let lock_path = data_dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            anyhow::bail!(
+                "another debtorrent uses the data folder {} (stop it first)",
+                data_dir.display()
+            );
         }
         // Empty tmp/ rather than delete it: it may be a mountpoint.
         fs::create_dir_all(&tmp_dir)
@@ -175,6 +198,9 @@ impl Store {
             seq: AtomicU64::new(0),
             degraded_until: std::sync::atomic::AtomicI64::new(0),
             referenced,
+            files: Mutex::new(()),
+            pruning: Mutex::new(()),
+            _lock: lock,
         };
         Ok((Arc::new(store), loaded))
     }
@@ -311,12 +337,15 @@ impl Store {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)?;
         }
-        fs::rename(tmp, &dest)?;
-        if let Some(parent) = dest.parent() {
-            // Make the rename itself durable.
-            File::open(parent)?.sync_all()?;
+        {
+            let _files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            fs::rename(tmp, &dest)?;
+            if let Some(parent) = dest.parent() {
+                // Make the rename itself durable.
+                File::open(parent)?.sync_all()?;
+            }
+            self.insert(rel, sha256, size, mtime);
         }
-        self.insert(rel, sha256, size, mtime);
         self.prune_if_needed();
         Ok(())
     }
@@ -478,6 +507,10 @@ impl Store {
         if self.total_bytes() <= self.limit {
             return;
         }
+        // A pass under way will bring the total down.
+        let Ok(_pass) = self.pruning.try_lock() else {
+            return;
+        };
         let snapshot: Vec<(String, Meta)> = self
             .lock()
             .by_path
@@ -497,12 +530,24 @@ impl Store {
             .collect();
         let victims = crate::prune::choose_victims(&files, self.limit);
         for i in victims {
-            let Some((path, _)) = snapshot.get(i) else {
+            let Some((path, seen)) = snapshot.get(i) else {
                 continue;
             };
-            if let Some(old) = self.lock().remove(path) {
+            let _files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            // Only the file the snapshot saw: one committed at the same
+            // path since stays.
+            let mut map = self.lock();
+            if map
+                .by_path
+                .get(path)
+                .is_none_or(|m| m.sha256 != seen.sha256)
+            {
+                continue;
+            }
+            if let Some(old) = map.remove(path) {
                 self.total.fetch_sub(old.size, Ordering::Relaxed);
             }
+            drop(map);
             self.db.del_piece(path);
             if let Err(e) = fs::remove_file(self.piece_path(path)) {
                 tracing::warn!(path = %path, error = %e, "could not remove a pruned file");

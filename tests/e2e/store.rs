@@ -352,3 +352,46 @@ fn disk_full_during_a_swarm_transfer() {
     );
     assert!(b.is_running());
 }
+
+/// Issue 16 (chaos): a second daemon on a data folder in use refuses to
+/// start, before it touches anything (it used to empty the running one's
+/// `tmp/`).
+#[test]
+fn a_second_daemon_on_the_same_data_folder_refuses_to_start() {
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let mut daemon = Daemon::start(&[mirror.port()]);
+    let marker = daemon.data_dir.join("tmp").join("in-flight");
+    std::fs::write(&marker, b"a download in progress").expect("marker");
+    let out = run_with_timeout(
+        {
+            let mut c = Command::new(binary());
+            c.args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-peers",
+                "--data-dir",
+            ])
+            .arg(&daemon.data_dir);
+            c
+        },
+        Duration::from_secs(20),
+    );
+    assert!(
+        !out.success(),
+        "a second daemon started\n{}",
+        out.combined()
+    );
+    assert!(
+        out.combined()
+            .contains("another debtorrent uses the data folder"),
+        "{}",
+        out.combined()
+    );
+    assert!(
+        marker.exists(),
+        "the second daemon emptied the first one's tmp/"
+    );
+    assert!(daemon.is_running());
+}
