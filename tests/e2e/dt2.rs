@@ -31,17 +31,6 @@ fn num(v: &serde_json::Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-/// Pool requests in the mirror's log after the first `skip` entries.
-fn pool_log(mirror: &Mirror, skip: usize) -> String {
-    mirror
-        .log()
-        .iter()
-        .skip(skip)
-        .filter(|e| e.target.contains("/pool/"))
-        .map(|e| format!("  {e}\n"))
-        .collect()
-}
-
 /// The dt2 swarm ids of the daemon's registered indexes (`swarm_id` of each
 /// entry of `torrents` in `/status.json`).
 fn swarm_ids(d: &Daemon) -> Vec<String> {
@@ -182,7 +171,7 @@ fn dt2_index_v1_to_v2_peers_serve_unchanged_files() {
         "B (index v2) took {b_pool} pool bytes from the mirror, more than {allowed} ({SLACK_PERCENT}% \
          of the {common_bytes} bytes A holds and v2 still lists, plus {fresh} bytes of new \
          files); pool requests since B's client started:\n{}B's status:\n{st_b:#}",
-        pool_log(&mirror, mark)
+        mirror.pool_log(mark)
     );
     assert_same_swarm(&a, &b, "index v1 -> v2");
     // B's status shows the index versions in its swarm: its own (v2) and
@@ -264,7 +253,7 @@ fn dt2_two_suites_share_pool_files() {
         "B (stable-updates only) took {b_pool} pool bytes from the mirror, more than {allowed} \
          ({SLACK_PERCENT}% of the {set_bytes} bytes A holds through stable); pool requests since \
          B's client started:\n{}B's status:\n{st_b:#}",
-        pool_log(&mirror, mark)
+        mirror.pool_log(mark)
     );
     assert_same_swarm(&a, &b, "stable -> stable-updates");
 }
@@ -405,7 +394,7 @@ fn dt2_point_release_files_fetched_through_updates_come_from_peers() {
         "B (the point release's stable only) took {b_pool} pool bytes from the mirror, more than \
          {allowed} ({SLACK_PERCENT}% of the {set_bytes} bytes A holds through stable-updates); \
          pool requests since B's client started:\n{}B's status:\n{st_b:#}",
-        pool_log(&mirror, mark)
+        mirror.pool_log(mark)
     );
     assert_same_swarm(&a, &b, "point release");
 }
@@ -538,7 +527,7 @@ fn dt2_three_index_versions_in_one_swarm_concurrent_clients() {
          {allowed} ({SLACK_PERCENT}% of 2 x the {common_bytes} bytes A holds and all three \
          versions list); pool requests since they started:\n{}B's status:\n{st_b:#}\nC's \
          status:\n{st_c:#}",
-        pool_log(&mirror, mark)
+        mirror.pool_log(mark)
     );
     assert_same_swarm(&a, &b, "three versions");
     assert_same_swarm_named((&a, "A"), (&c, "C"), "three versions");
@@ -625,7 +614,7 @@ fn dt2_file_no_current_index_lists_is_shared_after_restart() {
         0,
         "B fetched {GONE} from the mirror although A holds it; pool requests:\n{}B's status:\n\
          {st_b:#}\nA's status:\n{:#}",
-        pool_log(&mirror, mark),
+        mirror.pool_log(mark),
         a.status_json()
     );
     assert!(num(&st_b["bytes_from_peers"]) >= gone[0].size, "{st_b:#}");

@@ -101,16 +101,6 @@ fn sizes(repo: &crate::support::repo::Repo, names: &[&str]) -> u64 {
     names.iter().map(|n| repo.package(n).size).sum()
 }
 
-fn pool_log(mirror: &Mirror, skip: usize) -> String {
-    mirror
-        .log()
-        .iter()
-        .skip(skip)
-        .filter(|e| e.target.contains("/pool/"))
-        .map(|e| format!("  {e}\n"))
-        .collect()
-}
-
 // ------------------------------------------------------------ test peers
 
 fn rt() -> tokio::runtime::Runtime {
@@ -405,7 +395,7 @@ fn swarm_five_daemons_second_clients_take_zero_mirror_bytes() {
              status of daemon {}:\n{st:#}",
             k + 1,
             now.pool_bytes - first.pool_bytes,
-            pool_log(&mirror, log_mark),
+            mirror.pool_log(log_mark),
             k + 1
         );
         let from_peers = num(&st["bytes_from_peers"]);

@@ -237,6 +237,16 @@ impl Mirror {
         self.state.log.lock().unwrap().clone()
     }
 
+    /// Pool requests in the log after the first `skip` entries, a line each.
+    pub fn pool_log(&self, skip: usize) -> String {
+        self.log()
+            .iter()
+            .skip(skip)
+            .filter(|e| e.target.contains("/pool/"))
+            .map(|e| format!("  {e}\n"))
+            .collect()
+    }
+
     pub fn log_text(&self) -> String {
         self.log().iter().map(|e| format!("{e}\n")).collect()
     }
