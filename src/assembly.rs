@@ -258,6 +258,25 @@ impl Download {
         self.lock().peer_bytes
     }
 
+    /// How much of the piece may be relayed to peers now (`dt_wip`,
+    /// `docs/torrent-format.md` §7.7): the mirror's contiguous bytes, the
+    /// last byte only once verified. `None` once it failed, or when a peer
+    /// fed it: what a peer sent is passed on only after it verified.
+    pub fn relayable(&self) -> Option<u64> {
+        let a = self.lock();
+        match self.state() {
+            State::Failed(_) => None,
+            State::Done => Some(self.size),
+            _ if a.peer_bytes > 0 => None,
+            _ => Some(a.received.min(self.size.saturating_sub(1))),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of the assembly's file.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
     /// What is received: the contiguous prefix and the ranges beyond it.
     pub fn received(&self) -> (u64, Vec<(u64, u64)>) {
         let a = self.lock();

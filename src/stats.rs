@@ -10,6 +10,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
+use crate::discovery::Origin;
+
 /// Byte and event counters. Persisted totals are loaded at start and the
 /// deltas are written to the state database every few seconds.
 pub struct Stats {
@@ -24,6 +26,11 @@ pub struct Stats {
     evicted: Counter,
     refused: Counter,
     head_timeouts: Counter,
+    lookups: Counter,
+    who_asked: Counter,
+    who_answered: Counter,
+    /// Peer addresses found, by [`Origin`] (in its declaration order).
+    found: [Counter; ORIGINS.len()],
     cache_bytes: Gauge,
     torrents: Gauge,
     swarms: Gauge,
@@ -52,6 +59,10 @@ impl Stats {
             evicted: Counter::default(),
             refused: Counter::default(),
             head_timeouts: Counter::default(),
+            lookups: Counter::default(),
+            who_asked: Counter::default(),
+            who_answered: Counter::default(),
+            found: Default::default(),
             cache_bytes: Gauge::default(),
             torrents: Gauge::default(),
             swarms: Gauge::default(),
@@ -106,6 +117,25 @@ impl Stats {
             "Request heads not complete within --request-head-timeout (answered 408)",
             s.head_timeouts.clone(),
         );
+        prom.register(
+            "peer_lookups",
+            "Peer lookups the swarms made (DHT get_peers, tracker announces)",
+            s.lookups.clone(),
+        );
+        prom.register(
+            "who_asked",
+            "dt_who queries sent: who of a peer's peers holds a wanted piece",
+            s.who_asked.clone(),
+        );
+        prom.register(
+            "who_answered",
+            "dt_who queries answered",
+            s.who_answered.clone(),
+        );
+        for (o, c) in ORIGINS.iter().zip(&s.found) {
+            let name = format!("peers_found_{}", format!("{o:?}").to_lowercase());
+            prom.register(name, "Peer addresses found from this source", c.clone());
+        }
         prom.register(
             "store_hits",
             "Package requests served from the store",
@@ -179,6 +209,28 @@ impl Stats {
         self.head_timeouts.inc();
     }
 
+    /// A swarm looked its peers up (DHT, trackers).
+    pub fn lookup(&self) {
+        self.lookups.inc();
+    }
+
+    /// We asked our peers who holds a piece (`dt_who`).
+    pub fn who_asked(&self) {
+        self.who_asked.inc();
+    }
+
+    /// We answered a peer's `dt_who`.
+    pub fn who_answered(&self) {
+        self.who_answered.inc();
+    }
+
+    /// A peer address came from `origin`.
+    pub fn found(&self, origin: Origin) {
+        if let Some(i) = ORIGINS.iter().position(|&o| o == origin) {
+            self.found[i].inc();
+        }
+    }
+
     /// A request from apt.
     pub fn request(&self) {
         self.requests.inc();
@@ -208,6 +260,14 @@ impl Stats {
             apt_connections_evicted: self.evicted.get(),
             apt_connections_refused: self.refused.get(),
             request_head_timeouts: self.head_timeouts.get(),
+            lookups: self.lookups.get(),
+            who_asked: self.who_asked.get(),
+            who_answered: self.who_answered.get(),
+            peers_found: ORIGINS
+                .iter()
+                .zip(&self.found)
+                .map(|(o, c)| (format!("{o:?}").to_lowercase(), c.get()))
+                .collect(),
         }
     }
 
@@ -258,8 +318,17 @@ pub struct SwarmGauges {
     pub versions_seen: usize,
 }
 
+/// Every source of peer addresses, in the order of [`Stats`]'s counters.
+const ORIGINS: [Origin; 5] = [
+    Origin::Dht,
+    Origin::Tracker,
+    Origin::Lsd,
+    Origin::Pex,
+    Origin::Who,
+];
+
 /// The counters at one moment (part of `/status.json`).
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Counters {
     pub uptime_seconds: u64,
     pub bytes_to_apt: u64,
@@ -272,4 +341,13 @@ pub struct Counters {
     pub apt_connections_evicted: u64,
     pub apt_connections_refused: u64,
     pub request_head_timeouts: u64,
+    /// Peer lookups the swarms made (each one DHT `get_peers` and one
+    /// tracker announce per tracker).
+    pub lookups: u64,
+    /// `dt_who` queries we sent, and answered.
+    pub who_asked: u64,
+    pub who_answered: u64,
+    /// Peer addresses found, by where they came from (`dht`, `tracker`,
+    /// `lsd`, `pex`, `who`).
+    pub peers_found: std::collections::BTreeMap<String, u64>,
 }

@@ -58,6 +58,9 @@ pub struct SwarmJson {
     /// connected peers are on, with how many peers each.
     pub versions: Vec<String>,
     pub peer_versions: std::collections::BTreeMap<String, usize>,
+    /// Connected peers by where we learnt of them (`dht`, `tracker`,
+    /// `lsd`, `pex`, `who`; `incoming`: they dialled us).
+    pub peers_by_origin: std::collections::BTreeMap<String, usize>,
     pub bytes_from_peers: u64,
     pub bytes_from_mirror: u64,
     pub bytes_uploaded: u64,
@@ -126,6 +129,7 @@ impl Pages {
                     peers: t.peers.len(),
                     versions: t.versions,
                     peer_versions: t.peer_versions,
+                    peers_by_origin: t.connected_by,
                     bytes_from_peers: t.bytes_from_peers,
                     bytes_from_mirror: t.bytes_from_mirror,
                     bytes_uploaded: t.bytes_uploaded,

@@ -52,6 +52,8 @@ pub enum Origin {
     Tracker,
     Lsd,
     Pex,
+    /// A connected peer named it as a holder of what we want (`dt_who`).
+    Who,
 }
 
 #[derive(Clone, Debug)]

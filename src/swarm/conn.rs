@@ -5,9 +5,13 @@
 //! torrent's piece lengths, writes block data straight into the piece's
 //! assembly (`assembly::Download::put`, which verifies) and tells the torrent
 //! task what happened, never handing it the data. The writer sends what the
-//! torrent task asks for and serves the peer's requests, reading **only
-//! from the store**: nothing that is still being assembled, and so nothing
-//! unverified, ever reaches another peer.
+//! torrent task asks for and serves the peer's requests from the store,
+//! or, for content our `dt_wip` named (we fetch it from the mirror now),
+//! from its assembly as the mirror's bytes arrive (the relay of
+//! `docs/torrent-format.md` §7.7). The receiver verifies those against its
+//! own index before any of it reaches its apt, store or peers; nothing a
+//! peer sent us is relayed before it is verified (an assembly fed by a
+//! peer is never offered).
 //!
 //! Two tasks rather than one `select!` loop: a peer that stops reading must
 //! not stop us from reading its blocks (both sides blocked in a write would
@@ -94,6 +98,11 @@ pub enum Event {
         key: PeerKey,
         wip: wire::Wip,
     },
+    /// Its `dt_who`: a query to answer, or an answer to ours.
+    Who {
+        key: PeerKey,
+        who: wire::Who,
+    },
 }
 
 /// What the connections of one swarm share.
@@ -111,7 +120,20 @@ pub struct Context {
     pub upload_limit: Arc<Mutex<TokenBucket>>,
     /// Bytes uploaded to this torrent's peers.
     pub uploaded: AtomicU64,
+    /// What we fetch from the mirror now and offer as it arrives (our
+    /// number -> its assembly): only assemblies that no peer fed.
+    pub relay: Mutex<HashMap<u32, Arc<Download>>>,
     epoch: Instant,
+}
+
+/// Where a block to upload stands.
+enum Block {
+    /// Read: this many bytes.
+    Ready(usize),
+    /// Relayed content whose bytes have not arrived yet.
+    Later,
+    /// Not ours to serve (any more).
+    Gone,
 }
 
 impl Context {
@@ -136,6 +158,7 @@ impl Context {
             events,
             upload_limit,
             uploaded: AtomicU64::new(0),
+            relay: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         }
     }
@@ -157,23 +180,56 @@ impl Context {
         r.length > 0 && r.length <= BLOCK && u64::from(r.begin) + u64::from(r.length) <= size
     }
 
-    /// Reads a block for upload, only if the content is in the store now.
+    /// Reads a block for upload: from the store, or from the assembly of
+    /// content we relay (once the mirror's bytes for it are in).
     fn read_block(
         &self,
         r: BlockRef,
         file: &mut Option<(u32, std::fs::File)>,
         buf: &mut [u8],
-    ) -> Option<usize> {
+    ) -> Block {
         if file.as_ref().is_none_or(|(i, _)| *i != r.index) {
             // By content: wherever the store keeps it now.
-            let sha = self.cat().get(r.index)?.sha256;
-            let (rel, _) = self.store.find(&sha)?;
-            *file = Some((
-                r.index,
-                std::fs::File::open(self.store.piece_path(&rel)).ok()?,
-            ));
+            let stored = self.cat().get(r.index).and_then(|e| {
+                let (rel, _) = self.store.find(&e.sha256)?;
+                std::fs::File::open(self.store.piece_path(&rel)).ok()
+            });
+            match stored {
+                Some(f) => *file = Some((r.index, f)),
+                None => return self.read_relayed(r, buf),
+            }
         }
-        read_stored(r, file, buf)
+        match read_stored(r, file, buf) {
+            Some(n) => Block::Ready(n),
+            None => Block::Gone,
+        }
+    }
+
+    /// A block of content we fetch from the mirror now, if its bytes are
+    /// in (the last byte only once the piece is verified).
+    fn read_relayed(&self, r: BlockRef, buf: &mut [u8]) -> Block {
+        let dl = {
+            let relay = self.relay.lock().unwrap_or_else(|e| e.into_inner());
+            relay.get(&r.index).cloned()
+        };
+        let Some(dl) = dl else {
+            return Block::Gone;
+        };
+        let end = u64::from(r.begin) + u64::from(r.length);
+        match dl.relayable() {
+            None => Block::Gone,
+            Some(upto) if upto < end => Block::Later,
+            Some(_) => {
+                let n = r.length as usize;
+                let Some(b) = buf.get_mut(..n) else {
+                    return Block::Gone;
+                };
+                match dl.read_at(b, u64::from(r.begin)) {
+                    Ok(()) => Block::Ready(n),
+                    Err(_) => Block::Gone,
+                }
+            }
+        }
     }
 }
 
@@ -262,6 +318,15 @@ pub const OUR_PEX_ID: u8 = 1;
 pub const OUR_WIP_ID: u8 = 2;
 /// See [`OUR_PEX_ID`].
 pub const OUR_HOLD_ID: u8 = 3;
+/// See [`OUR_PEX_ID`].
+pub const OUR_WHO_ID: u8 = 4;
+/// A capability (`dt_relay`): never received as a message.
+pub const OUR_RELAY_ID: u8 = 5;
+/// How long a relayed request may wait for the mirror's bytes before it
+/// is rejected.
+const RELAY_WAIT: Duration = Duration::from_secs(20);
+/// How often a writer with relayed requests waiting looks for their bytes.
+const RELAY_POLL: Duration = Duration::from_millis(5);
 /// Most entries a peer's `dt_hold` messages may add up to (36 bytes each,
 /// 2.4 MB). A whole Debian suite's packages for one architecture are about
 /// 64,000 files; a peer claiming more is lying or hostile.
@@ -296,6 +361,9 @@ pub enum Out {
     CancelUpload(BlockRef),
     /// Reject a request (BEP 6).
     Reject(BlockRef),
+    /// Our `dt_wip` (with the peer's id for it): what it names may be
+    /// requested (relayed as it arrives).
+    Wip(u8, wire::Wip),
     Close,
 }
 
@@ -444,6 +512,8 @@ pub async fn establish(
                 (wire::EXT_PEX.to_string(), OUR_PEX_ID),
                 (wire::EXT_WIP.to_string(), OUR_WIP_ID),
                 (wire::EXT_HOLD.to_string(), OUR_HOLD_ID),
+                (wire::EXT_WHO.to_string(), OUR_WHO_ID),
+                (wire::EXT_RELAY.to_string(), OUR_RELAY_ID),
             ],
             p: Some(sh.listen_port),
             v: Some(concat!("debtorrent ", env!("CARGO_PKG_VERSION")).to_string()),
@@ -779,6 +849,12 @@ async fn handle(
                 let w = wire::Wip::decode(payload)?;
                 let _ = ev(Event::Wip { key, wip: w }).await;
             }
+            OUR_WHO_ID => {
+                let who = wire::Who::decode(payload)?;
+                // Answered by the torrent task, which drops what comes
+                // faster than it answers (never blocking this reader).
+                let _ = sh.events.try_send(Event::Who { key, who });
+            }
             OUR_HOLD_ID => {
                 let hold = wire::Hold::decode(payload)?;
                 *held = (*held + hold.add.len()).saturating_sub(hold.drop.len());
@@ -803,10 +879,27 @@ async fn writer(
 ) {
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut uploads: VecDeque<BlockRef> = VecDeque::new();
+    // Relayed requests waiting for the mirror's bytes, with when they came.
+    let mut waiting: VecDeque<(BlockRef, Instant)> = VecDeque::new();
+    let mut relay_since: HashMap<(u32, u32), Instant> = HashMap::new();
     let mut file: Option<(u32, std::fs::File)> = None;
     let mut block = vec![0u8; BLOCK as usize];
     let mut last_write = Instant::now();
     'outer: loop {
+        // Relayed requests go back in line first, in order, so that a
+        // CANCEL or a CHOKE below finds them; those that waited too long
+        // are rejected.
+        for (r, since) in waiting.drain(..).rev() {
+            if since.elapsed() > RELAY_WAIT {
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                if fast {
+                    wire::encode(&Msg::Reject(r), &mut out);
+                }
+            } else {
+                uploads.push_front(r);
+                relay_since.insert((r.index, r.begin), since);
+            }
+        }
         // Take every pending command without waiting.
         loop {
             let m = match rx.try_recv() {
@@ -818,20 +911,41 @@ async fn writer(
                 break 'outer;
             }
         }
-        // Serve a batch of uploads (only from the store).
+        // Serve a batch of uploads (from the store, or relayed).
         let mut served = 0;
+        // A relayed block whose bytes are not in yet: later blocks of the
+        // same content wait too, unread.
+        let mut later: Option<(u32, u32)> = None;
         while served < 16 && out.len() < 256 * 1024 {
             let Some(r) = uploads.pop_front() else { break };
-            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            let since = relay_since.remove(&(r.index, r.begin));
             if shared.am_choking.load(Ordering::Relaxed) {
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
-            let Some(n) = sh.read_block(r, &mut file, &mut block) else {
-                if fast {
-                    wire::encode(&Msg::Reject(r), &mut out);
-                }
-                continue;
+            let res = match later {
+                Some((i, b)) if i == r.index && r.begin >= b => Block::Later,
+                _ => sh.read_block(r, &mut file, &mut block),
             };
+            let n = match res {
+                Block::Ready(n) => n,
+                Block::Later => {
+                    // Still counted as queued: it waits for its bytes.
+                    waiting.push_back((r, since.unwrap_or_else(Instant::now)));
+                    if later.is_none_or(|(i, b)| i != r.index || r.begin < b) {
+                        later = Some((r.index, r.begin));
+                    }
+                    continue;
+                }
+                Block::Gone => {
+                    shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    if fast {
+                        wire::encode(&Msg::Reject(r), &mut out);
+                    }
+                    continue;
+                }
+            };
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
             let wait = {
                 let mut tb = sh.upload_limit.lock().unwrap_or_else(|e| e.into_inner());
                 tb.take(n as u64, sh.now_ms())
@@ -849,6 +963,9 @@ async fn writer(
             sh.uploaded.fetch_add(n as u64, Ordering::Relaxed);
             served += 1;
         }
+        if uploads.is_empty() {
+            relay_since.clear();
+        }
         if !out.is_empty() {
             if !write_within(&mut w, &out).await {
                 break;
@@ -860,7 +977,11 @@ async fn writer(
         if !uploads.is_empty() {
             continue;
         }
-        let idle = KEEPALIVE.saturating_sub(last_write.elapsed());
+        let mut idle = KEEPALIVE.saturating_sub(last_write.elapsed());
+        if !waiting.is_empty() {
+            // The mirror's next bytes: look again soon.
+            idle = idle.min(RELAY_POLL);
+        }
         tokio::select! {
             m = rx.recv() => match m {
                 Some(m) => {
@@ -871,7 +992,9 @@ async fn writer(
                 None => break,
             },
             _ = tokio::time::sleep(idle) => {
-                wire::encode(&Msg::KeepAlive, &mut out);
+                if waiting.is_empty() {
+                    wire::encode(&Msg::KeepAlive, &mut out);
+                }
             }
         }
     }
@@ -964,6 +1087,17 @@ fn apply(
             uploads.retain(|x| *x != r);
             let removed = before - uploads.len();
             shared.queued.fetch_sub(removed as u64, Ordering::Relaxed);
+        }
+        Out::Wip(id, w) => {
+            // What we relay may be requested from now on.
+            shared.announced().extend(w.add.iter().map(|(n, _)| *n));
+            wire::encode(
+                &Msg::Extended {
+                    id,
+                    payload: &w.encode(),
+                },
+                out,
+            );
         }
         Out::Reject(r) => wire::encode(&Msg::Reject(r), out),
         Out::Close => return false,

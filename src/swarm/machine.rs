@@ -43,6 +43,10 @@ pub const SNUB_MS: u64 = 30_000;
 /// costs us at most this many stall timeouts). Not a violation: an honest
 /// peer on a saturated uplink can stall too, and may come back.
 pub const MAX_STALLS: u8 = 3;
+/// A relay (a peer that serves what it fetches from the mirror as it
+/// arrives) stalls after this long without a block, whatever
+/// `--stall-timeout` says.
+pub const RELAY_STALL_MS: u64 = 10_000;
 /// How often the choker runs without a reason to.
 pub const CHOKE_EVERY_MS: u64 = 10_000;
 /// Addresses remembered per torrent (for `/status.json`).
@@ -100,6 +104,9 @@ pub struct Hello {
     /// Its ids for our extensions.
     pub pex_id: Option<u8>,
     pub wip_id: Option<u8>,
+    /// Its id for `dt_who`, and whether it relays its `dt_wip` content.
+    pub who_id: Option<u8>,
+    pub relay: bool,
     /// The bitfield we sent it: pieces we got since go as HAVE.
     pub sent: Vec<u8>,
 }
@@ -124,6 +131,19 @@ impl Received {
     }
 }
 
+/// Which of two peers fetching the same content from the mirror goes on:
+/// the lower rank. A mix of the peer id and the content's tag, so that the
+/// same daemon does not win for every file of a herd.
+pub fn fetch_rank(peer_id: &[u8; 20], tag: u64) -> u64 {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&peer_id[12..20]);
+    // splitmix64's finaliser over the two.
+    let mut z = u64::from_be_bytes(id) ^ tag.rotate_left(17);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// What goes into the machine.
 #[derive(Debug)]
 pub enum Input {
@@ -131,6 +151,9 @@ pub enum Input {
     Want {
         piece: PieceIndex,
         size: u64,
+        /// The same for every peer (from the content's SHA-256): decides
+        /// which of two peers fetching it from the mirror goes on.
+        tag: u64,
     },
     /// The piece's old job is over (a new assembly replaces it).
     Abandon {
@@ -270,6 +293,12 @@ pub enum Input {
     Banned {
         ip: IpAddr,
     },
+    /// Peers of a connected peer hold (or relay) `piece`: its answer to
+    /// our `dt_who`.
+    Holders {
+        piece: PieceIndex,
+        addrs: Vec<SocketAddr>,
+    },
     /// Discovery's lookup is over.
     LookupDone,
     /// Discovery runs now.
@@ -393,6 +422,12 @@ pub enum Effect {
     ScanHolding {
         gen: u64,
     },
+    /// Ask these connected peers who of their peers holds `piece`
+    /// (`dt_who`, with each peer's id for it).
+    AskWho {
+        piece: PieceIndex,
+        to: Vec<(PeerKey, u8)>,
+    },
 }
 
 /// A connection's life once it is up. (Before, its address is in
@@ -439,6 +474,11 @@ struct Peer {
     wip: HashSet<PieceIndex>,
     pex_id: Option<u8>,
     wip_id: Option<u8>,
+    who_id: Option<u8>,
+    /// It serves what its `dt_wip` names as the mirror's bytes arrive.
+    relay: bool,
+    /// Where we learnt of it (`None`: it dialled us).
+    origin: Option<Origin>,
 }
 
 impl Peer {
@@ -446,6 +486,16 @@ impl Peer {
         self.bits
             .as_ref()
             .is_none_or(|b| wire::bitfield_get(b, piece))
+    }
+
+    /// It can serve `piece`: it holds it, or relays it from the mirror.
+    fn serves(&self, piece: PieceIndex) -> bool {
+        self.has(piece) || self.relays(piece)
+    }
+
+    /// It relays `piece` (fetches it from the mirror, and passes it on).
+    fn relays(&self, piece: PieceIndex) -> bool {
+        self.relay && self.wip.contains(&piece)
     }
 
     /// It may get requests now.
@@ -494,6 +544,17 @@ struct Job {
     peers_since: Option<u64>,
     /// Peers were told we fetch it from the mirror (`dt_wip`).
     wip_sent: bool,
+    /// The same for every peer (from its SHA-256), see [`Input::Want`].
+    tag: u64,
+    /// We stopped our mirror run for a peer that fetches it too and goes
+    /// on (the lower [`fetch_rank`]); its end is not a failure.
+    yielded: bool,
+    /// When a peer last delivered a block of it.
+    last_block_at: u64,
+    /// We asked connected peers who holds it (`dt_who`), and when; when
+    /// holders they named may come up (dialled then).
+    asked_at: Option<u64>,
+    holders_due: Option<u64>,
     /// Mirror attempts that failed, and when the next may start (ms).
     mirror_failures: u8,
     mirror_not_before: u64,
@@ -531,6 +592,8 @@ pub struct Machine {
     held_bytes: u64,
     choker: Choker,
     known: HashMap<SocketAddr, Origin>,
+    /// Addresses found, by where they came from (for status).
+    found_by: HashMap<Origin, u64>,
     lookup_done_at: Option<u64>,
     last_choke: u64,
     last_pex: u64,
@@ -568,6 +631,7 @@ impl Machine {
             held_bytes: 0,
             choker: Choker::new(cfg.upload_slots, 30_000),
             known: HashMap::new(),
+            found_by: HashMap::new(),
             lookup_done_at: None,
             last_choke: 0,
             last_pex: 0,
@@ -643,6 +707,30 @@ impl Machine {
         m
     }
 
+    /// A connected peer's id for `dt_who`.
+    pub fn who_id(&self, key: PeerKey) -> Option<u8> {
+        self.peers.get(&key).and_then(|p| p.who_id)
+    }
+
+    /// How many addresses each source of addresses gave us.
+    pub fn found_by(&self) -> BTreeMap<Origin, u64> {
+        self.found_by.iter().map(|(&o, &n)| (o, n)).collect()
+    }
+
+    /// Connected peers by where we learnt of them (`incoming`: they
+    /// dialled us).
+    pub fn connected_by(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for p in self.peers.values().filter(|p| p.phase == Phase::Active) {
+            let k = match p.origin {
+                Some(o) => format!("{o:?}").to_lowercase(),
+                None => "incoming".to_string(),
+            };
+            *m.entry(k).or_insert(0) += 1;
+        }
+        m
+    }
+
     /// Pieces held, and pieces wanted now.
     pub fn counts(&self) -> (u32, usize) {
         (self.have_count, self.jobs.len())
@@ -658,7 +746,7 @@ impl Machine {
 
     fn step(&mut self, now: u64, env: &Env, input: Input) {
         match input {
-            Input::Want { piece, size } => self.want(piece, size, now, env),
+            Input::Want { piece, size, tag } => self.want(piece, size, tag, now, env),
             Input::Abandon { piece } => self.end_job(piece, None),
             Input::Incoming { addr } => {
                 if self.peers.len() + self.connecting.len() >= self.cfg.max_peers {
@@ -668,7 +756,20 @@ impl Machine {
                     self.emit(Effect::Accept { addr });
                 }
             }
-            Input::Found { addr, origin } => self.found(addr, origin),
+            Input::Found { addr, origin } => {
+                self.found(addr, origin);
+            }
+            Input::Holders { piece, addrs } => {
+                let mut dialled = false;
+                for addr in addrs {
+                    dialled |= self.found(addr, Origin::Who);
+                }
+                if dialled {
+                    if let Some(j) = self.jobs.get_mut(&piece) {
+                        j.holders_due = Some(now + self.cfg.peer_wait_ms);
+                    }
+                }
+            }
             Input::Failed { addr } => {
                 self.connecting.remove(&addr);
                 self.emit(Effect::ReleaseSlot { ip: addr.ip() });
@@ -727,9 +828,12 @@ impl Machine {
                 let mut pieces: Vec<PieceIndex> = reqs.iter().map(|r| r.index).collect();
                 pieces.dedup();
                 if unheld {
-                    if let Some(b) = self.peers.get_mut(&key).and_then(|p| p.bits.as_mut()) {
+                    if let Some(p) = self.peers.get_mut(&key) {
                         for &i in &pieces {
-                            wire::bitfield_clear(b, i);
+                            if let Some(b) = p.bits.as_mut() {
+                                wire::bitfield_clear(b, i);
+                            }
+                            p.wip.remove(&i);
                         }
                     }
                     self.update_interest(key);
@@ -768,6 +872,10 @@ impl Machine {
                         if let Some(b) = p.bits.as_mut() {
                             wire::bitfield_clear(b, req.index);
                         }
+                        // A relay that rejects lost its mirror run (or
+                        // let the request wait too long): not a relay of
+                        // it any more.
+                        p.wip.remove(&req.index);
                     }
                 }
                 self.update_interest(key);
@@ -783,20 +891,25 @@ impl Machine {
             } => self.block(key, piece, begin, len, new, current, now),
             Input::Wip { key, add, done } => {
                 let n = self.cfg.piece_count;
+                let mut wanted = Vec::new();
                 if let Some(p) = self.peers.get_mut(&key) {
                     for i in add {
                         if i < n && p.wip.len() < WIP_MAX {
                             p.wip.insert(i);
+                            if self.picker.is_wanted(i) {
+                                wanted.push(i);
+                            }
                         }
                     }
                     for i in &done {
                         p.wip.remove(i);
                     }
-                    for i in done {
-                        if self.picker.is_wanted(i) {
-                            self.drive(i, now, env);
-                        }
-                    }
+                    wanted.extend(done.into_iter().filter(|&i| self.picker.is_wanted(i)));
+                }
+                self.update_interest(key);
+                for i in wanted {
+                    self.settle_fetcher(key, i);
+                    self.drive(i, now, env);
                 }
             }
             Input::Stored { piece, size } => {
@@ -974,7 +1087,7 @@ impl Machine {
         }
     }
 
-    fn want(&mut self, piece: PieceIndex, size: u64, now: u64, env: &Env) {
+    fn want(&mut self, piece: PieceIndex, size: u64, tag: u64, now: u64, env: &Env) {
         if self.jobs.contains_key(&piece) {
             // A new assembly of a piece whose old job is over.
             self.end_job(piece, None);
@@ -999,41 +1112,143 @@ impl Machine {
                 peer_rate: Rate::new(2000),
                 peers_since: None,
                 wip_sent: false,
+                tag,
+                yielded: false,
+                last_block_at: now,
+                asked_at: None,
+                holders_due: None,
                 mirror_failures: 0,
                 mirror_not_before: 0,
                 contributors: HashMap::new(),
             },
         );
         self.picker.add(piece, size);
-        let holders = self.peers.values().any(|p| p.has(piece));
-        if !holders && env.discovery_ready {
-            self.emit(Effect::Lookup);
+        let holders = self
+            .peers
+            .values()
+            .any(|p| p.serves(piece) || p.wip.contains(&piece));
+        if !holders {
+            if env.discovery_ready {
+                self.last_lookup = now;
+                self.emit(Effect::Lookup);
+            }
+            self.ask_who(piece, now);
         }
         self.update_interest_all();
         self.drive(piece, now, env);
     }
 
-    fn found(&mut self, addr: SocketAddr, origin: Origin) {
-        if addr.ip().is_unspecified() || addr.port() == 0 {
+    /// Asks the connected peers that speak `dt_who` who of their peers
+    /// holds `piece`: how a daemon connected to a few dozen of a swarm of
+    /// hundreds finds a holder it is not connected to, without a DHT
+    /// lookup per file.
+    fn ask_who(&mut self, piece: PieceIndex, now: u64) {
+        let mut to: Vec<(PeerKey, u8)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.phase == Phase::Active)
+            .filter_map(|(&k, p)| p.who_id.map(|id| (k, id)))
+            .collect();
+        if to.is_empty() {
             return;
+        }
+        to.sort_unstable();
+        if let Some(j) = self.jobs.get_mut(&piece) {
+            j.asked_at = Some(now);
+        }
+        self.emit(Effect::AskWho { piece, to });
+    }
+
+    /// Two peers fetch `piece` from the mirror at once: the one with the
+    /// lower [`fetch_rank`] goes on, the other stops its run and takes the
+    /// piece from it as it arrives (when it relays). Both sides compute the
+    /// same answer, so exactly one stops.
+    fn settle_fetcher(&mut self, key: PeerKey, piece: PieceIndex) {
+        let Some(p) = self.peers.get(&key) else {
+            return;
+        };
+        if !p.relays(piece) {
+            return;
+        }
+        let Some(j) = self.jobs.get_mut(&piece) else {
+            return;
+        };
+        let (theirs, ours) = (
+            fetch_rank(&p.peer_id, j.tag),
+            fetch_rank(&self.cfg.peer_id, j.tag),
+        );
+        if !j.wip_sent || j.yielded || ours < theirs {
+            return;
+        }
+        if let MirrorState::Running { .. } = j.mirror {
+            tracing::info!(
+                piece,
+                "a peer fetches it from the mirror too and goes on: we take it from that peer"
+            );
+            j.yielded = true;
+            j.wip_sent = false;
+            self.out.push(Effect::StopMirror { piece });
+            self.send_wip(vec![], vec![piece]);
+        }
+    }
+
+    /// An address to dial; true when it is being dialled now.
+    fn found(&mut self, addr: SocketAddr, origin: Origin) -> bool {
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return false;
         }
         if self.known.len() < KNOWN_MAX {
             self.known.entry(addr).or_insert(origin);
         }
+        *self.found_by.entry(origin).or_insert(0) += 1;
         let me = self.cfg.peer_addr;
         if addr == me
             || (addr.port() == me.port() && me.ip().is_unspecified() && addr.ip().is_loopback())
         {
-            return;
+            return false;
         }
         if self.connecting.contains_key(&addr) || self.peers.values().any(|p| p.listen == addr) {
-            return;
+            return false;
         }
-        if self.peers.len() + self.connecting.len() >= self.cfg.max_peers {
-            return;
+        if self.slots_used() >= self.cfg.max_peers && !(origin == Origin::Who && self.make_room()) {
+            return false;
         }
         self.connecting.insert(addr, Dial::Outgoing);
         self.emit(Effect::Dial { addr });
+        true
+    }
+
+    /// Closes the connection that does least for us to make room for a
+    /// holder of what apt waits for: one that serves nothing we want, is
+    /// not uploading from us, and has delivered nothing for longest. False
+    /// when every connection is busy.
+    fn make_room(&mut self) -> bool {
+        let wanted: Vec<PieceIndex> = self.picker.wanted().collect();
+        let idle = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.phase == Phase::Active && !p.unchoked && !p.interested)
+            .filter(|(_, p)| !wanted.iter().any(|&i| p.serves(i) || p.wip.contains(&i)))
+            .filter(|(&k, _)| self.picker.outstanding(Source::Peer(k)) == 0)
+            .min_by_key(|(&k, p)| (p.last_progress, k))
+            .map(|(&k, _)| k);
+        let Some(k) = idle else {
+            return false;
+        };
+        tracing::debug!(peer = ?k, "closing an idle peer for a holder of a wanted piece");
+        self.close(k);
+        true
+    }
+
+    /// Connections that count against `max_peers`: those up and not
+    /// closing, and those being set up.
+    fn slots_used(&self) -> usize {
+        let up = self
+            .peers
+            .values()
+            .filter(|p| p.phase == Phase::Active)
+            .count();
+        up + self.connecting.len()
     }
 
     fn up(&mut self, h: Hello, now: u64, env: &Env) {
@@ -1085,6 +1300,9 @@ impl Machine {
             wip: HashSet::new(),
             pex_id: h.pex_id,
             wip_id: h.wip_id,
+            who_id: h.who_id,
+            relay: h.relay,
+            origin: self.known.get(&listen).copied().filter(|_| h.outgoing),
         };
         self.emit(Effect::Attach { key, addr });
         // Pieces we got between the bitfield snapshot and now.
@@ -1139,7 +1357,7 @@ impl Machine {
         let Some(p) = self.peers.get_mut(&key) else {
             return;
         };
-        let want = self.picker.wanted().any(|i| p.has(i));
+        let want = self.picker.wanted().any(|i| p.serves(i));
         if want != p.we_interested {
             p.we_interested = want;
             let msg = if want {
@@ -1181,7 +1399,8 @@ impl Machine {
         let room = depth - inflight;
         let reqs = {
             let p = &*p;
-            self.picker.pick(Source::Peer(key), |i| p.has(i), room, now)
+            self.picker
+                .pick(Source::Peer(key), |i| p.serves(i), room, now)
         };
         if reqs.is_empty() {
             return;
@@ -1256,6 +1475,7 @@ impl Machine {
             }
         }
         if let Some(j) = self.jobs.get_mut(&piece) {
+            j.last_block_at = now;
             j.peer_rate.add(new, now);
             if let (Some(ip), true) = (ip, new > 0) {
                 j.contributors.insert(key, ip);
@@ -1279,7 +1499,7 @@ impl Machine {
         let mut usable: Vec<PeerKey> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.has(piece) && p.usable(now))
+            .filter(|(_, p)| p.serves(piece) && p.usable(now))
             .map(|(&k, _)| k)
             .collect();
         if !usable.is_empty() && job.mirror != MirrorState::Forced {
@@ -1299,13 +1519,20 @@ impl Machine {
             .filter(active)
             .any(|p| p.has(piece) && p.snub_until <= now);
         let wip = self.peers.values().any(|p| p.wip.contains(&piece));
+        let holders_due = job.holders_due.filter(|&t| t > now);
         let lookup_fresh = !env.discovery_on
             || self
                 .lookup_done_at
                 .is_some_and(|t| now.saturating_sub(t) < 60_000);
         let deadline = mirror_rules::mirror_start_at(&mirror_rules::Waiting {
             now,
-            wanted_at: job.wanted_at,
+            // A peer that fetches it and delivered lately is waited for
+            // from its last block on.
+            wanted_at: if wip {
+                job.wanted_at.max(job.last_block_at)
+            } else {
+                job.wanted_at
+            },
             jitter_at: job.jitter_at,
             peer_wait: self.cfg.peer_wait_ms,
             force: job.mirror == MirrorState::Forced,
@@ -1316,6 +1543,8 @@ impl Machine {
             connecting: !self.connecting.is_empty(),
             lookup_fresh,
             lookup_done_at: self.lookup_done_at,
+            holders_due,
+            asked_at: job.asked_at,
         });
         if now >= deadline.max(job.mirror_not_before) {
             self.start_mirror(piece, 0, now);
@@ -1395,6 +1624,13 @@ impl Machine {
         job.mirror = MirrorState::Idle;
         self.picker
             .range_stopped(Source::Mirror, piece, |s, e| received.has(s, e));
+        // We stopped it for a peer that fetches the piece too: not a
+        // failure of the mirror.
+        let res = if std::mem::take(&mut job.yielded) {
+            Ok(())
+        } else {
+            res
+        };
         match res {
             Ok(()) => self.drive(piece, now, env),
             Err(f) => {
@@ -1648,8 +1884,16 @@ impl Machine {
             .peers
             .iter()
             .filter(|(&k, p)| {
+                // A relay delivers at its mirror's pace, and holds a
+                // request until the mirror's bytes are in: it stalls only
+                // when that mirror does.
+                let limit = if p.relay && !p.wip.is_empty() {
+                    stall.max(RELAY_STALL_MS)
+                } else {
+                    stall
+                };
                 self.picker.outstanding(Source::Peer(k)) > 0
-                    && now.saturating_sub(p.last_progress) > stall
+                    && now.saturating_sub(p.last_progress) > limit
             })
             .map(|(&k, _)| k)
             .collect();
@@ -1678,6 +1922,15 @@ impl Machine {
                 continue;
             };
             let Some(since) = j.peers_since else { continue };
+            // A relay is as fast as its mirror: the tail from ours would
+            // only cost the mirror the same bytes twice.
+            if self
+                .peers
+                .values()
+                .any(|p| p.relays(piece) && !p.has(piece))
+            {
+                continue;
+            }
             if j.mirror != MirrorState::Idle
                 || j.state != JobState::Fetching
                 || now.saturating_sub(since) < 1000
@@ -1722,12 +1975,39 @@ impl Machine {
         // Look for more peers while we have few: every 5 s while apt waits
         // on a piece nobody connected holds, every minute otherwise.
         if env.discovery_ready {
-            let starving = self
+            // Starving: apt waits on a piece no connected peer serves or
+            // fetches. A lookup then, even with many peers (they may all
+            // lack it); else only while we have few peers.
+            let starving = self.jobs.keys().any(|&i| {
+                !self
+                    .peers
+                    .values()
+                    .any(|p| p.serves(i) || p.wip.contains(&i))
+            });
+            // Ask again who holds what still starves (peers come and go),
+            // a few pieces per round, each at most every 5 s.
+            let mut again: Vec<PieceIndex> = self
                 .jobs
-                .keys()
-                .any(|&i| !self.peers.values().any(|p| p.has(i)));
+                .iter()
+                .filter(|(_, j)| {
+                    j.state == JobState::Fetching
+                        && matches!(j.mirror, MirrorState::Idle)
+                        && j.asked_at.is_some_and(|t| now.saturating_sub(t) >= 5_000)
+                })
+                .map(|(&i, _)| i)
+                .filter(|&i| {
+                    !self
+                        .peers
+                        .values()
+                        .any(|p| p.serves(i) || p.wip.contains(&i))
+                })
+                .collect();
+            again.sort_unstable();
+            for i in again.into_iter().take(4) {
+                self.ask_who(i, now);
+            }
             let every = if starving { 5_000 } else { 60_000 };
-            if self.peers.len() < 4 && now.saturating_sub(self.last_lookup) >= every {
+            if (starving || self.peers.len() < 4) && now.saturating_sub(self.last_lookup) >= every {
                 self.last_lookup = now;
                 self.emit(Effect::Lookup);
             }
@@ -1889,8 +2169,9 @@ impl Machine {
             }
         }
         // Connections within the limit.
+        // (A peer closed to make room for a holder counts until its Down.)
         assert!(
-            self.peers.len() + self.connecting.len() <= self.cfg.max_peers,
+            self.slots_used() <= self.cfg.max_peers,
             "over the per-torrent connection limit"
         );
         // What we hold.

@@ -40,7 +40,9 @@ pub struct Waiting {
     /// Now, and when apt asked for the piece (ms).
     pub now: u64,
     pub wanted_at: u64,
-    /// `wanted_at` plus a random delay of up to 250 ms.
+    /// `wanted_at` plus a random delay of up to 250 ms. (When a peer
+    /// fetches it, `wanted_at` is the later of when apt asked and when
+    /// that peer last delivered a block of it.)
     pub jitter_at: u64,
     /// `--peer-wait` (ms).
     pub peer_wait: u64,
@@ -60,34 +62,55 @@ pub struct Waiting {
     pub lookup_fresh: bool,
     /// When the last lookup ended.
     pub lookup_done_at: Option<u64>,
+    /// Holders a peer named (`dt_who`) are being dialled: until then.
+    pub holders_due: Option<u64>,
+    /// When we asked the connected peers who holds it.
+    pub asked_at: Option<u64>,
 }
 
 /// Rule (a): when the mirror starts on a piece no usable peer serves.
 ///
 /// - after a failed hash: at once (the mirror tells the bad copy apart);
-/// - a peer has it but chokes us: `--peer-wait` after apt asked;
-/// - a peer is fetching it from the mirror: wait for it, about as long as
-///   the mirror would take us plus twice `--peer-wait`, so 8 daemons asking
-///   together fetch it once (at most 60 s);
+/// - a peer has it but chokes us, or a peer is fetching it from the
+///   mirror: wait for it, about as long as the mirror would take us plus
+///   twice `--peer-wait` (at most 60 s). In a fleet the holder's upload
+///   slots turn over within seconds, and every peer it served becomes a
+///   holder too, so waiting beats a second copy from the mirror;
+/// - holders a connected peer named (`dt_who`) are being dialled: until
+///   they are up (`--peer-wait` after their names came);
 /// - discovery found nobody at all: 200 ms after it ended (a peer our DHT
 ///   query reached may dial in);
-/// - no peer yet, discovery running: `--peer-wait` after apt asked;
+/// - no peer yet, discovery running, or peers lack it while more are
+///   being dialled (a fleet that starts together is still meeting):
+///   `--peer-wait` after apt asked;
 /// - peers connected, none has it: a random delay of up to 250 ms, so that
-///   daemons asking at the same moment do not all start at once; the first
-///   tells the others (`dt_wip`).
+///   daemons asking at the same moment do not all start at once (the first
+///   tells the others, `dt_wip`); when we asked them who holds it, that
+///   delay counts from a quarter of `--peer-wait` (at most 250 ms) after
+///   the question, for the answers.
 pub fn mirror_start_at(w: &Waiting) -> u64 {
     if w.force {
         w.now
-    } else if w.holders {
-        w.wanted_at + w.peer_wait
-    } else if w.fetching {
+    } else if w.holders || w.fetching {
         w.wanted_at + w.peer_wait * 2 + w.mirror_ms.min(60_000)
+    } else if let Some(t) = w.holders_due {
+        t
     } else if w.no_peers && !w.connecting && w.lookup_fresh {
         w.lookup_done_at.map_or(w.now, |t| t + 200.min(w.peer_wait))
     } else if w.no_peers {
         w.wanted_at + w.peer_wait
+    } else if w.connecting {
+        // A peer being dialled may hold it or fetch it: a fleet that
+        // starts together is still meeting.
+        w.jitter_at.max(w.wanted_at + w.peer_wait)
     } else {
-        w.jitter_at
+        // The answers' time comes before the jitter, so that daemons that
+        // asked at the same moment still start apart.
+        let jitter = w.jitter_at.saturating_sub(w.wanted_at);
+        let answers = w
+            .asked_at
+            .map_or(0, |t| t + (w.peer_wait / 4).min(250) + jitter);
+        w.jitter_at.max(answers)
     }
 }
 
@@ -124,7 +147,41 @@ mod tests {
                     fetching: true,
                     ..base
                 },
-                10_900,
+                9_900 + 2000 + 5000,
+            ),
+            (
+                "a holder chokes us, a mirror too slow to wait for",
+                Waiting {
+                    holders: true,
+                    mirror_ms: 10_000_000,
+                    ..base
+                },
+                9_900 + 2000 + 60_000,
+            ),
+            (
+                "holders named by a peer are being dialled",
+                Waiting {
+                    holders_due: Some(10_400),
+                    asked_at: Some(9_900),
+                    ..base
+                },
+                10_400,
+            ),
+            (
+                "peers asked who holds it: their answers, then the jitter",
+                Waiting {
+                    asked_at: Some(9_950),
+                    ..base
+                },
+                9_950 + 250 + 150,
+            ),
+            (
+                "peers asked long ago: the jitter decides",
+                Waiting {
+                    asked_at: Some(5_000),
+                    ..base
+                },
+                10_050,
             ),
             (
                 "a peer fetches it",
@@ -191,13 +248,13 @@ mod tests {
                 10_900,
             ),
             (
-                "peers lack it, more being dialled",
+                "peers lack it, more being dialled: --peer-wait",
                 Waiting {
                     connecting: true,
                     lookup_fresh: true,
                     ..base
                 },
-                10_050,
+                10_900,
             ),
             ("peers lack it", base, 10_050),
         ];

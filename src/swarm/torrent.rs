@@ -115,6 +115,10 @@ pub struct TorrentStatus {
     pub peer_versions: BTreeMap<String, usize>,
     pub peers: Vec<PeerStatus>,
     pub discovered: BTreeMap<Origin, Vec<String>>,
+    /// Addresses found, by source; connected peers by where we learnt of
+    /// them (`incoming`: they dialled us).
+    pub found_by: BTreeMap<Origin, u64>,
+    pub connected_by: BTreeMap<String, usize>,
     pub pieces_held: u32,
     pub pieces_wanted: usize,
     pub bytes_from_peers: u64,
@@ -192,7 +196,18 @@ struct Link {
     wip: HashMap<u32, PieceIndex>,
     /// The index versions it is on (its `dt_idx`).
     versions: Vec<InfoHash>,
+    /// Where it listens (its address with the port of its extended
+    /// handshake; `None` for a peer that dialled us and gave no port):
+    /// what our `dt_who` answers name.
+    listen: Option<SocketAddr>,
+    /// It relays its `dt_wip` content.
+    relay: bool,
+    /// Its `dt_who` queries in the current second (more are dropped).
+    who_window: (Instant, u32),
 }
+
+/// `dt_who` queries answered per peer and second; more are dropped.
+const WHO_PER_SEC: u32 = 20;
 
 /// A wanted piece's assembly, mirror URL and mirror run (its number and
 /// the switch that stops it).
@@ -452,6 +467,9 @@ impl Task {
                     });
                 }));
                 let size = dl.size;
+                let mut tag = [0u8; 8];
+                tag.copy_from_slice(&dl.sha256[..8]);
+                let tag = u64::from_be_bytes(tag);
                 self.jobs.insert(
                     piece,
                     JobIo {
@@ -460,7 +478,7 @@ impl Task {
                         mirror: None,
                     },
                 );
-                self.feed(Input::Want { piece, size });
+                self.feed(Input::Want { piece, size, tag });
             }
             Ev::Incoming(stream, addr, hs) => {
                 self.pending_in = Some((stream, hs));
@@ -468,6 +486,7 @@ impl Task {
                 self.pending_in = None;
             }
             Ev::Found(addr, origin) => {
+                self.ctx.stats.found(origin);
                 self.feed(Input::Found { addr, origin });
                 self.snapshot();
             }
@@ -565,6 +584,8 @@ impl Task {
                     port: h.ext.p,
                     pex_id: h.ext.ext_id(wire::EXT_PEX),
                     wip_id: h.ext.ext_id(wire::EXT_WIP),
+                    who_id: h.ext.ext_id(wire::EXT_WHO),
+                    relay: h.ext.ext_id(wire::EXT_RELAY).is_some(),
                     sent,
                 };
                 tracing::info!(peer = %addr, client = %hello.client, "peer connected");
@@ -632,6 +653,7 @@ impl Task {
                 // One address at a time, so that one refused dial (no
                 // slot) is settled before the next is considered.
                 for addr in added.into_iter().take(wire::MAX_PEX) {
+                    self.ctx.stats.found(Origin::Pex);
                     self.feed(Input::Found {
                         addr,
                         origin: Origin::Pex,
@@ -639,6 +661,76 @@ impl Task {
                 }
             }
             E::Wip { key, wip } => self.on_wip(key, wip),
+            E::Who { key, who } => self.on_who(key, who),
+        }
+    }
+
+    /// A peer's `dt_who`: answer its query with the peers of ours that
+    /// hold (or relay) the content, or take its answer to ours.
+    fn on_who(&mut self, key: PeerKey, who: wire::Who) {
+        match who {
+            wire::Who::Query(shas) => {
+                let Some(l) = self.links.get_mut(&key) else {
+                    return;
+                };
+                let (start, n) = &mut l.who_window;
+                if start.elapsed() >= Duration::from_secs(1) {
+                    (*start, *n) = (Instant::now(), 0);
+                }
+                *n += 1;
+                if *n > WHO_PER_SEC {
+                    return;
+                }
+                let Some(ext) = self.m.who_id(key) else {
+                    return;
+                };
+                let cat = self.cat.read().unwrap_or_else(|e| e.into_inner());
+                let mut answers = Vec::new();
+                for sha in shas {
+                    let Some(id) = cat.id(&sha) else { continue };
+                    let mut peers: Vec<SocketAddr> = self
+                        .links
+                        .iter()
+                        .filter(|(&k, l)| {
+                            k != key
+                                && (l.theirs.contains_key(&id)
+                                    || (l.relay && l.wip.values().any(|&w| w == id)))
+                        })
+                        .filter_map(|(_, l)| l.listen)
+                        .collect();
+                    if peers.is_empty() {
+                        continue;
+                    }
+                    // Different askers get different holders first.
+                    fastrand::shuffle(&mut peers);
+                    peers.truncate(wire::MAX_WHO_PEERS);
+                    answers.push(wire::Who::Answer { sha256: sha, peers });
+                }
+                drop(cat);
+                if let Some(l) = self.links.get(&key) {
+                    for a in answers {
+                        let _ = l.tx.try_send(Out::Extended(ext, a.encode()));
+                    }
+                }
+                self.ctx.stats.who_answered();
+            }
+            wire::Who::Answer { sha256, peers } => {
+                let Some(piece) = self.cat_read().id(&sha256) else {
+                    return;
+                };
+                tracing::debug!(
+                    piece,
+                    holders = peers.len(),
+                    "a peer named holders (dt_who)"
+                );
+                for _ in &peers {
+                    self.ctx.stats.found(Origin::Who);
+                }
+                self.feed(Input::Holders {
+                    piece,
+                    addrs: peers,
+                });
+            }
         }
     }
 
@@ -703,6 +795,15 @@ impl Task {
                         pending: HashMap::new(),
                         wip: HashMap::new(),
                         versions: est.hello.ext.versions.clone(),
+                        listen: match (est.outgoing, est.hello.ext.p) {
+                            (_, Some(port)) if port != 0 => {
+                                Some(SocketAddr::new(est.addr.ip(), port))
+                            }
+                            (true, _) => Some(est.addr),
+                            _ => None,
+                        },
+                        relay: est.hello.ext.ext_id(wire::EXT_RELAY).is_some(),
+                        who_window: (Instant::now(), 0),
                     },
                 );
                 est.run(key, self.conns.clone());
@@ -757,6 +858,11 @@ impl Task {
                 return Some(Input::RetryReset { piece, suspect });
             }
             Effect::EndJob { piece, failure } => {
+                self.conns
+                    .relay
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&piece);
                 if let Some(j) = self.jobs.remove(&piece) {
                     if let Some((_, stop)) = j.mirror {
                         let _ = stop.send(true);
@@ -767,6 +873,7 @@ impl Task {
                 }
             }
             Effect::Lookup => {
+                self.ctx.stats.lookup();
                 if let Some(d) = self.ctx.discovery() {
                     d.lookup(self.info_hash);
                 }
@@ -792,6 +899,17 @@ impl Task {
             Effect::Forget => {
                 if let Some(d) = self.ctx.discovery() {
                     d.forget(self.info_hash);
+                }
+            }
+            Effect::AskWho { piece, to } => {
+                if let Some(sha) = self.sha(piece) {
+                    let q = wire::Who::Query(vec![sha]).encode();
+                    for (key, id) in to {
+                        if let Some(l) = self.links.get(&key) {
+                            let _ = l.tx.try_send(Out::Extended(id, q.clone()));
+                        }
+                    }
+                    self.ctx.stats.who_asked();
                 }
             }
             Effect::ScanHolding { gen } => {
@@ -978,8 +1096,16 @@ impl Task {
         let Some(link) = self.links.get(&key) else {
             return;
         };
-        // Our number -> the peer's, for content it announced.
-        let theirs = |piece: PieceIndex| -> Option<u32> { link.theirs.get(&piece).copied() };
+        // Our number -> the peer's, for content it announced (held, or
+        // relayed: its `dt_wip`).
+        let theirs = |piece: PieceIndex| -> Option<u32> {
+            link.theirs.get(&piece).copied().or_else(|| {
+                link.wip
+                    .iter()
+                    .find(|(_, &ours)| ours == piece)
+                    .map(|(&n, _)| n)
+            })
+        };
         let out = match msg {
             PeerMsg::Request { piece, blocks } => {
                 let (Some(j), Some(n)) = (self.jobs.get(&piece), theirs(piece)) else {
@@ -1051,11 +1177,23 @@ impl Task {
                 return;
             }
             PeerMsg::Wip { ext, add, done } => {
+                // What we fetch from the mirror may be relayed from now on.
+                {
+                    let mut relay = self.conns.relay.lock().unwrap_or_else(|e| e.into_inner());
+                    for i in &add {
+                        if let Some(j) = self.jobs.get(i) {
+                            relay.insert(*i, j.dl.clone());
+                        }
+                    }
+                    for i in &done {
+                        relay.remove(i);
+                    }
+                }
                 let add = add
                     .into_iter()
                     .filter_map(|i| self.sha(i).map(|sha| (i, sha)))
                     .collect();
-                Out::Extended(ext, wire::Wip { add, done }.encode())
+                Out::Wip(ext, wire::Wip { add, done })
             }
             PeerMsg::Choke => Out::Choke,
             PeerMsg::Unchoke => Out::Unchoke,
@@ -1156,6 +1294,8 @@ impl Task {
             peer_versions,
             peers,
             discovered: self.m.discovered(),
+            found_by: self.m.found_by(),
+            connected_by: self.m.connected_by(),
             pieces_held,
             pieces_wanted,
             ..TorrentStatus::default()

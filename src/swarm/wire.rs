@@ -42,6 +42,17 @@ pub const MAX_PEX: usize = 50;
 /// Extension name of the dt2 holdings message (`docs/torrent-format.md`
 /// §7): what a peer holds, by SHA-256, with its own number for each.
 pub const EXT_HOLD: &str = "dt_hold";
+/// Extension name of the "who holds this?" message (`docs/torrent-format.md`
+/// §7.6): a query for SHA-256s, answered with the addresses of the
+/// answerer's peers that hold (or relay) them.
+pub const EXT_WHO: &str = "dt_who";
+/// Extension name that says "I serve the content of my `dt_wip` as it
+/// arrives" (relay, §7.7). A capability only: no message is ever sent
+/// under it.
+pub const EXT_RELAY: &str = "dt_relay";
+/// Most SHA-256s per `dt_who` query, and most peers per answer.
+pub const MAX_WHO: usize = 16;
+pub const MAX_WHO_PEERS: usize = 32;
 /// The `"debtorrent"` value of our extended handshake: dt2, pieces named
 /// by content (`docs/torrent-format.md` §7).
 pub const DT_VERSION: i64 = 2;
@@ -786,6 +797,107 @@ impl Wip {
     }
 }
 
+/// A `dt_who` message: a query (`{"q": <32-byte SHA-256s>}`, at most
+/// [`MAX_WHO`]) or one answer per content that has holders (`{"h":
+/// <SHA-256>, "p": <compact IPv4 peers>, "p6": <compact IPv6 peers>}`, at
+/// most [`MAX_WHO_PEERS`] in all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Who {
+    Query(Vec<[u8; 32]>),
+    Answer {
+        sha256: [u8; 32],
+        peers: Vec<SocketAddr>,
+    },
+}
+
+impl Who {
+    /// Writes at most [`MAX_WHO`] hashes or [`MAX_WHO_PEERS`] peers (the
+    /// first ones).
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Who::Query(q) => {
+                let q: Vec<u8> = q.iter().take(MAX_WHO).flatten().copied().collect();
+                bencode(|w| {
+                    w.dict().bytes(b"q").bytes(&q).end();
+                })
+            }
+            Who::Answer { sha256, peers } => {
+                let (mut p4, mut p6) = (Vec::new(), Vec::new());
+                for a in peers.iter().take(MAX_WHO_PEERS) {
+                    compact_put(&mut p4, &mut p6, a);
+                }
+                bencode(|w| {
+                    w.dict()
+                        .bytes(b"h")
+                        .bytes(sha256)
+                        .bytes(b"p")
+                        .bytes(&p4)
+                        .bytes(b"p6")
+                        .bytes(&p6)
+                        .end();
+                })
+            }
+        }
+    }
+
+    /// Strict, as our own format: a query longer than [`MAX_WHO`], a hash
+    /// that is not 32 bytes or peers that are not whole entries are errors;
+    /// peers beyond [`MAX_WHO_PEERS`] are dropped; unknown keys ignored.
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let (mut q, mut h, mut peers) = (None, None, Vec::new());
+        walk_dict(b, |key, val| {
+            let name = match key {
+                b"q" => "q",
+                b"h" => "h",
+                b"p" => "p",
+                b"p6" => "p6",
+                _ => return Ok(()),
+            };
+            let Object::Bytes(v) = val else {
+                return Err(WireError::BadField {
+                    key: name,
+                    reason: "not a byte string",
+                });
+            };
+            match name {
+                "q" => {
+                    let c = v.chunks_exact(32);
+                    if !c.remainder().is_empty() || v.len() / 32 > MAX_WHO {
+                        return Err(WireError::BadField {
+                            key: "q",
+                            reason: "not at most 16 whole SHA-256s",
+                        });
+                    }
+                    q = Some(c.filter_map(|x| <[u8; 32]>::try_from(x).ok()).collect());
+                }
+                "h" => {
+                    h = Some(<[u8; 32]>::try_from(v).map_err(|_| WireError::BadField {
+                        key: "h",
+                        reason: "not a SHA-256",
+                    })?);
+                }
+                "p" => {
+                    let room = MAX_WHO_PEERS.saturating_sub(peers.len());
+                    compact_get::<6>("p", v, room, &mut peers)?;
+                }
+                _ => {
+                    let room = MAX_WHO_PEERS.saturating_sub(peers.len());
+                    compact_get::<18>("p6", v, room, &mut peers)?;
+                }
+            }
+            Ok(())
+        })?;
+        match (q, h) {
+            (Some(q), None) => Ok(Who::Query(q)),
+            (None, Some(sha256)) => Ok(Who::Answer { sha256, peers }),
+            _ => Err(WireError::BadField {
+                key: "q",
+                reason: "neither one query nor one answer",
+            }),
+        }
+    }
+}
+
 /// A `dt_hold` message (dt2): content the sender now holds, each with the
 /// sender's own number for it (what REQUESTs to the sender name), and the
 /// numbers it no longer holds. `{"a": <4-byte big-endian number + 32-byte
@@ -1462,6 +1574,68 @@ mod tests {
             Hold::decode(&over),
             Err(WireError::TooMany { key: "d", .. })
         ));
+    }
+
+    #[test]
+    fn who_golden_round_trip_and_limits() {
+        // Golden bytes: a query for one hash, an answer with one IPv4 and
+        // one IPv6 peer.
+        let q = Who::Query(vec![[0xab; 32]]);
+        let mut golden = b"d1:q32:".to_vec();
+        golden.extend_from_slice(&[0xab; 32]);
+        golden.push(b'e');
+        assert_eq!(q.encode(), golden);
+        assert_eq!(Who::decode(&golden), Ok(q));
+        let v4: SocketAddr = "10.1.2.3:6881".parse().expect("literal");
+        let v6: SocketAddr = "[::1]:7000".parse().expect("literal");
+        let a = Who::Answer {
+            sha256: [7; 32],
+            peers: vec![v4, v6],
+        };
+        let mut golden = b"d1:h32:".to_vec();
+        golden.extend_from_slice(&[7; 32]);
+        golden.extend_from_slice(b"1:p6:\x0a\x01\x02\x03\x1a\xe12:p618:");
+        golden.extend_from_slice(&[0; 15]);
+        golden.extend_from_slice(&[1, 0x1b, 0x58]);
+        golden.push(b'e');
+        assert_eq!(a.encode(), golden);
+        assert_eq!(Who::decode(&golden), Ok(a));
+        // At most MAX_WHO hashes are written; more are refused on reading.
+        let many = Who::Query(vec![[1; 32]; MAX_WHO + 5]);
+        assert_eq!(
+            Who::decode(&many.encode()),
+            Ok(Who::Query(vec![[1; 32]; MAX_WHO]))
+        );
+        let over = bencode(|w| {
+            w.dict().bytes(b"q").bytes(&[1; 32 * (MAX_WHO + 1)]).end();
+        });
+        assert!(Who::decode(&over).is_err());
+        // Peers beyond MAX_WHO_PEERS are dropped, not an error.
+        let crowd = Who::Answer {
+            sha256: [7; 32],
+            peers: (0..40u16)
+                .map(|i| SocketAddr::from(([10, 0, 0, 1], i)))
+                .collect(),
+        };
+        let wide = crowd.encode();
+        assert_eq!(
+            Who::decode(&wide).map(|w| match w {
+                Who::Answer { peers, .. } => peers.len(),
+                Who::Query(_) => 0,
+            }),
+            Ok(MAX_WHO_PEERS)
+        );
+        // Malformed: short hash, ragged peers, both or neither part.
+        let bad: &[&[u8]] = &[
+            b"d1:h3:abce",
+            b"d1:q33:123456789012345678901234567890123e",
+            b"de",
+            b"d1:p5:12345e",
+            b"d1:qi1ee",
+        ];
+        for c in bad {
+            assert!(Who::decode(c).is_err(), "{:?}", String::from_utf8_lossy(c));
+        }
     }
 
     #[test]

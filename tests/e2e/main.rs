@@ -8,6 +8,7 @@ mod support;
 mod baseline;
 mod dt2;
 mod faults;
+mod fleet;
 mod frontend;
 mod https;
 mod interop;

@@ -68,6 +68,8 @@ fn hello(n: u8, has: Option<&[u32]>) -> Input {
         port: Some(6881),
         pex_id: None,
         wip_id: None,
+        who_id: None,
+        relay: false,
         sent: bits(&[]),
     }))
 }
@@ -86,6 +88,7 @@ fn want_p() -> Input {
     Input::Want {
         piece: P,
         size: SIZE,
+        tag: 7,
     }
 }
 
@@ -402,13 +405,13 @@ fn rule_a_when_the_mirror_starts() {
             ],
         ),
         (
-            "a holder that chokes us: --peer-wait",
+            "a holder that chokes us: twice --peer-wait plus the mirror's time",
             no_discovery(),
             vec![(0, hello(2, None), vec![attach(1, 2)])],
             vec![
                 (0, want_p(), vec![send(1, PeerMsg::Interested)]),
-                (999, tick(&[(P, 0)]), vec![]),
-                (1000, tick(&[(P, 0)]), vec![start(1)]),
+                (2003, tick(&[(P, 0)]), vec![]),
+                (2004, tick(&[(P, 0)]), vec![start(1)]),
             ],
         ),
         (
@@ -460,7 +463,11 @@ fn rule_b_the_mirror_takes_the_tail_of_a_slow_piece() {
             (0, unchoked(1), vec![]),
             (
                 0,
-                Input::Want { piece: P, size },
+                Input::Want {
+                    piece: P,
+                    size,
+                    tag: 7,
+                },
                 vec![
                     send(1, PeerMsg::Interested),
                     req(1, P, &[(0, K), (K, K), (2 * K, K), (3 * K, K)]),
@@ -493,7 +500,15 @@ fn rule_b_the_mirror_takes_the_tail_of_a_slow_piece() {
             (0, unchoked(1), vec![]),
         ],
     );
-    let _ = m.handle(0, &env, Input::Want { piece: P, size });
+    let _ = m.handle(
+        0,
+        &env,
+        Input::Want {
+            piece: P,
+            size,
+            tag: 7,
+        },
+    );
     for b in 0..16u64 {
         let _ = m.handle(1000 + b * 6, &env, block(1, P, b * K, K));
         m.check_invariants();
@@ -552,10 +567,10 @@ fn a_mirror_failure() {
         vec![
             (0, hello(2, None), vec![attach(1, 2)]),
             (0, want_p(), vec![send(1, PeerMsg::Interested)]),
-            (1000, tick(&[(P, 0)]), vec![start(1)]),
-            (1100, failed(1, Failure::Timeout), vec![]),
-            (3099, tick(&[(P, 0)]), vec![]),
-            (3100, tick(&[(P, 0)]), vec![start(2)]),
+            (2006, tick(&[(P, 0)]), vec![start(1)]),
+            (2100, failed(1, Failure::Timeout), vec![]),
+            (4099, tick(&[(P, 0)]), vec![]),
+            (4100, tick(&[(P, 0)]), vec![start(2)]),
         ],
     );
 }
@@ -925,7 +940,11 @@ fn random_inputs_keep_the_invariants() {
             let input = match follow.pop() {
                 Some(i) => i,
                 None => match rng.u8(0..21) {
-                    0 => Input::Want { piece, size },
+                    0 => Input::Want {
+                        piece,
+                        size,
+                        tag: u64::from(piece),
+                    },
                     1 => hello(
                         rng.u8(2..14),
                         if rng.bool() { None } else { Some(&[1, 3, 5]) },
@@ -1271,7 +1290,15 @@ fn a_peer_that_announces_what_it_never_serves_is_dropped() {
         let mut violations = 0;
         let mut closed = false;
         for (i, piece) in [0u32, 1, 2].into_iter().enumerate() {
-            m.handle(now, &env, Input::Want { piece, size: SIZE });
+            m.handle(
+                now,
+                &env,
+                Input::Want {
+                    piece,
+                    size: SIZE,
+                    tag: u64::from(piece),
+                },
+            );
             if deliver_once && i == 1 {
                 m.handle(now + 10, &env, block(1, piece, 0, K));
             }
@@ -1442,4 +1469,258 @@ fn store_scans_latest_answer_wins() {
             }
         )]
     );
+}
+
+/// Peer `n` of this version: it speaks `dt_wip` and `dt_who` and relays.
+fn hello_dt(n: u8, peer_id: [u8; 20], has: Option<&[u32]>) -> Input {
+    Input::Up(Box::new(Hello {
+        addr: addr(n),
+        peer_id,
+        outgoing: true,
+        client: format!("peer {n}"),
+        bits: has.map(bits),
+        reqq: Some(250),
+        port: Some(6881),
+        pex_id: None,
+        wip_id: Some(2),
+        who_id: Some(4),
+        relay: true,
+        sent: bits(&[]),
+    }))
+}
+
+/// A peer that fetches `P` from the mirror and relays it is a source like
+/// a holder: we ask it for the blocks at once, and the mirror stays idle.
+#[test]
+fn a_relay_serves_the_piece_it_fetches() {
+    let mut m = Machine::new(cfg());
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
+            (
+                0,
+                Input::Wip {
+                    key: key(1),
+                    add: vec![P],
+                    done: vec![],
+                },
+                vec![],
+            ),
+            (0, unchoked(1), vec![]),
+            (
+                0,
+                want_p(),
+                vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+            ),
+            (1500, tick(&[(P, 0)]), vec![]),
+        ],
+    );
+    // An older peer that does not relay only makes us wait for it.
+    let mut m = Machine::new(cfg());
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello(2, Some(&[])), vec![attach(1, 2)]),
+            (
+                0,
+                Input::Wip {
+                    key: key(1),
+                    add: vec![P],
+                    done: vec![],
+                },
+                vec![],
+            ),
+            (0, unchoked(1), vec![]),
+            (0, want_p(), vec![]),
+        ],
+    );
+}
+
+/// Two daemons fetching the same piece from the mirror at once, each
+/// told of the other's `dt_wip`: exactly one stops (and takes the piece
+/// from the other), whatever the content; which one depends on the
+/// content, so one daemon does not fetch every file of a herd.
+#[test]
+fn two_fetchers_agree_on_one() {
+    let ids = [[b'a'; 20], [b'b'; 20]];
+    let mut stopped_by = [0u32; 2];
+    for tag in 0..64u64 {
+        let mut ms: Vec<Machine> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut c = cfg();
+                c.peer_id = *id;
+                c.peer_addr = addr(10 + i as u8);
+                Machine::new(c)
+            })
+            .collect();
+        let env = no_discovery();
+        let mut stops = Vec::new();
+        for (i, m) in ms.iter_mut().enumerate() {
+            let other = ids[1 - i];
+            let _ = m.handle(0, &env, hello_dt(20 + i as u8, other, Some(&[])));
+            let _ = m.handle(
+                0,
+                &env,
+                Input::Want {
+                    piece: P,
+                    size: SIZE,
+                    tag,
+                },
+            );
+            let fx = m.handle(600, &env, tick(&[(P, 0)]));
+            assert!(
+                fx.iter()
+                    .any(|e| matches!(e, Effect::StartMirror { piece: P, .. })),
+                "tag {tag}: both start alone: {fx:?}"
+            );
+            m.check_invariants();
+        }
+        for m in ms.iter_mut() {
+            let fx = m.handle(
+                601,
+                &env,
+                Input::Wip {
+                    key: key(1),
+                    add: vec![P],
+                    done: vec![],
+                },
+            );
+            m.check_invariants();
+            stops.push(fx.contains(&Effect::StopMirror { piece: P }));
+        }
+        assert_eq!(
+            stops.iter().filter(|&&s| s).count(),
+            1,
+            "tag {tag}: exactly one stops: {stops:?}"
+        );
+        let loser = stops.iter().position(|&s| s).unwrap_or(0);
+        stopped_by[loser] += 1;
+        // The loser's run ends; it is no failure, and the relay serves it.
+        let m = &mut ms[loser];
+        let _ = m.handle(602, &env, unchoked(1));
+        let fx = m.handle(
+            603,
+            &env,
+            Input::MirrorDone {
+                piece: P,
+                gen: 1,
+                res: Err(Failure::Local),
+                received: Received::default(),
+            },
+        );
+        m.check_invariants();
+        assert!(
+            fx.iter().any(|e| matches!(
+                e,
+                Effect::Send {
+                    msg: PeerMsg::Request { piece: P, .. },
+                    ..
+                }
+            )),
+            "tag {tag}: the loser asks the relay: {fx:?}"
+        );
+        assert!(!fx.iter().any(|e| matches!(e, Effect::EndJob { .. })));
+    }
+    assert!(
+        stopped_by[0] > 8 && stopped_by[1] > 8,
+        "both daemons yield for some content: {stopped_by:?}"
+    );
+}
+
+/// Nobody connected has `P`: we ask our peers who of theirs does
+/// (`dt_who`), dial the holders they name, and give those `--peer-wait`
+/// to come up before the mirror starts.
+#[test]
+fn who_holds_it_finds_a_holder_we_are_not_connected_to() {
+    let mut m = Machine::new(cfg());
+    let env = no_discovery();
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
+            (
+                0,
+                want_p(),
+                vec![Effect::AskWho {
+                    piece: P,
+                    to: vec![(key(1), 4)],
+                }],
+            ),
+            (
+                40,
+                Input::Holders {
+                    piece: P,
+                    addrs: vec![addr(9)],
+                },
+                vec![Effect::Dial { addr: addr(9) }],
+            ),
+            (1039, tick(&[(P, 0)]), vec![]),
+            (
+                1040,
+                tick(&[(P, 0)]),
+                vec![
+                    start_p(1),
+                    send(
+                        1,
+                        PeerMsg::Wip {
+                            ext: 2,
+                            add: vec![P],
+                            done: vec![],
+                        },
+                    ),
+                ],
+            ),
+        ],
+    );
+    assert_eq!(m.found_by().get(&Origin::Who), Some(&1));
+}
+
+/// Every connection taken: a holder named by `dt_who` gets the slot of
+/// the connection that does least for us (the idle one that came first).
+#[test]
+fn who_makes_room_for_a_holder() {
+    let mut m = Machine::new(cfg());
+    let env = no_discovery();
+    let mut steps: Vec<Step> = (0..8u8)
+        .map(|i| {
+            (
+                0,
+                hello_dt(2 + i, [2 + i; 20], Some(&[])),
+                vec![attach(u32::from(i) + 1, 2 + i)],
+            )
+        })
+        .collect();
+    // Peer 1 gets a wanted piece's blocks only if it serves one: none do.
+    steps.push((
+        0,
+        want_p(),
+        vec![Effect::AskWho {
+            piece: P,
+            to: (1..=8).map(|k| (key(k), 4)).collect(),
+        }],
+    ));
+    steps.push((
+        40,
+        Input::Holders {
+            piece: P,
+            addrs: vec![addr(30)],
+        },
+        vec![send(1, PeerMsg::Close), Effect::Dial { addr: addr(30) }],
+    ));
+    run(&mut m, &env, steps);
+}
+
+fn start_p(gen: u32) -> Effect {
+    Effect::StartMirror {
+        piece: P,
+        gen,
+        from: 0,
+        to: SIZE,
+    }
 }
