@@ -1945,12 +1945,14 @@ impl Machine {
             if rest < 256 * 1024 {
                 continue;
             }
-            // The peers' rate on this piece since they started on it; the
-            // mirror must win clearly (by half) before it costs mirror bytes.
+            // The peers' rate on this piece since they started on it.
             let peer_rate = j.peer_rate.estimate(now);
             let m = env.mirror;
+            // The mirror must be four times faster: its tail costs mirror
+            // bytes, which in a fleet all share (and peers on a loaded
+            // machine look slow for a while).
             if let Some(front) =
-                mirror_rules::mirror_tail(rest, peer_rate, m.rate * 2 / 3, m.latency_ms)
+                mirror_rules::mirror_tail(rest, peer_rate, m.rate / 4, m.latency_ms)
             {
                 let at = ((prefix + front) / u64::from(BLOCK)) as usize;
                 let from = self.picker.tail_start(piece).unwrap_or(0).max(at);
@@ -2006,7 +2008,21 @@ impl Machine {
             for i in again.into_iter().take(4) {
                 self.ask_who(i, now);
             }
-            let every = if starving { 5_000 } else { 60_000 };
+            // Starving with nobody at all: a fleet that starts together
+            // is announcing right now, so look again within a second.
+            let waiting = self.jobs.iter().any(|(&i, j)| {
+                j.mirror == MirrorState::Idle
+                    && j.state == JobState::Fetching
+                    && !self
+                        .peers
+                        .values()
+                        .any(|p| p.serves(i) || p.wip.contains(&i))
+            });
+            let every = match (starving, waiting && self.peers.is_empty()) {
+                (true, true) => 1_000,
+                (true, false) => 5_000,
+                _ => 60_000,
+            };
             if (starving || self.peers.len() < 4) && now.saturating_sub(self.last_lookup) >= every {
                 self.last_lookup = now;
                 self.emit(Effect::Lookup);

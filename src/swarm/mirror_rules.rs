@@ -80,6 +80,10 @@ pub struct Waiting {
 ///   they are up (`--peer-wait` after their names came);
 /// - discovery found nobody at all: 200 ms after it ended (a peer our DHT
 ///   query reached may dial in);
+/// - in these last two cases, and when peers lack it, a large file waits
+///   at least a quarter of the mirror's time for it (at most twice
+///   `--peer-wait`) after apt asked: daemons that start together meet and
+///   fetch it once, and the wait costs at most a quarter of a transfer;
 /// - no peer yet, discovery running, or peers lack it while more are
 ///   being dialled (a fleet that starts together is still meeting):
 ///   `--peer-wait` after apt asked;
@@ -89,6 +93,11 @@ pub struct Waiting {
 ///   delay counts from a quarter of `--peer-wait` (at most 250 ms) after
 ///   the question, for the answers.
 pub fn mirror_start_at(w: &Waiting) -> u64 {
+    // A large file nobody offers yet: a fleet that starts together may not
+    // have met. Waiting a quarter of what the mirror would take (at most
+    // twice `--peer-wait`) lets the others connect and say `dt_wip`; a
+    // second copy from the mirror would cost all of it.
+    let meet = w.wanted_at + (w.mirror_ms / 4).min(w.peer_wait * 2);
     if w.force {
         w.now
     } else if w.holders || w.fetching {
@@ -96,7 +105,8 @@ pub fn mirror_start_at(w: &Waiting) -> u64 {
     } else if let Some(t) = w.holders_due {
         t
     } else if w.no_peers && !w.connecting && w.lookup_fresh {
-        w.lookup_done_at.map_or(w.now, |t| t + 200.min(w.peer_wait))
+        w.lookup_done_at
+            .map_or(w.now, |t| (t + 200.min(w.peer_wait)).max(meet))
     } else if w.no_peers {
         w.wanted_at + w.peer_wait
     } else if w.connecting {
@@ -110,7 +120,7 @@ pub fn mirror_start_at(w: &Waiting) -> u64 {
         let answers = w
             .asked_at
             .map_or(0, |t| t + (w.peer_wait / 4).min(250) + jitter);
-        w.jitter_at.max(answers)
+        w.jitter_at.max(answers).max(meet)
     }
 }
 
@@ -125,7 +135,7 @@ mod tests {
             wanted_at: 9_900,
             jitter_at: 10_050,
             peer_wait: 1000,
-            mirror_ms: 5000,
+            mirror_ms: 200,
             lookup_done_at: Some(9_950),
             ..Waiting::default()
         };
@@ -145,6 +155,7 @@ mod tests {
                 Waiting {
                     holders: true,
                     fetching: true,
+                    mirror_ms: 5000,
                     ..base
                 },
                 9_900 + 2000 + 5000,
@@ -187,6 +198,7 @@ mod tests {
                 "a peer fetches it",
                 Waiting {
                     fetching: true,
+                    mirror_ms: 5000,
                     ..base
                 },
                 9_900 + 2000 + 5000,
@@ -208,6 +220,24 @@ mod tests {
                     ..base
                 },
                 10_150,
+            ),
+            (
+                "nobody anywhere, a large file: a quarter of the mirror's time",
+                Waiting {
+                    no_peers: true,
+                    lookup_fresh: true,
+                    mirror_ms: 4000,
+                    ..base
+                },
+                9_900 + 1000,
+            ),
+            (
+                "peers lack a huge file: at most twice --peer-wait",
+                Waiting {
+                    mirror_ms: 60_000,
+                    ..base
+                },
+                9_900 + 2000,
             ),
             (
                 "nobody, no discovery at all",
