@@ -138,14 +138,23 @@ rep["mirror"] = {
 peers = mirror_b = 0
 peers_top = mirror_top = 0
 finals = 0
+wave_of = {}
+with open(f"{WORK}/plan/clients.tsv") as fh:
+    for ln in fh:
+        x = ln.split("\t")
+        wave_of[int(x[0])] = int(x[1])
+by_wave = defaultdict(lambda: [0, 0])  # wave -> [from peers, from mirror]
 for p in glob.glob(f"{WORK}/fleet/final/*.json"):
     s = load_json(p)
     if not s:
         continue
     finals += 1
+    k = int(os.path.basename(p).split(".")[0])
     for sw in s.get("swarms") or []:
         peers += sw.get("bytes_from_peers", 0)
         mirror_b += sw.get("bytes_from_mirror", 0)
+        by_wave[wave_of.get(k, 0)][0] += sw.get("bytes_from_peers", 0)
+        by_wave[wave_of.get(k, 0)][1] += sw.get("bytes_from_mirror", 0)
     peers_top += s.get("bytes_from_peers", 0)
     mirror_top += s.get("bytes_from_mirror", 0)
 rep["peers"] = {
@@ -262,6 +271,7 @@ for w in range(1, meta.get("waves", 0) + 1):
         mb = sum(s for t, s in fm["rows"] if lo <= t < hi)
     vers = sorted({r["version"] for r in (fr or br) if r["wave"] == w})
     waves.append({"wave": w, "clients": len([r for r in (fr or br) if r["wave"] == w]), "index": ",".join(vers),
+                  "daemons_from_mirror": by_wave[w][1], "daemons_from_peers": by_wave[w][0],
                   "fleet_p50": pct(fw, 50), "fleet_max": max(fw) if fw else None,
                   "baseline_p50": pct(bw, 50), "baseline_max": max(bw) if bw else None, "mirror_pool_bytes": mb})
 rep["waves"] = waves
@@ -314,10 +324,12 @@ for a, b, c in rows:
 if d["not_running_at_end"]:
     print(f"daemons not running at the end: {d['not_running_at_end']}")
 print()
-print("per wave: clients, index, apt download s p50/max fleet vs baseline, mirror package MB in the wave's window (fleet)")
+print("per wave: clients, index version, apt download s p50/max (fleet, baseline), package MB the wave's daemons took from")
+print("the mirror and from peers (their status.json), mirror package MB sent in the wave's time window (its log)")
 for w in waves:
     print(f"  wave {w['wave']}: {w['clients']:4d} clients  {w['index']:6s}  fleet {f(w['fleet_p50'])}/{f(w['fleet_max'])}"
-          f"  baseline {f(w['baseline_p50'])}/{f(w['baseline_max'])}  mirror {f((w['mirror_pool_bytes'] or 0) / MB, 0)} MB")
+          f"  baseline {f(w['baseline_p50'])}/{f(w['baseline_max'])}  daemons: mirror {w['daemons_from_mirror'] / MB:.0f} MB,"
+          f" peers {w['daemons_from_peers'] / MB:.0f} MB; window {f((w['mirror_pool_bytes'] or 0) / MB, 0)} MB")
 if again:
     print()
     print("files the mirror sent more than once (fleet): times = bytes sent / size")

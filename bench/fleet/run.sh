@@ -52,7 +52,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
-# shellcheck source=../lib/apt-root.sh
+# shellcheck source-path=SCRIPTDIR source=../lib/apt-root.sh
 . "$HERE/../lib/apt-root.sh"
 N=${N:-100}
 WAVES=${WAVES:-5}

@@ -7,7 +7,7 @@ Serves ROOT under /debian/ over HTTP/1.1 (keep-alive, GET/HEAD, one Range
 per request). Every response waits RTT_MS before its status line (one
 round trip per request) and every body byte goes through ONE token bucket
 of RATE bytes/s shared by all connections (the site's WAN link). Appends
-"epoch path body_bytes status" per request to LOG.
+"epoch path body_bytes status client_ip" per request to LOG.
 """
 import os
 import re
@@ -46,7 +46,7 @@ class H(BaseHTTPRequestHandler):
 
     def _log(self, sent, status):
         with _log_lock, open(LOG, "a") as f:
-            f.write(f"{time.time():.3f} {urllib.parse.unquote(self.path.split('?')[0])} {sent} {status}\n")
+            f.write(f"{time.time():.3f} {urllib.parse.unquote(self.path.split('?')[0])} {sent} {status} {self.client_address[0]}\n")
 
     def _err(self, code):
         self.send_response(code)
