@@ -33,6 +33,51 @@ pub struct Stats {
     persisted_to_apt: AtomicU64,
     persisted_from_mirror: AtomicU64,
     persisted_from_peers: AtomicU64,
+    /// Bytes sent to apt from the store (not persisted).
+    from_store: AtomicU64,
+    /// Samples of the byte counters, oldest first (the status page's chart).
+    history: std::sync::Mutex<History>,
+}
+
+/// How often [`Stats::sample`] is called, and how many samples are kept:
+/// one hour at 10 s.
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const SAMPLES_KEPT: usize = 360;
+
+#[derive(Default)]
+struct History {
+    samples: std::collections::VecDeque<Sample>,
+    /// The UTC day (days since 1970) the `today` baseline belongs to, and
+    /// the counters at its start (or at the daemon's start, if later).
+    day: u64,
+    day_start: Sample,
+}
+
+/// The byte counters at one moment (cumulative since the daemon started,
+/// or persisted totals for peers and the mirror).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    /// Unix time, seconds.
+    pub t: u64,
+    pub peers: u64,
+    pub mirror: u64,
+    pub store: u64,
+}
+
+/// Bytes since the start of the UTC day (or of the daemon, if later).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Today {
+    /// Unix time the counting started.
+    pub since: u64,
+    pub bytes_from_peers: u64,
+    pub bytes_from_mirror: u64,
+    pub bytes_from_store: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Stats {
@@ -61,6 +106,8 @@ impl Stats {
             persisted_to_apt: AtomicU64::new(0),
             persisted_from_mirror: AtomicU64::new(0),
             persisted_from_peers: AtomicU64::new(0),
+            from_store: AtomicU64::new(0),
+            history: std::sync::Mutex::new(History::default()),
         };
         s.from_peers.inc_by(get("bytes_from_peers"));
         s.persisted_from_peers
@@ -177,6 +224,76 @@ impl Stats {
     /// A request head missed its deadline.
     pub fn head_timeout(&self) {
         self.head_timeouts.inc();
+    }
+
+    /// Bytes sent to apt from the store.
+    pub fn store_bytes(&self, n: u64) {
+        self.from_store.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The byte counters now.
+    pub fn sample_now(&self) -> Sample {
+        Sample {
+            t: unix_now(),
+            peers: self.from_peers.get(),
+            mirror: self.from_mirror.get(),
+            store: self.from_store.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records a sample for the chart (every [`SAMPLE_EVERY`]) and moves
+    /// the `today` baseline at UTC midnight.
+    pub fn sample(&self) {
+        let s = self.sample_now();
+        let Ok(mut h) = self.history.lock() else {
+            return;
+        };
+        let day = s.t / 86_400;
+        if h.samples.is_empty() && h.day == 0 {
+            // The first sample: today counts from the daemon's start.
+            h.day = day;
+            h.day_start = s;
+        } else if day != h.day {
+            h.day = day;
+            h.day_start = h.samples.back().copied().unwrap_or(s);
+            h.day_start.t = day * 86_400;
+        }
+        h.samples.push_back(s);
+        while h.samples.len() > SAMPLES_KEPT {
+            h.samples.pop_front();
+        }
+    }
+
+    /// The samples kept, oldest first, and the current counters last.
+    pub fn history(&self) -> Vec<Sample> {
+        let mut v: Vec<Sample> = self
+            .history
+            .lock()
+            .map(|h| h.samples.iter().copied().collect())
+            .unwrap_or_default();
+        v.push(self.sample_now());
+        v
+    }
+
+    /// Bytes since the start of the UTC day (or of the daemon).
+    pub fn today(&self) -> Today {
+        let now = self.sample_now();
+        let start = self
+            .history
+            .lock()
+            .ok()
+            .filter(|h| h.day == now.t / 86_400)
+            .map(|h| h.day_start)
+            .unwrap_or(Sample {
+                t: now.t - now.t % 86_400,
+                ..now
+            });
+        Today {
+            since: start.t,
+            bytes_from_peers: now.peers.saturating_sub(start.peers),
+            bytes_from_mirror: now.mirror.saturating_sub(start.mirror),
+            bytes_from_store: now.store.saturating_sub(start.store),
+        }
     }
 
     /// A request from apt.
