@@ -37,13 +37,34 @@ pub(crate) fn init_logging(level: &str) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("invalid --log-level {level:?}"))?;
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // The journal stamps every line itself: a second timestamp is noise.
+    if stderr_is_journal() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
     Ok(())
+}
+
+/// Whether standard error is the journal's stream: systemd sets
+/// `JOURNAL_STREAM=DEV:INODE` for a service, and it holds only while
+/// stderr is still that stream (not redirected by a wrapper).
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }
 
 /// A progress bar over the bytes `import` hashes, on standard error when

@@ -390,3 +390,35 @@ pub struct Counters {
     pub apt_connections_refused: u64,
     pub request_head_timeouts: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `today` counts from the first sample (the daemon's start), not from
+    /// the persisted totals; the history ends with the counters now.
+    #[test]
+    fn today_and_history_start_at_the_first_sample() {
+        let s = Stats::new(&[
+            ("bytes_from_peers".to_string(), 1000),
+            ("bytes_from_mirror".to_string(), 7),
+        ]);
+        s.sample();
+        s.peer_bytes(500);
+        s.mirror_bytes(20);
+        s.store_bytes(3);
+        let t = s.today();
+        assert_eq!(
+            (t.bytes_from_peers, t.bytes_from_mirror, t.bytes_from_store),
+            (500, 20, 3)
+        );
+        let h = s.history();
+        assert_eq!(h.len(), 2);
+        assert_eq!((h[0].peers, h[0].mirror, h[0].store), (1000, 7, 0));
+        assert_eq!((h[1].peers, h[1].mirror, h[1].store), (1500, 27, 3));
+        for _ in 0..SAMPLES_KEPT + 5 {
+            s.sample();
+        }
+        assert_eq!(s.history().len(), SAMPLES_KEPT + 1, "bounded");
+    }
+}

@@ -254,11 +254,14 @@ impl Pages {
     /// paint, then fetched every 2 s) with the inline script of
     /// `status.html`; no external assets.
     pub fn html(&self) -> String {
-        let json = serde_json::to_string(&self.status()).unwrap_or_else(|_| "null".into());
-        // Inside <script>, only `</` can end the element early.
-        let json = json.replace("</", "<\\/");
-        PAGE.replacen("/*STATUS_JSON*/null", &json, 1)
+        page(&serde_json::to_string(&self.status()).unwrap_or_else(|_| "null".into()))
     }
+}
+
+/// The page with `json` embedded for the first paint. Inside `<script>`
+/// only `</` can end the element early; `<\/` is the same JSON string.
+fn page(json: &str) -> String {
+    PAGE.replacen("/*STATUS_JSON*/null", &json.replace("</", "<\\/"), 1)
 }
 
 /// The status page: markup, style and script in one file, so it can be
@@ -423,4 +426,55 @@ pub fn summary(v: &serde_json::Value) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_share_cases() {
+        let today = |p, m| Today {
+            since: 0,
+            bytes_from_peers: p,
+            bytes_from_mirror: m,
+            bytes_from_store: 0,
+        };
+        // (peers, mirror, today peers, today mirror) -> (total share, today share)
+        for (p, m, tp, tm, share, tshare) in [
+            (0, 0, 0, 0, 0.0, 0.0),
+            (300, 100, 0, 0, 0.75, 0.0),
+            (0, 100, 0, 100, 0.0, 0.0),
+            (100, 0, 50, 0, 1.0, 1.0),
+            (u64::MAX / 2, u64::MAX / 2, 1, 3, 0.5, 0.25),
+        ] {
+            let s = Saved::new(p, m, &today(tp, tm));
+            assert_eq!(s.total_bytes, p);
+            assert!((s.total_share - share).abs() < 1e-9, "{p} {m}: {s:?}");
+            assert!((s.today_share - tshare).abs() < 1e-9, "{tp} {tm}: {s:?}");
+        }
+    }
+
+    /// A path apt asked for with `</script>` in it stays data.
+    #[test]
+    fn embedded_json_cannot_close_the_script() {
+        let json =
+            serde_json::json!({"transfers": [{"path": "/x/</script><script>alert(1)</script>"}]});
+        let html = page(&json.to_string());
+        let start = html.find("id=\"status-data\"").expect("data element");
+        let end = start + html[start..].find("</script>").expect("end of data");
+        let embedded = &html[html[start..]
+            .find('>')
+            .map(|i| start + i + 1)
+            .expect("open tag")..end];
+        let back: serde_json::Value = serde_json::from_str(embedded).expect("still JSON");
+        assert_eq!(back, json);
+        assert!(!html.contains("/*STATUS_JSON*/"));
+    }
+
+    #[test]
+    fn summary_of_an_empty_status_does_not_panic() {
+        let text = summary(&serde_json::json!({}));
+        assert!(text.contains("Peers saved the mirror  0 %"), "{text}");
+    }
 }
