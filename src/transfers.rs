@@ -111,6 +111,8 @@ impl Transfers {
 
     /// The transfers apt still waits on, oldest first.
     pub fn live(&self) -> Vec<TransferStatus> {
+        // The guard is gone at the end of this statement, before any of
+        // these `Arc`s can be the last one.
         let open: Vec<Arc<Transfer>> = self
             .open
             .lock()
@@ -121,9 +123,12 @@ impl Transfers {
         out.into_iter().map(|(_, s)| s).collect()
     }
 
-    fn close(&self, id: u64) {
+    /// Takes `t` (being dropped) and any other dead entry off the list.
+    /// Never upgrades under the lock: an upgraded `Arc` could turn out to
+    /// be the last one and run `Drop`, which takes this lock again.
+    fn close(&self, t: *const Transfer) {
         if let Ok(mut v) = self.open.lock() {
-            v.retain(|w| w.upgrade().is_some_and(|t| t.id != id));
+            v.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), t));
         }
     }
 }
@@ -257,7 +262,7 @@ impl crate::http1::Progress for Transfer {
 impl Drop for Transfer {
     fn drop(&mut self) {
         if let Some(list) = self.list.upgrade() {
-            list.close(self.id);
+            list.close(self);
         }
         let b = self.by_source();
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -278,5 +283,60 @@ impl Drop for Transfer {
             complete,
             "apt request"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::Progress;
+
+    /// A transfer is listed while a reference lives, says where its bytes
+    /// came from, counts the store's bytes into the stats, and leaves the
+    /// list when the last reference goes.
+    #[tokio::test]
+    async fn listed_while_alive_with_its_source() {
+        let stats = crate::stats::Stats::new(&[]);
+        let list = Transfers::new(stats.clone());
+        let a = list.open("/m/debian/pool/a.deb");
+        let b = list.open("/m/debian/dists/x/InRelease");
+        scope(a.clone(), async { note_store() }).await;
+        scope(b.clone(), async { note_mirror() }).await;
+        a.respond(200, Some(10));
+        a.sent(4);
+        a.sent(6);
+        a.finished(true);
+        b.sent(3);
+        let live = list.live();
+        assert_eq!(
+            live.iter()
+                .map(|t| (t.path.as_str(), t.source, t.sent))
+                .collect::<Vec<_>>(),
+            vec![
+                ("/m/debian/pool/a.deb", "store", 10),
+                ("/m/debian/dists/x/InRelease", "mirror", 3)
+            ]
+        );
+        assert_eq!(
+            a.by_source(),
+            BySource {
+                store: 10,
+                ..BySource::default()
+            }
+        );
+        assert_eq!(b.by_source().mirror, 3);
+        assert_eq!(stats.sample_now().store, 10, "store bytes counted");
+        drop(a);
+        assert_eq!(list.live().len(), 1);
+        drop(b);
+        assert!(list.live().is_empty());
+        assert!(list.open.lock().map(|v| v.is_empty()).unwrap_or(false));
+    }
+
+    /// Outside a request nothing is noted, and nothing panics.
+    #[test]
+    fn notes_outside_a_request_are_ignored() {
+        note_store();
+        note_mirror();
     }
 }
