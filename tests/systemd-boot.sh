@@ -113,7 +113,7 @@ nspawn_test() {
 
     # Install the package before the boot (no systemd running: the
     # maintainer scripts enable the unit, nothing starts yet).
-    if ! logged "$WORK/nspawn-dpkg.log" systemd-nspawn -q -D "$tree" --register=no --network-namespace-path="/run/netns/$ns" \
+    if ! logged "$WORK/nspawn-dpkg.log" systemd-nspawn -q -D "$tree" --register=no --keep-unit --network-namespace-path="/run/netns/$ns" \
         dpkg -i "/root/$(basename "$DEB")"; then
         bad "dpkg -i debtorrent in the tree"
         cleanup_nspawn
@@ -143,8 +143,13 @@ nspawn_test() {
         cleanup_nspawn
         return 1
     fi
-    local state
-    state=$(in_ct timeout 120 systemctl is-system-running --wait 2>/dev/null)
+    # PID 1 may not listen on its private socket yet: ask again until it answers.
+    local state=
+    for _ in $(seq 100); do
+        state=$(in_ct timeout 120 systemctl is-system-running --wait 2>/dev/null)
+        [ -n "$state" ] && break
+        sleep 0.3
+    done
     secs=$(($(date +%s) - t0))
     case $state in
         running | degraded) ok "systemd booted as PID 1 in the container ($state, $secs s)" ;;
