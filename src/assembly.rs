@@ -112,6 +112,14 @@ struct Asm {
     sent_any: bool,
 }
 
+/// What [`Download::sources`] reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sources {
+    pub received: u64,
+    pub from_peers: u64,
+    pub peers: usize,
+}
+
 /// One piece being fetched.
 pub struct Download {
     /// Archive-relative path (`pool/...`).
@@ -250,6 +258,23 @@ impl Download {
         }
         if let Ok(mut g) = self.on_verdict.lock() {
             *g = Some(f);
+        }
+    }
+
+    /// Where the bytes received so far came from (the status page's live
+    /// transfers, the request log line): bytes received, of those from
+    /// peers, and how many distinct peers wrote the blocks.
+    pub fn sources(&self) -> Sources {
+        let a = self.lock();
+        let received = a.received + a.got.iter().map(|(s, e)| e - s).sum::<u64>();
+        let mut peers: Vec<crate::types::PeerKey> =
+            a.block_src.iter().filter_map(|s| s.peer()).collect();
+        peers.sort_unstable_by_key(|k| k.get());
+        peers.dedup();
+        Sources {
+            received,
+            from_peers: a.peer_bytes,
+            peers: peers.len(),
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use crate::config::{self, Command, ImportArgs, SourcesArgs};
+use crate::config::{self, Command, ImportArgs, SourcesArgs, StatusArgs};
 use crate::registry::Registry;
 use crate::{apply, sources, store};
 
@@ -17,6 +17,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => crate::daemon::serve(*args),
         Command::Sources(args) => print_sources(&args),
         Command::Import(args) => import(&args),
+        Command::Status(args) => status(&args),
         Command::ConfigReference => {
             print!("{}", config::reference());
             Ok(())
@@ -36,13 +37,137 @@ pub(crate) fn init_logging(level: &str) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("invalid --log-level {level:?}"))?;
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // The journal stamps every line itself: a second timestamp is noise.
+    if stderr_is_journal() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
     Ok(())
+}
+
+/// Whether standard error is the journal's stream: systemd sets
+/// `JOURNAL_STREAM=DEV:INODE` for a service, and it holds only while
+/// stderr is still that stream (not redirected by a wrapper).
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+}
+
+/// A progress bar over the bytes `import` hashes, on standard error when
+/// that is a terminal and there is enough to hash to wait for (else a
+/// hidden bar: logs and pipes get only the final line).
+fn import_progress(files: &[PathBuf]) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let total: u64 = files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    if !std::io::stderr().is_terminal() || (files.len() < 20 && total < 64 << 20) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "hashing {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The packaged config file, where `status` looks for the daemon's address.
+const PACKAGED_CONFIG: &str = "/etc/debtorrent/debtorrent.toml";
+
+/// `debtorrent status`: the running daemon's `/status.json`, as a summary
+/// or as it is.
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let listen = match &args.listen {
+        Some(a) => a.clone(),
+        None => {
+            let path = args.config.clone().or_else(|| {
+                let p = PathBuf::from(PACKAGED_CONFIG);
+                p.exists().then_some(p)
+            });
+            match path {
+                Some(p) => listen_in_config(&p)?,
+                None => None,
+            }
+            .unwrap_or_else(|| "127.0.0.1:9988".to_string())
+        }
+    };
+    let url = format!("http://{}/status.json", connect_to(&listen)?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body = rt
+        .block_on(async {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()?;
+            client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        })
+        .with_context(|| {
+            format!(
+                "cannot read {url}: is the daemon running there? (--listen or --config says where)"
+            )
+        })?;
+    if args.json {
+        print!("{body}");
+        return Ok(());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))?;
+    print!("{}", crate::status::summary(&v));
+    Ok(())
+}
+
+/// `listen` from a daemon config file, if it sets one.
+fn listen_in_config(path: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))?;
+    Ok(table
+        .get("listen")
+        .and_then(|v| v.as_str())
+        .map(str::to_string))
+}
+
+/// Where to connect for a listen address: an unspecified address (the
+/// daemon listens on all of them) is reached on loopback.
+fn connect_to(listen: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let mut a: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("not an address: {listen:?} (expected IP:PORT)"))?;
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok(a)
 }
 
 fn print_sources(args: &SourcesArgs) -> anyhow::Result<()> {
@@ -150,12 +275,19 @@ fn import(args: &ImportArgs) -> anyhow::Result<()> {
         .filter(|p| p.extension().is_some_and(|e| e == "deb" || e == "udeb"))
         .collect();
     entries.sort();
+    let progress = import_progress(&entries);
     let (mut added, mut present, mut unknown, mut failed) = (0, 0, 0, 0);
     for path in entries {
-        let sha = match store::sha256_file(&path) {
+        if let Some(name) = path.file_name() {
+            progress.set_message(name.to_string_lossy().into_owned());
+        }
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let sha = store::sha256_file(&path);
+        progress.inc(size);
+        let sha = match sha {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("debtorrent: {}: {e}", path.display());
+                progress.suspend(|| eprintln!("debtorrent: {}: {e}", path.display()));
                 failed += 1;
                 continue;
             }
@@ -171,11 +303,12 @@ fn import(args: &ImportArgs) -> anyhow::Result<()> {
         match store.import_file(&path, rel, sha, *size) {
             Ok(()) => added += 1,
             Err(e) => {
-                eprintln!("debtorrent: {}: {e}", path.display());
+                progress.suspend(|| eprintln!("debtorrent: {}: {e}", path.display()));
                 failed += 1;
             }
         }
     }
+    progress.finish_and_clear();
     store.db().flush();
     println!("imported {added}, already stored {present}, not listed by any torrent {unknown}, failed {failed}");
     if failed > 0 {

@@ -34,6 +34,8 @@ pub enum Command {
     Sources(SourcesArgs),
     /// Add verified .deb files from a directory (e.g. /var/cache/apt/archives) to the store.
     Import(ImportArgs),
+    /// Show what the running daemon is doing: saved share, transfers, peers, discovery.
+    Status(StatusArgs),
     /// Print a config file listing every `serve` option with its default.
     ConfigReference,
     /// Write man pages (debtorrent.1 and one per subcommand) into a folder.
@@ -325,6 +327,22 @@ pub struct ImportArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub data: DataDir,
+}
+
+/// Options of `debtorrent status`.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The daemon's address (as `serve --listen`). Default: `listen` from
+    /// the config file, else 127.0.0.1:9988.
+    #[arg(long, value_name = "ADDR", env = "DEBTORRENT_LISTEN")]
+    pub listen: Option<String>,
+    /// The daemon's config file, read for its `listen` address. Default:
+    /// /etc/debtorrent/debtorrent.toml when it exists.
+    #[arg(long, value_name = "FILE", env = "DEBTORRENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the daemon's /status.json instead of the summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses `123`, `64K`, `512M`, `20G`, `1T` (powers of 1024).

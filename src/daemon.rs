@@ -75,6 +75,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let (loaded_tx, loaded_rx) = watch::channel(false);
+    let transfers = crate::transfers::Transfers::new(stats.clone());
     let service = Arc::new(service::Service {
         policy: url_policy(&args),
         store: store.clone(),
@@ -89,8 +90,10 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             cache_limit: args.cache_size,
             listen: format!("http://{addr}"),
             swarm: Some(swarm.clone()),
+            transfers: Some(transfers.clone()),
         },
         loaded: loaded_rx,
+        transfers,
     });
 
     let mut background = JoinSet::new();
@@ -113,6 +116,10 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         for n in 0u64.. {
             tick.tick().await;
             stats2.persist(store2.db());
+            if n % 2 == 0 {
+                // Every 10 s (stats::SAMPLE_EVERY): the status page's chart.
+                stats2.sample();
+            }
             if n % 6 == 5 {
                 store2.flush_touches();
             }

@@ -116,6 +116,8 @@ pub struct Response {
     pub body: Body,
     /// Close the connection after this response.
     pub close: bool,
+    /// Told the bytes written and the end (the request's live transfer).
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 impl Response {
@@ -128,6 +130,7 @@ impl Response {
             headers: vec![("content-type", "text/plain; charset=utf-8".into())],
             body: Body::Bytes(Bytes::from(m)),
             close: false,
+            progress: None,
         }
     }
 
@@ -138,10 +141,11 @@ impl Response {
             headers: vec![("content-type", content_type.to_string())],
             body: Body::Bytes(body.into()),
             close: false,
+            progress: None,
         }
     }
 
-    fn body_len(&self) -> Option<u64> {
+    pub(crate) fn body_len(&self) -> Option<u64> {
         match &self.body {
             Body::Empty => Some(0),
             Body::Bytes(b) => Some(b.len() as u64),
@@ -158,6 +162,15 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, req: Request) -> impl Future<Output = Response> + Send;
     /// Counts bytes of response bodies written to apt.
     fn sent(&self, bytes: u64);
+}
+
+/// Follows one response as it is written: the front end's live transfers
+/// and request log line (`transfers.rs`).
+pub trait Progress: Send + Sync {
+    /// `n` more bytes of the body were written.
+    fn sent(&self, n: u64);
+    /// The response ended: in full, or cut short.
+    fn finished(&self, complete: bool);
 }
 
 struct Queued {
@@ -478,6 +491,27 @@ async fn write_response<H: Handler>(
     close: bool,
     handler: &H,
 ) -> io::Result<()> {
+    let progress = resp.progress.clone();
+    let count = |n: u64| {
+        handler.sent(n);
+        if let Some(p) = &progress {
+            p.sent(n);
+        }
+    };
+    let res = write_body(wr, resp, head_only, close, &count).await;
+    if let Some(p) = &progress {
+        p.finished(res.is_ok());
+    }
+    res
+}
+
+async fn write_body(
+    wr: &mut OwnedWriteHalf,
+    resp: Response,
+    head_only: bool,
+    close: bool,
+    count: &(dyn Fn(u64) + Sync),
+) -> io::Result<()> {
     let len = resp.body_len();
     let mut h = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (k, v) in &resp.headers {
@@ -517,9 +551,9 @@ async fn write_response<H: Handler>(
         Body::Empty => {}
         Body::Bytes(b) => {
             timed(wr.write_all(&b)).await?;
-            handler.sent(b.len() as u64);
+            count(b.len() as u64);
         }
-        Body::File { file, offset, len } => send_file(wr, &file, offset, len, handler).await?,
+        Body::File { file, offset, len } => send_file(wr, &file, offset, len, count).await?,
         Body::FileRanges { file, mut rx, len } => {
             let mut sent = 0u64;
             while let Some(r) = rx.recv().await {
@@ -532,7 +566,7 @@ async fn write_response<H: Handler>(
                 if sent + (e - s) > len {
                     return Err(io::Error::other("body longer than announced"));
                 }
-                send_file(wr, &file, s, e - s, handler).await?;
+                send_file(wr, &file, s, e - s, count).await?;
                 sent += e - s;
             }
             if sent != len {
@@ -565,7 +599,7 @@ async fn write_response<H: Handler>(
                     timed(wr.write_all(&chunk)).await?;
                 }
                 sent += chunk.len() as u64;
-                handler.sent(chunk.len() as u64);
+                count(chunk.len() as u64);
             }
             match len {
                 Some(n) if sent != n => {
@@ -593,12 +627,12 @@ async fn timed<F: Future<Output = io::Result<()>>>(f: F) -> io::Result<()> {
 /// Sends `len` bytes of `file` from `offset` with sendfile(2): the bytes go
 /// from the page cache to the socket without a copy through user space,
 /// which is how nginx serves files and what the cached-file benchmark needs.
-async fn send_file<H: Handler>(
+async fn send_file(
     wr: &mut OwnedWriteHalf,
     file: &std::fs::File,
     mut offset: u64,
     len: u64,
-    handler: &H,
+    count: &(dyn Fn(u64) + Sync),
 ) -> io::Result<()> {
     let sock: &TcpStream = wr.as_ref();
     let end = offset + len;
@@ -628,7 +662,7 @@ async fn send_file<H: Handler>(
             }
             Ok(n) => {
                 offset += n as u64;
-                handler.sent(n as u64);
+                count(n as u64);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),

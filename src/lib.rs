@@ -20,7 +20,9 @@
 //! - `prune` (pure): what to delete when the store is over its size
 //! - `sources` (pure): apt sources rewritten to go through the daemon
 //! - `apply`: `sources --apply`: those rewrites written in place, with backups
-//! - `stats`: counters; `status`: the HTML/JSON status and Prometheus metrics
+//! - `stats`: counters and their recent history; `status`: the HTML/JSON
+//!   status and Prometheus metrics; `transfers`: apt requests in flight
+//!   and the log line each one writes
 //! - `swarm`: the daemon as a BitTorrent peer (wire codec, picker, choker
 //!   and the torrent state machine are pure; `torrent` and `conn` are the
 //!   tasks that perform their effects)
@@ -50,6 +52,7 @@ mod stats;
 mod status;
 mod store;
 mod swarm;
+mod transfers;
 pub mod types;
 mod url;
 

@@ -34,6 +34,7 @@ use crate::stats::Stats;
 use crate::status::Pages;
 use crate::store::{self, Store};
 use crate::swarm::Content;
+use crate::transfers::{self, Transfers};
 use crate::types::InfoHash;
 use crate::url::{self, Area, LocalPage, Policy, Target, UpstreamUrl};
 
@@ -55,6 +56,8 @@ pub struct Service {
     pub pages: Pages,
     /// Becomes true once the torrents of the previous run are loaded.
     pub loaded: watch::Receiver<bool>,
+    /// apt requests in flight (the status page, the request log line).
+    pub transfers: Arc<Transfers>,
 }
 
 impl Handler for Service {
@@ -100,21 +103,17 @@ impl Handler for Service {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 self.pages.metrics(),
             ),
-            Target::Upstream(u) => match u.split_archive() {
-                Some((_, rel, Area::Dists)) => {
-                    let rel = rel.to_string();
-                    self.serve_index(&req, &u, &rel).await
-                }
-                Some((_, rel, Area::Pool)) => {
-                    let rel = rel.to_string();
-                    self.serve_pool(&req, &u, &rel).await
-                }
-                None if looks_like_archive_file(&u.path) => self.pass_through(&req, &u).await,
-                None => Response::text(
-                    403,
-                    "not a Debian archive path (expected .../dists/... or .../pool/...)",
-                ),
-            },
+            Target::Upstream(u) => {
+                let t = self.transfers.open(&req.target);
+                let mut resp = transfers::scope(t.clone(), self.serve_upstream(&req, &u)).await;
+                let len = match &resp.body {
+                    Body::Empty => None,
+                    _ => resp.body_len(),
+                };
+                t.respond(resp.status, len);
+                resp.progress = Some(t);
+                resp
+            }
         }
     }
 
@@ -279,6 +278,7 @@ fn respond_with(
             headers,
             body: Body::Empty,
             close: false,
+            progress: None,
         };
     }
     headers.push(("content-type", ctype.into()));
@@ -300,6 +300,7 @@ fn respond_with(
                 headers,
                 body: Body::Empty,
                 close: false,
+                progress: None,
             };
         }
     };
@@ -313,6 +314,7 @@ fn respond_with(
         headers,
         body,
         close: false,
+        progress: None,
     }
 }
 
@@ -359,6 +361,7 @@ fn head_response(status: u16, headers: Vec<(&'static str, String)>, len: u64) ->
         headers,
         body: sized_empty(len),
         close: false,
+        progress: None,
     }
 }
 
@@ -374,6 +377,25 @@ fn failure_response(f: Failure) -> Response {
 }
 
 impl Service {
+    /// An apt request for a file of an archive.
+    async fn serve_upstream(&self, req: &Request, u: &UpstreamUrl) -> Response {
+        match u.split_archive() {
+            Some((_, rel, Area::Dists)) => {
+                let rel = rel.to_string();
+                self.serve_index(req, u, &rel).await
+            }
+            Some((_, rel, Area::Pool)) => {
+                let rel = rel.to_string();
+                self.serve_pool(req, u, &rel).await
+            }
+            None if looks_like_archive_file(&u.path) => self.pass_through(req, u).await,
+            None => Response::text(
+                403,
+                "not a Debian archive path (expected .../dists/... or .../pool/...)",
+            ),
+        }
+    }
+
     async fn wait_loaded(&self) {
         let mut rx = self.loaded.clone();
         let _ = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|l| *l)).await;
@@ -412,6 +434,7 @@ impl Service {
         };
         if let Some(meta) = meta {
             self.stats.store_hit();
+            transfers::note_store();
             self.store.touch(rel);
             let v = Validators {
                 mtime: meta.mtime,
@@ -429,6 +452,7 @@ impl Service {
             Err(Failure::Local) => return self.verified_pass_through(req, u, found).await,
             Err(f) => return failure_response(f),
         };
+        transfers::note_download(&dl);
         match dl.started().await {
             State::Failed(Failure::Local) => {
                 return self.verified_pass_through(req, u, found).await
@@ -465,6 +489,7 @@ impl Service {
             Ok(r) => r,
             Err(f) => return failure_response(f),
         };
+        transfers::note_mirror();
         let status = resp.status().as_u16();
         if status != 200 {
             return failure_response(Failure::Status(status));
@@ -533,6 +558,7 @@ impl Service {
                 len: Some(found.size),
             },
             close: false,
+            progress: None,
         }
     }
 
@@ -548,6 +574,7 @@ impl Service {
             Ok(r) => r,
             Err(f) => return failure_response(f),
         };
+        transfers::note_mirror();
         let status = resp.status().as_u16();
         use reqwest::header::{ACCEPT_RANGES, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED};
         let headers = copy_headers(
@@ -590,6 +617,7 @@ impl Service {
             headers,
             body: Body::Stream { rx, len },
             close: false,
+            progress: None,
         }
     }
 
@@ -613,6 +641,7 @@ impl Service {
                 return self.cached_index(req, &cache, failure_response(f));
             }
         };
+        transfers::note_mirror();
         let status = resp.status().as_u16();
         match status {
             200 => {}
@@ -670,6 +699,7 @@ impl Service {
             headers,
             body: Body::Stream { rx, len },
             close: false,
+            progress: None,
         }
     }
 
@@ -687,6 +717,7 @@ impl Service {
         self.wait_loaded().await;
         if self.store.get(&c.store_rel, &c.sha256).is_some() {
             self.stats.store_hit();
+            transfers::note_store();
         } else {
             if !self.store.can_store(c.size) {
                 return None;
@@ -704,6 +735,7 @@ impl Service {
                 Ok(d) => d,
                 Err(_) => return None,
             };
+            transfers::note_download(&dl);
             match dl.finished().await {
                 State::Done => {}
                 State::Failed(Failure::Status(s)) if (400..500).contains(&s) => {
@@ -736,6 +768,7 @@ impl Service {
         let Ok(md) = std::fs::metadata(cache) else {
             return fallback;
         };
+        transfers::note_store();
         let v = Validators {
             mtime: md.modified().map(unix).unwrap_or(0),
             etag: None,

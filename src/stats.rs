@@ -40,6 +40,51 @@ pub struct Stats {
     persisted_to_apt: AtomicU64,
     persisted_from_mirror: AtomicU64,
     persisted_from_peers: AtomicU64,
+    /// Bytes sent to apt from the store (not persisted).
+    from_store: AtomicU64,
+    /// Samples of the byte counters, oldest first (the status page's chart).
+    history: std::sync::Mutex<History>,
+}
+
+/// How often [`Stats::sample`] is called, and how many samples are kept:
+/// one hour at 10 s.
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const SAMPLES_KEPT: usize = 360;
+
+#[derive(Default)]
+struct History {
+    samples: std::collections::VecDeque<Sample>,
+    /// The UTC day (days since 1970) the `today` baseline belongs to, and
+    /// the counters at its start (or at the daemon's start, if later).
+    day: u64,
+    day_start: Sample,
+}
+
+/// The byte counters at one moment (cumulative since the daemon started,
+/// or persisted totals for peers and the mirror).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    /// Unix time, seconds.
+    pub t: u64,
+    pub peers: u64,
+    pub mirror: u64,
+    pub store: u64,
+}
+
+/// Bytes since the start of the UTC day (or of the daemon, if later).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Today {
+    /// Unix time the counting started.
+    pub since: u64,
+    pub bytes_from_peers: u64,
+    pub bytes_from_mirror: u64,
+    pub bytes_from_store: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Stats {
@@ -72,6 +117,8 @@ impl Stats {
             persisted_to_apt: AtomicU64::new(0),
             persisted_from_mirror: AtomicU64::new(0),
             persisted_from_peers: AtomicU64::new(0),
+            from_store: AtomicU64::new(0),
+            history: std::sync::Mutex::new(History::default()),
         };
         s.from_peers.inc_by(get("bytes_from_peers"));
         s.persisted_from_peers
@@ -231,6 +278,76 @@ impl Stats {
         }
     }
 
+    /// Bytes sent to apt from the store.
+    pub fn store_bytes(&self, n: u64) {
+        self.from_store.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The byte counters now.
+    pub fn sample_now(&self) -> Sample {
+        Sample {
+            t: unix_now(),
+            peers: self.from_peers.get(),
+            mirror: self.from_mirror.get(),
+            store: self.from_store.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records a sample for the chart (every [`SAMPLE_EVERY`]) and moves
+    /// the `today` baseline at UTC midnight.
+    pub fn sample(&self) {
+        let s = self.sample_now();
+        let Ok(mut h) = self.history.lock() else {
+            return;
+        };
+        let day = s.t / 86_400;
+        if h.samples.is_empty() && h.day == 0 {
+            // The first sample: today counts from the daemon's start.
+            h.day = day;
+            h.day_start = s;
+        } else if day != h.day {
+            h.day = day;
+            h.day_start = h.samples.back().copied().unwrap_or(s);
+            h.day_start.t = day * 86_400;
+        }
+        h.samples.push_back(s);
+        while h.samples.len() > SAMPLES_KEPT {
+            h.samples.pop_front();
+        }
+    }
+
+    /// The samples kept, oldest first, and the current counters last.
+    pub fn history(&self) -> Vec<Sample> {
+        let mut v: Vec<Sample> = self
+            .history
+            .lock()
+            .map(|h| h.samples.iter().copied().collect())
+            .unwrap_or_default();
+        v.push(self.sample_now());
+        v
+    }
+
+    /// Bytes since the start of the UTC day (or of the daemon).
+    pub fn today(&self) -> Today {
+        let now = self.sample_now();
+        let start = self
+            .history
+            .lock()
+            .ok()
+            .filter(|h| h.day == now.t / 86_400)
+            .map(|h| h.day_start)
+            .unwrap_or(Sample {
+                t: now.t - now.t % 86_400,
+                ..now
+            });
+        Today {
+            since: start.t,
+            bytes_from_peers: now.peers.saturating_sub(start.peers),
+            bytes_from_mirror: now.mirror.saturating_sub(start.mirror),
+            bytes_from_store: now.store.saturating_sub(start.store),
+        }
+    }
+
     /// A request from apt.
     pub fn request(&self) {
         self.requests.inc();
@@ -350,4 +467,36 @@ pub struct Counters {
     /// Peer addresses found, by where they came from (`dht`, `tracker`,
     /// `lsd`, `pex`, `who`).
     pub peers_found: std::collections::BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `today` counts from the first sample (the daemon's start), not from
+    /// the persisted totals; the history ends with the counters now.
+    #[test]
+    fn today_and_history_start_at_the_first_sample() {
+        let s = Stats::new(&[
+            ("bytes_from_peers".to_string(), 1000),
+            ("bytes_from_mirror".to_string(), 7),
+        ]);
+        s.sample();
+        s.peer_bytes(500);
+        s.mirror_bytes(20);
+        s.store_bytes(3);
+        let t = s.today();
+        assert_eq!(
+            (t.bytes_from_peers, t.bytes_from_mirror, t.bytes_from_store),
+            (500, 20, 3)
+        );
+        let h = s.history();
+        assert_eq!(h.len(), 2);
+        assert_eq!((h[0].peers, h[0].mirror, h[0].store), (1000, 7, 0));
+        assert_eq!((h[1].peers, h[1].mirror, h[1].store), (1500, 27, 3));
+        for _ in 0..SAMPLES_KEPT + 5 {
+            s.sample();
+        }
+        assert_eq!(s.history().len(), SAMPLES_KEPT + 1, "bounded");
+    }
 }

@@ -9,11 +9,14 @@
 #   - the system users (sysusers.d in the root) and the enabled units,
 #   - the conffiles: the installed daemon and tracker start with them,
 #     answer /status.json and /stats.json, and stop cleanly on SIGTERM,
+#   - the daemon's unit started by systemd as PID 1 in a booted bookworm
+#     container, apt through it, restart and stop (tests/systemd-boot.sh),
 #   - the installed binaries' --help/--version,
 #   - `debtorrent sources --apply`, and that removing the package reverts
 #     apt's sources byte for byte (and an upgrade does not); purge cleans up.
 #
-# Needs (apt): dpkg-dev debhelper lintian systemd python3, and Rust >= 1.85
+# Needs (apt): dpkg-dev debhelper lintian systemd python3 (and for the boot
+# test debootstrap systemd-container iproute2 gnupg apt-utils), and Rust >= 1.85
 # (cargo in PATH). Nothing from the network but crates.io, and only for
 # crates not yet in ~/.cargo.
 #
@@ -265,6 +268,10 @@ check "tracker runs with the packaged config, serves /stats.json, stops on SIGTE
     run_daemon debtorrent-tracker /stats.json 'peers' \
     "$R/usr/bin/debtorrent-tracker" --config "$tconf" --data-dir "$WORK/tdata" \
     --http-listen 127.0.0.1:0 --udp-listen 127.0.0.1:0
+
+# The units under a real systemd, PID 1 in a container (issue 15).
+# shellcheck source=tests/systemd-boot.sh
+source "$REPO/tests/systemd-boot.sh"
 
 echo "== apt sources: --apply, upgrade, remove, purge"
 check "debtorrent sources --apply --root" logged "$WORK/apply.log" \

@@ -571,6 +571,8 @@ pub struct PeerView {
     pub client: String,
     pub pieces: u32,
     pub rate_from: u64,
+    /// Bytes a second we upload to it (the last 10 s).
+    pub rate_to: u64,
     pub choked_us: bool,
     pub unchoked: bool,
     pub interested: bool,
@@ -686,6 +688,7 @@ impl Machine {
                     .as_ref()
                     .map_or(self.cfg.piece_count, |b| count_bits(b)),
                 rate_from: p.rate.per_sec(now),
+                rate_to: p.up_rate.per_sec(now),
                 choked_us: p.choked_us,
                 unchoked: p.unchoked,
                 interested: p.interested,

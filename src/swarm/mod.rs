@@ -39,8 +39,8 @@ use crate::stats::Stats;
 use crate::store::Store;
 use crate::types::{InfoHash, PieceIndex};
 pub use shared::{Ctx, SwarmConfig};
-pub use torrent::TorrentStatus;
 use torrent::{Ev, Handle};
+pub use torrent::{PeerStatus, TorrentStatus};
 
 /// The swarm as `/status.json` shows it.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -97,6 +97,8 @@ pub struct PeerStatus {
     pub bytes_from: u64,
     pub bytes_to: u64,
     pub rate_from: u64,
+    /// Bytes a second we upload to it.
+    pub rate_to: u64,
     pub choked_us: bool,
     pub unchoked: bool,
     pub interested: bool,
@@ -1264,6 +1266,7 @@ impl Task {
                     bytes_from: down,
                     bytes_to: up,
                     rate_from: p.rate_from,
+                    rate_to: p.rate_to,
                     choked_us: p.choked_us,
                     unchoked: p.unchoked,
                     interested: p.interested,

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod admin;
 mod baseline;
 mod dt2;
 mod faults;

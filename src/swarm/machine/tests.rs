@@ -1724,3 +1724,42 @@ fn start_p(gen: u32) -> Effect {
         to: SIZE,
     }
 }
+
+/// A relay holds our requests until its mirror's bytes are in: it is not
+/// taken for stalled after `--stall-timeout`, only after
+/// [`RELAY_STALL_MS`], when its mirror must be stuck.
+#[test]
+fn a_relay_stalls_only_after_its_longer_limit() {
+    let mut m = Machine::new(cfg());
+    let env = no_discovery();
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
+            (
+                0,
+                Input::Wip {
+                    key: key(1),
+                    add: vec![P],
+                    done: vec![],
+                },
+                vec![],
+            ),
+            (0, unchoked(1), vec![]),
+            (
+                0,
+                want_p(),
+                vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+            ),
+            // Far beyond --stall-timeout (2 s): still waiting on the relay.
+            (9_000, tick(&[(P, 0)]), vec![]),
+        ],
+    );
+    let fx = m.handle(RELAY_STALL_MS + 1, &env, tick(&[(P, 0)]));
+    m.check_invariants();
+    assert!(
+        fx.contains(&send(1, PeerMsg::CancelAll)),
+        "stalled after the relay limit: {fx:?}"
+    );
+}
