@@ -6,6 +6,7 @@
 mod support;
 
 mod baseline;
+mod dht_krpc;
 mod dt2;
 mod faults;
 mod frontend;
@@ -16,3 +17,4 @@ mod raw;
 mod restart;
 mod store;
 mod swarm;
+mod upnp;
