@@ -232,7 +232,8 @@ fn upnp_maps_the_peer_port_behind_nat_and_a_wan_peer_downloads_through_it() {
         logs,
     );
     let started = Instant::now();
-    let mut l = daemon(&lan, "l", L_FRONT, L_PEER, &[]);
+    // A 10 s lease: renewed every 5 s, so the test sees renewals.
+    let mut l = daemon(&lan, "l", L_FRONT, L_PEER, &["--upnp-lease", "10s"]);
     let _w = daemon(&wan, "w", W_FRONT, W_PEER, &["--peer-wait", "5s"]);
 
     // ---- L maps its port.
@@ -305,6 +306,20 @@ fn upnp_maps_the_peer_port_behind_nat_and_a_wan_peer_downloads_through_it() {
         "W did not take the package from L: {t:#}"
     );
     assert_eq!(t["bytes_from_mirror"].as_u64(), Some(0), "{t:#}");
+
+    // ---- Renewed while L runs (lease 10 s, renewal at 5 s).
+    wait_for(
+        "L renews its mapping",
+        Duration::from_secs(15),
+        || {
+            lan.status(L_FRONT)["swarm"]["discovery"]["upnp"]["renewals"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+        || format!("{:#}\n{}", lan.status(L_FRONT), logs()),
+    );
+    assert!(router_maps(&router, "16881"), "mapping lost after renewal");
 
     // ---- L stops: the mapping goes with it.
     assert!(
