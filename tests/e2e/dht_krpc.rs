@@ -54,6 +54,15 @@ fn echoes(reply: &[u8], tid: &[u8]) -> bool {
     reply.windows(want.len()).any(|w| w == want.as_slice())
 }
 
+/// The probe's own address: loopback of the node's family.
+fn local_for(to: SocketAddr) -> &'static str {
+    if to.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    }
+}
+
 /// Sends `packet` and waits up to 1 s for a reply.
 fn ask(sock: &UdpSocket, to: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
     sock.send_to(packet, to).expect("send");
@@ -71,7 +80,7 @@ fn ask(sock: &UdpSocket, to: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
 
 /// Per query and tid length: (query, length, answered with the same id).
 fn probe(to: SocketAddr) -> Vec<(&'static str, usize, bool)> {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let sock = UdpSocket::bind(local_for(to)).expect("bind");
     sock.set_read_timeout(Some(Duration::from_millis(1000)))
         .unwrap();
     let mut out = Vec::new();
@@ -88,7 +97,7 @@ fn probe(to: SocketAddr) -> Vec<(&'static str, usize, bool)> {
 /// Malformed packets: truncated, not bencode, a huge length prefix, a
 /// response with an unknown id, deep nesting, an empty datagram.
 fn garbage(to: SocketAddr) {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let sock = UdpSocket::bind(local_for(to)).expect("bind");
     let mut bad: Vec<Vec<u8>> = vec![
         Vec::new(),
         b"d1:ad2:id20:".to_vec(),
@@ -194,4 +203,27 @@ fn dht_private_node_survives_every_transaction_id_length() {
         d.status_json()["swarm"]["discovery"]["dht"]["implementation"],
         "mainline"
     );
+}
+
+/// IPv6 (BEP 32): the public-DHT node on `[::1]` answers too, and a daemon
+/// whose peer address is IPv6 keeps its DHT (mainline would turn it off).
+#[test]
+fn dht_public_node_answers_over_ipv6() {
+    let mut d = daemon("[::1]", "librqbit", "[::1]:9");
+    let to = d.peer_addr();
+    assert!(to.is_ipv6(), "{to}");
+    let st = d.status_json();
+    assert_eq!(
+        st["swarm"]["discovery"]["dht"]["implementation"], "librqbit-dht",
+        "{st:#}"
+    );
+    let rows = probe(to);
+    eprintln!("librqbit-dht node {to}: {}", table(&rows));
+    assert!(
+        rows.iter().all(|r| r.2),
+        "unanswered over IPv6: {}\n{}",
+        table(&rows),
+        d.log_text()
+    );
+    assert!(d.is_running());
 }
