@@ -184,9 +184,30 @@ pub struct ServeArgs {
     /// mode, which a private DHT needs.
     #[arg(long, value_name = "HOST:PORT[,...]", env = "DEBTORRENT_DHT_BOOTSTRAP")]
     pub dht_bootstrap: Option<String>,
+    /// Which crate runs the DHT node: `auto` is `librqbit` on the public
+    /// DHT (it answers libtorrent's 2-byte transaction ids and speaks
+    /// IPv6) and `mainline` for a private DHT (`--dht-bootstrap` given),
+    /// which it forms at any size (docs/swarm-design.md §2.5).
+    #[arg(
+        long,
+        value_name = "auto|mainline|librqbit",
+        env = "DEBTORRENT_DHT_IMPL",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub dht_impl: crate::discovery::DhtImpl,
     /// No DHT (peers then come from trackers, LAN discovery and PEX).
     #[arg(long, env = "DEBTORRENT_NO_DHT", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", value_name = "BOOL")]
     pub no_dht: bool,
+    /// No port mapping on the router (UPnP IGD). By default the peer port
+    /// (TCP and UDP) is mapped on a UPnP gateway when the peer address is
+    /// not loopback, renewed while the daemon runs and removed at shutdown.
+    #[arg(long, env = "DEBTORRENT_NO_UPNP", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", value_name = "BOOL")]
+    pub no_upnp: bool,
+    /// Lease asked for a UPnP port mapping; it is renewed at half (0: a
+    /// permanent mapping, still removed at shutdown).
+    #[arg(long, value_name = "DURATION", env = "DEBTORRENT_UPNP_LEASE", default_value = "30m", value_parser = parse_millis)]
+    pub upnp_lease: u64,
     /// No BEP 14 local service discovery (multicast on the LAN).
     #[arg(long, env = "DEBTORRENT_NO_LSD", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", value_name = "BOOL")]
     pub no_lsd: bool,

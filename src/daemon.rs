@@ -238,8 +238,15 @@ fn swarm_options(
             peer_addr: args.peer_addr,
             dht: !args.no_dht,
             dht_bootstrap: bootstrap,
+            dht_impl: args.dht_impl,
             dht_state: args.data.data_dir.join("dht-nodes"),
             lsd: !args.no_lsd,
+            upnp: (!args.no_upnp && discovery::upnp::default_on(args.peer_addr)).then(|| {
+                discovery::upnp::Config {
+                    peer_addr: args.peer_addr,
+                    lease: std::time::Duration::from_millis(args.upnp_lease),
+                }
+            }),
             trackers: args.tracker.clone(),
             peer_id: [0; 20],
         }),

@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 # - aria2, python3-libtorrent, opentracker, nginx-light, openssl: the
 #   tracker's and the swarm's interop peers, the HTTPS mirror;
 # - curl, iproute2, util-linux (nsenter): LSD in a network namespace;
+# - miniupnpd, nftables: the home router (UPnP port mapping, NAT) in
+#   network namespaces (tests/e2e/upnp.rs);
 # - chromium: the status page, rendered headless (tests/e2e/page.rs);
 # - debhelper, lintian, systemd: tests/package.sh;
 # - debootstrap, systemd-container: the units booted under systemd as
@@ -23,7 +25,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
     apt apt-utils gnupg dpkg-dev xz-utils bzip2 lz4 zstd gzip
     aria2 python3 python3-libtorrent opentracker nginx-light openssl ca-certificates
-    curl iproute2 util-linux
+    curl iproute2 util-linux miniupnpd nftables
     chromium fonts-dejavu-core
     debhelper lintian systemd debootstrap systemd-container
 )

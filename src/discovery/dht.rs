@@ -338,6 +338,9 @@ impl DhtNode {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .len(),
+            implementation: "mainline",
+            nodes_v6: 0,
+            listen: None,
         }
     }
 }
@@ -350,6 +353,14 @@ pub struct DhtStatus {
     pub bootstrapped: bool,
     /// Torrents we announce.
     pub announced: usize,
+    /// The crate that runs the node: `mainline` or `librqbit-dht` (empty
+    /// when the DHT is off).
+    pub implementation: &'static str,
+    /// Nodes in the IPv6 table (`librqbit-dht` only).
+    pub nodes_v6: usize,
+    /// The UDP address the node is bound to, when it differs from the peer
+    /// address (`librqbit-dht` binds `[::]` for `0.0.0.0`).
+    pub listen: Option<SocketAddr>,
 }
 
 /// Announces other nodes made to *this* node, by info hash.

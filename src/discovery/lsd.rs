@@ -11,7 +11,7 @@
 
 use crate::types::InfoHash;
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -192,6 +192,74 @@ impl Schedule {
     }
 }
 
+/// Whether a message from `ip` may name a peer. BEP 14 is for the local
+/// network: multicast with TTL 1 never crosses a router, so a message from
+/// a public address is forged or misrouted, and dialling it would let
+/// anyone who can reach port 6771 point us at any host. Accepted: private
+/// (RFC 1918), shared (RFC 6598, 100.64/10), link-local and loopback IPv4;
+/// unique-local (fc00::/7), link-local and loopback IPv6.
+pub fn is_local_source(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            a.is_private()
+                || a.is_link_local()
+                || a.is_loopback()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_local_source(IpAddr::V4(v4));
+            }
+            let s0 = a.segments()[0];
+            a.is_loopback() || (s0 & 0xffc0) == 0xfe80 || (s0 & 0xfe00) == 0xfc00
+        }
+    }
+}
+
+/// Messages read per second from one address; more are dropped unread.
+pub const IN_PER_SOURCE: u32 = 4;
+/// Messages read per second from all addresses together.
+pub const IN_TOTAL: u32 = 32;
+/// Addresses tracked per second (a flood from many addresses hits
+/// [`IN_TOTAL`] first; this bounds the map).
+const IN_SOURCES: usize = 256;
+
+/// The inbound rate limit: a flood of LSD messages costs a counter check
+/// each, and at most [`IN_TOTAL`] a second reach the parser and the swarm.
+/// Pure: time comes in as `now`.
+#[derive(Debug, Default)]
+pub struct InboundLimit {
+    window: Option<Instant>,
+    total: u32,
+    per_source: HashMap<IpAddr, u32>,
+    /// Messages dropped since start (for the log).
+    pub dropped: u64,
+}
+
+impl InboundLimit {
+    /// Whether a message from `ip` arriving at `now` is read.
+    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self
+            .window
+            .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.total = 0;
+            self.per_source.clear();
+        }
+        let full = self.per_source.len() >= IN_SOURCES && !self.per_source.contains_key(&ip);
+        let n = self.per_source.get(&ip).copied().unwrap_or(0);
+        if self.total >= IN_TOTAL || full || n >= IN_PER_SOURCE {
+            self.dropped += 1;
+            return false;
+        }
+        self.per_source.insert(ip, n + 1);
+        self.total += 1;
+        true
+    }
+}
+
 /// Commands from [`super::Discovery`] to the socket task.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Cmd {
@@ -282,6 +350,9 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; MAX_MSG + 1];
     let mut send_errors = 0u32;
+    let mut limit = InboundLimit::default();
+    let mut told_foreign = false;
+    let mut told_flood = false;
     loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
@@ -299,6 +370,20 @@ async fn run(
                         continue;
                     }
                 };
+                if !limit.allow(from.ip(), Instant::now()) {
+                    if !told_flood {
+                        tracing::info!(%from, "LSD: more messages than the rate limit; dropping the excess");
+                        told_flood = true;
+                    }
+                    continue;
+                }
+                if !is_local_source(from.ip()) {
+                    if !told_foreign {
+                        tracing::info!(%from, "LSD: ignoring messages from non-local addresses");
+                        told_foreign = true;
+                    }
+                    continue;
+                }
                 let s = match parse_search(&buf[..n]) {
                     Ok(s) => s,
                     Err(e) => { tracing::trace!(%from, error = %e, "LSD: ignored"); continue; }
@@ -374,6 +459,49 @@ mod tests {
 
     const A: InfoHash = InfoHash([0xab; 20]);
     const B: InfoHash = InfoHash([0x01; 20]);
+
+    #[test]
+    fn local_sources() {
+        let cases = [
+            ("10.1.2.3", true),
+            ("172.16.0.1", true),
+            ("172.32.0.1", false),
+            ("192.168.1.9", true),
+            ("100.64.0.1", true),
+            ("100.128.0.1", false),
+            ("169.254.3.4", true),
+            ("127.0.0.71", true),
+            ("8.8.8.8", false),
+            ("11.2.3.4", false),
+            ("fe80::1", true),
+            ("fd00::5", true),
+            ("::1", true),
+            ("2001:db8::1", false),
+            ("::ffff:192.168.1.2", true),
+            ("::ffff:1.2.3.4", false),
+        ];
+        for (ip, want) in cases {
+            assert_eq!(is_local_source(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
+
+    #[test]
+    fn inbound_limit() {
+        let t0 = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut l = InboundLimit::default();
+        let got: Vec<bool> = (0..6).map(|_| l.allow(a, t0)).collect();
+        assert_eq!(got, [true, true, true, true, false, false], "per source");
+        // A new second starts afresh.
+        assert!(l.allow(a, t0 + Duration::from_millis(1000)));
+        // Many sources: the total caps them.
+        let mut l = InboundLimit::default();
+        let allowed = (0..1000u32)
+            .filter(|i| l.allow(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), t0))
+            .count();
+        assert_eq!(allowed, IN_TOTAL as usize);
+        assert_eq!(l.dropped, 1000 - IN_TOTAL as u64);
+    }
 
     #[test]
     fn encode_golden() {

@@ -16,8 +16,11 @@
 
 pub mod dht;
 mod gate;
+pub mod igd;
 pub mod lsd;
+pub mod public_dht;
 pub mod tracker;
+pub mod upnp;
 
 use crate::types::InfoHash;
 use gate::{Gate, LookupGate};
@@ -81,10 +84,110 @@ pub struct Config {
     pub dht_bootstrap: Option<Vec<String>>,
     /// Where the routing table persists (DATA/dht-nodes).
     pub dht_state: std::path::PathBuf,
+    /// Which DHT crate runs the node.
+    pub dht_impl: DhtImpl,
     pub lsd: bool,
+    /// Map the peer port on a UPnP gateway (`None`: off).
+    pub upnp: Option<upnp::Config>,
     /// `http://…/announce` or `udp://host:port`.
     pub trackers: Vec<String>,
     pub peer_id: [u8; 20],
+}
+
+/// Which crate runs the DHT node (docs/swarm-design.md §2.5).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DhtImpl {
+    /// `librqbit` on the public DHT (no `--dht-bootstrap`), `mainline` for
+    /// a private one.
+    #[default]
+    Auto,
+    /// `mainline` 8: forms private DHTs of any size; answers only 4-byte
+    /// transaction ids; IPv4 only.
+    Mainline,
+    /// `librqbit-dht` 9: answers any transaction id, IPv4 and IPv6; needs
+    /// a network large enough that nodes near every info hash exist.
+    Librqbit,
+}
+
+impl DhtImpl {
+    /// The crate to run, given the bootstrap setting.
+    pub fn resolve(self, dht_bootstrap: &Option<Vec<String>>) -> DhtImpl {
+        match (self, dht_bootstrap) {
+            (DhtImpl::Auto, None) => DhtImpl::Librqbit,
+            (DhtImpl::Auto, Some(_)) => DhtImpl::Mainline,
+            (other, _) => other,
+        }
+    }
+}
+
+/// The DHT node, whichever crate runs it.
+#[derive(Clone)]
+enum DhtNode {
+    Mainline(Arc<dht::DhtNode>),
+    Public(Arc<public_dht::PublicDht>),
+}
+
+impl DhtNode {
+    async fn start(cfg: &Config, emit: &Emitter) -> anyhow::Result<Option<DhtNode>> {
+        if !cfg.dht {
+            return Ok(None);
+        }
+        Ok(match cfg.dht_impl.resolve(&cfg.dht_bootstrap) {
+            DhtImpl::Librqbit => Some(DhtNode::Public(
+                public_dht::PublicDht::start(cfg, emit.clone()).await?,
+            )),
+            _ => dht::DhtNode::start(cfg, emit.tx.clone())
+                .await?
+                .map(DhtNode::Mainline),
+        })
+    }
+    async fn maintain(self, seed: bool) {
+        match self {
+            DhtNode::Mainline(d) => d.maintain(seed).await,
+            DhtNode::Public(d) => d.maintain().await,
+        }
+    }
+    async fn announce_loop(self, ih: InfoHash) {
+        match self {
+            DhtNode::Mainline(d) => d.announce_loop(ih).await,
+            DhtNode::Public(d) => d.announce_loop(ih).await,
+        }
+    }
+    fn forget(&self, ih: &InfoHash) {
+        match self {
+            DhtNode::Mainline(d) => d.forget(ih),
+            DhtNode::Public(d) => d.forget(ih),
+        }
+    }
+    async fn lookup(&self, ih: InfoHash, emit: &Emitter) {
+        match self {
+            DhtNode::Mainline(d) => d.lookup(ih, emit).await,
+            DhtNode::Public(d) => d.lookup(ih).await,
+        }
+    }
+    async fn save(&self) {
+        match self {
+            DhtNode::Mainline(d) => d.save().await,
+            DhtNode::Public(d) => d.save().await,
+        }
+    }
+    fn status(&self) -> dht::DhtStatus {
+        match self {
+            DhtNode::Mainline(d) => d.status(),
+            DhtNode::Public(d) => d.status(),
+        }
+    }
 }
 
 /// Discovery in `/status.json`.
@@ -93,6 +196,8 @@ pub struct DiscoveryStatus {
     pub dht: dht::DhtStatus,
     pub trackers: Vec<tracker::TrackerStatus>,
     pub lsd: bool,
+    /// The port mapping behind NAT.
+    pub upnp: upnp::UpnpStatus,
 }
 
 /// Totals the tracker announce needs, per torrent.
@@ -149,9 +254,10 @@ struct Entry {
 struct Inner {
     emit: Emitter,
     rt: tokio::runtime::Handle,
-    dht: Option<Arc<dht::DhtNode>>,
+    dht: Option<DhtNode>,
     trackers: Arc<tracker::Trackers>,
     lsd: Option<mpsc::UnboundedSender<lsd::Cmd>>,
+    upnp: Option<upnp::PortMapper>,
     torrents: Mutex<HashMap<InfoHash, Entry>>,
     background: Mutex<Vec<JoinHandle<()>>>,
     shut: AtomicBool,
@@ -190,7 +296,7 @@ impl Discovery {
     pub async fn start(cfg: Config, events: mpsc::Sender<Event>) -> anyhow::Result<Discovery> {
         let emit = Emitter::new(events, cfg.peer_addr);
         let mut background = Vec::new();
-        let dht = dht::DhtNode::start(&cfg, emit.tx.clone()).await?;
+        let dht = DhtNode::start(&cfg, &emit).await?;
         if let Some(d) = &dht {
             let seed = cfg.dht_bootstrap.as_ref().is_some_and(|l| l.is_empty());
             background.push(tokio::spawn(
@@ -215,6 +321,10 @@ impl Discovery {
         let local_ip = Some(cfg.peer_addr.ip()).filter(|ip| !ip.is_unspecified());
         let trackers =
             tracker::Trackers::new(cfg.trackers, cfg.peer_id, cfg.peer_addr.port(), local_ip);
+        let upnp = cfg.upnp.map(|u| {
+            let t = trackers.clone();
+            upnp::PortMapper::start(u, Box::new(move |port| t.set_port(port)))
+        });
         Ok(Discovery {
             inner: Arc::new(Inner {
                 emit,
@@ -222,6 +332,7 @@ impl Discovery {
                 dht,
                 trackers,
                 lsd,
+                upnp,
                 torrents: Mutex::default(),
                 background: Mutex::new(background),
                 shut: AtomicBool::new(false),
@@ -327,6 +438,7 @@ impl Discovery {
             dht: i.dht.as_ref().map(|d| d.status()).unwrap_or_default(),
             trackers: i.trackers.status(),
             lsd: i.lsd.is_some(),
+            upnp: i.upnp.as_ref().map(|u| u.status()).unwrap_or_default(),
         }
     }
 
@@ -352,9 +464,16 @@ impl Discovery {
             }
         };
         let stopped = i.trackers.stopped(None, &i.emit);
-        if tokio::time::timeout(SHUTDOWN_BUDGET, async { tokio::join!(save, stopped) })
-            .await
-            .is_err()
+        let unmap = async {
+            if let Some(u) = &i.upnp {
+                u.shutdown().await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_BUDGET, async {
+            tokio::join!(save, stopped, unmap)
+        })
+        .await
+        .is_err()
         {
             tracing::warn!("discovery shutdown: time limit reached");
         }
@@ -417,7 +536,9 @@ mod tests {
             dht: bootstrap.is_some(),
             dht_bootstrap: bootstrap,
             dht_state: state.to_path_buf(),
+            dht_impl: DhtImpl::Auto,
             lsd: false,
+            upnp: None,
             trackers: Vec::new(),
             peer_id: [fastrand::u8(..); 20],
         }

@@ -48,7 +48,9 @@ pub(crate) struct Trackers {
     urls: Vec<String>,
     client: TrackerClient,
     peer_id: [u8; 20],
-    port: u16,
+    /// The port announced: the peer port, or the external port of a UPnP
+    /// mapping once one is made.
+    port: std::sync::atomic::AtomicU16,
     key: u32,
     totals: Mutex<HashMap<InfoHash, Totals>>,
     status: Vec<Mutex<UrlStatus>>,
@@ -72,11 +74,16 @@ impl Trackers {
                 local_ip,
             }),
             peer_id,
-            port,
+            port: std::sync::atomic::AtomicU16::new(port),
             key: fastrand::u32(..),
             totals: Mutex::default(),
             started: Mutex::default(),
         })
+    }
+
+    /// Announce `port` from now on (a UPnP mapping's external port).
+    pub(crate) fn set_port(&self, port: u16) {
+        self.port.store(port, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -112,7 +119,7 @@ impl Trackers {
         let params = AnnounceParams {
             info_hash: ih,
             peer_id: PeerId(self.peer_id),
-            port: self.port,
+            port: self.port.load(std::sync::atomic::Ordering::Relaxed),
             uploaded: t.uploaded,
             downloaded: t.downloaded,
             left: t.left,

@@ -47,6 +47,9 @@ pub const MAX_STALLS: u8 = 3;
 /// arrives) stalls after this long without a block, whatever
 /// `--stall-timeout` says.
 pub const RELAY_STALL_MS: u64 = 10_000;
+/// Below this many peers, a swarm that starves (apt waits on a file no
+/// connected peer serves) looks up more peers every 5 s.
+pub const STARVING_LOOKUP_PEERS: usize = 8;
 /// How often the choker runs without a reason to.
 pub const CHOKE_EVERY_MS: u64 = 10_000;
 /// Addresses remembered per torrent (for `/status.json`).
@@ -1981,8 +1984,8 @@ impl Machine {
         // on a piece nobody connected holds, every minute otherwise.
         if env.discovery_ready {
             // Starving: apt waits on a piece no connected peer serves or
-            // fetches. A lookup then, even with many peers (they may all
-            // lack it); else only while we have few peers.
+            // fetches. A lookup then while we have fewer than
+            // STARVING_LOOKUP_PEERS; else only while we have few peers.
             let starving = self.jobs.keys().any(|&i| {
                 !self
                     .peers
@@ -2026,7 +2029,12 @@ impl Machine {
                 (true, false) => 5_000,
                 _ => 60_000,
             };
-            if (starving || self.peers.len() < 4) && now.saturating_sub(self.last_lookup) >= every {
+            // With many peers a lookup adds little (they are asked who
+            // holds it, `dt_who`) and costs every node of the DHT.
+            let few = self.peers.len() < STARVING_LOOKUP_PEERS;
+            if (self.peers.len() < 4 || (starving && few))
+                && now.saturating_sub(self.last_lookup) >= every
+            {
                 self.last_lookup = now;
                 self.emit(Effect::Lookup);
             }

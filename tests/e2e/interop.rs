@@ -401,3 +401,166 @@ fn dht_interop_with_libtorrent_both_directions() {
         }
     }
 }
+
+impl Lt {
+    /// Starts one more libtorrent session on `ip` that bootstraps only from
+    /// `boot`; returns its number and address.
+    fn start_session(&mut self, ip: &str, boot: SocketAddr) -> (u8, SocketAddr) {
+        self.send(&format!("start {ip} {boot}"));
+        let v = self
+            .next_event(Duration::from_secs(20), |v| v["event"] == "started")
+            .unwrap_or_else(|| panic!("no new libtorrent session:\n{}", self.transcript()));
+        let n = v["session"].as_u64().unwrap_or(0) as u8;
+        let addr = v["addr"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad started event {v}"));
+        (n, addr)
+    }
+
+    /// Session `n`'s DHT routing table size.
+    fn nodes(&mut self, n: u8) -> u64 {
+        self.send(&format!("nodes {n}"));
+        self.next_event(Duration::from_secs(5), |v| {
+            v["event"] == "nodes" && v["session"] == n
+        })
+        .and_then(|v| v["nodes"].as_u64())
+        .unwrap_or(0)
+    }
+}
+
+/// docs/swarm-design.md §2.5: a libtorrent node that bootstraps *only* from
+/// a debtorrent node running the public-DHT crate (`librqbit-dht`) joins
+/// the DHT through it and finds libtorrent's announces (the I2 topology,
+/// which partitions with `mainline`); and the daemon finds that node's
+/// announce by DHT.
+///
+/// Topology: lt0 (.21) and lt1 (.22) bootstrap from lt0; daemon .25
+/// (`--dht-impl librqbit`) bootstraps from lt0; lt2 (.26) bootstraps from
+/// the daemon alone. Not asserted: libtorrent finding the daemon's own
+/// announce. librqbit-dht announces only to nodes whose id shares 16
+/// leading bits with the info hash (§2 R5), which a network of four nodes
+/// never has; the public DHT always has.
+#[test]
+fn dht_libtorrent_bootstraps_from_a_public_mode_daemon() {
+    require_libtorrent();
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let mut lt = Lt::start("127.0.0.21", "127.0.0.22");
+    let lt0 = lt.lt0;
+    // As on the public DHT, the router the daemon bootstraps from already
+    // knows nodes (librqbit-dht adds the nodes a router names, never the
+    // router itself, §2 R2).
+    let start = Instant::now();
+    while lt.nodes(0) == 0 {
+        assert!(
+            start.elapsed() < FIND_WITHIN,
+            "lt0 never learned lt1:\n{}",
+            lt.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let d = Daemon::start_peer(
+        "127.0.0.25",
+        &[mirror.port()],
+        Some(lt0),
+        &["--dht-impl", "librqbit"],
+    );
+    let dp = d.peer_addr();
+    // The daemon's table fills from lt0's answers (lt0 knows lt1).
+    let start = Instant::now();
+    let mut dht = Value::Null;
+    while start.elapsed() < FIND_WITHIN {
+        dht = d.status_json()["swarm"]["discovery"]["dht"].clone();
+        if dht["nodes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(dht["implementation"], "librqbit-dht", "{dht:#}");
+    assert!(
+        dht["nodes"].as_u64().unwrap_or(0) > 0,
+        "daemon .25 never got a DHT node from lt0: {dht:#}\n{}",
+        d.log_text()
+    );
+    eprintln!(
+        "daemon .25 ({dp}) DHT up after {:.1?}: {dht}",
+        start.elapsed()
+    );
+
+    let (n2, lt2) = lt.start_session("127.0.0.26", dp);
+    eprintln!("lt2 = session {n2} on {lt2}, bootstrapping from {dp} only");
+
+    // ---- libtorrent routes through us: lt0 announces a hash, lt2 finds it.
+    let ih: String = (0..40)
+        .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap_or('0'))
+        .collect();
+    lt.send(&format!("announce 0 {ih}"));
+    let (found, seen) = lt.lookup_until(n2, &ih, lt0, FIND_WITHIN);
+    let nodes = lt.nodes(n2);
+    let Some(took) = found else {
+        panic!(
+            "lt2, bootstrapped from daemon .25, did not find lt0's announce of {ih} within \
+             {FIND_WITHIN:?}; peers seen {seen:?}; lt2 table {nodes}\n.25 status {:#}\n{}",
+            d.status_json(),
+            d.log_text()
+        );
+    };
+    eprintln!("lt2 found lt0's announce through .25 in {took:.1?}; lt2 table {nodes} nodes");
+
+    // ---- We find libtorrent: lt2 announces the daemon's Packages hash,
+    // then apt asks the daemon for packages (each a lookup, §14).
+    let a = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
+    let out = a.update();
+    a.assert_update_verified(&out, "update via .25");
+    let registered = Instant::now();
+    let swarm = packages_torrent(&d)["swarm_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(swarm.len(), 40, "swarm_id {swarm:?}");
+    lt.send(&format!("announce {n2} {swarm}"));
+    let (found, seen) = lt.lookup_until(0, &swarm, lt2, FIND_WITHIN);
+    assert!(
+        found.is_some(),
+        "lt2's announce of {swarm} never reached lt0: {seen:?}"
+    );
+    if let Some(rest) =
+        (LOOKUP_EVERY + Duration::from_millis(500)).checked_sub(registered.elapsed())
+    {
+        std::thread::sleep(rest);
+    }
+    let trigger = Instant::now();
+    let mut found_at = None;
+    let mut last = Value::Null;
+    for pkg in ["tiny", "fill0", "fill1"] {
+        if found_at.is_some() || trigger.elapsed() >= FIND_WITHIN {
+            break;
+        }
+        let attempt = Instant::now();
+        let apt_out = std::thread::scope(|s| {
+            let apt = s.spawn(|| a.download_only(&[pkg]));
+            while attempt.elapsed() < Duration::from_secs(10) && trigger.elapsed() < FIND_WITHIN {
+                last = packages_torrent(&d);
+                if discovered_dht(&last).contains(&lt2.to_string()) {
+                    found_at = Some(trigger.elapsed());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            apt.join().expect("apt thread")
+        });
+        assert!(
+            apt_out.success(),
+            "apt via .25 ({pkg}):\n{}",
+            apt_out.combined()
+        );
+    }
+    let Some(took) = found_at else {
+        panic!(
+            "daemon .25 did not discover lt2 ({lt2}) by DHT within {FIND_WITHIN:?}: {last:#}\n{}",
+            d.log_text()
+        );
+    };
+    eprintln!("daemon .25 found lt2's announce by DHT {took:.1?} after apt asked");
+}

@@ -10,7 +10,11 @@ queries with libtorrent's 2-byte transaction ids). Loopback only: no LSD,
 UPnP, NAT-PMP, and the bootstrap list is set before the DHT starts, so the
 public routers are never tried.
 
-Commands, one per line on stdin (N is 0 or 1, IH 40 hex digits):
+Commands, one per line on stdin (N is a session number, IH 40 hex digits):
+  start IP BOOT   start one more session on IP that bootstraps only from
+                  BOOT (IP:PORT, e.g. a debtorrent node); it gets the next
+                  number (2, 3, ...) and is reported by a "started" event
+  nodes N         report session N's DHT routing table size ("nodes" event)
   lookup N IH     dht_get_peers on session N; replies come as "peers" events
   announce N IH   add the magnet torrent of IH on session N (it then
                   announces IH every dht_announce_interval seconds)
@@ -21,6 +25,8 @@ Events, one JSON object per line on stdout:
   {"event": "peers", "session": N, "info_hash": IH, "peers": ["IP:PORT", ...]}
   {"event": "incoming_announce", "session": N, "info_hash": IH, "from": "IP:PORT"}
   {"event": "added", "session": N, "info_hash": IH}
+  {"event": "started", "session": N, "addr": "IP:PORT"}
+  {"event": "nodes", "session": N, "nodes": K}
   {"event": "log", "session": N, "what": "..."}     (errors, peer events)
   {"event": "error", "what": "..."}                 (bad command)
 
@@ -135,10 +141,23 @@ def main():
                 if c is None or c == "quit":
                     return 0
                 parts = c.split()
+                if parts[:1] == ["start"] and len(parts) == 3:
+                    ip, boot = parts[1], parts[2]
+                    p = free_port(ip)
+                    ses = lt.session(settings(ip, p, boot))
+                    sessions.append(ses)
+                    emit(event="started", session=len(sessions) - 1,
+                         addr="%s:%d" % (ip, ses.listen_port()))
+                    continue
+                if parts[:1] == ["nodes"] and len(parts) == 2 and parts[1].isdigit() \
+                        and int(parts[1]) < len(sessions):
+                    n = int(parts[1])
+                    emit(event="nodes", session=n, nodes=sessions[n].status().dht_nodes)
+                    continue
                 try:
                     op, n, ih = parts[0], int(parts[1]), parts[2]
-                    if len(ih) != 40 or n not in (0, 1):
-                        raise ValueError("want: lookup|announce 0|1 <40 hex digits>")
+                    if len(ih) != 40 or not 0 <= n < len(sessions):
+                        raise ValueError("want: lookup|announce N <40 hex digits>")
                     h = lt.sha1_hash(bytes.fromhex(ih))
                     if op == "lookup":
                         sessions[n].dht_get_peers(h)

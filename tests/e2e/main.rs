@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 mod baseline;
+mod dht_krpc;
 mod dt2;
 mod faults;
 mod fleet;
@@ -18,3 +19,4 @@ mod raw;
 mod restart;
 mod store;
 mod swarm;
+mod upnp;

@@ -9,6 +9,7 @@
 pub mod apt;
 pub mod daemon;
 pub mod mirror;
+pub mod netns;
 pub mod repo;
 pub mod suites;
 
