@@ -9,135 +9,11 @@
 //! joins it with `nsenter`. Where namespaces cannot be created (no
 //! CAP_SYS_ADMIN), the test says so and returns.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::binary;
+use crate::support::netns::{self, wait_for, Netns};
 use crate::support::repo::repo;
-
-/// A process in the namespace, killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Netns {
-    holder: Proc,
-}
-
-impl Netns {
-    fn create() -> Option<Netns> {
-        let child = Command::new("unshare")
-            .args(["-n", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .ok()?;
-        let ns = Netns {
-            holder: Proc(child),
-        };
-        // Wait until the holder is in its own namespace.
-        let me = std::fs::read_link("/proc/self/ns/net").ok()?;
-        let start = Instant::now();
-        loop {
-            let theirs = std::fs::read_link(format!("/proc/{}/ns/net", ns.pid())).ok();
-            if theirs.as_ref().is_some_and(|t| *t != me) {
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(5) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for args in [
-            &["ip", "link", "set", "lo", "up"][..],
-            &["ip", "link", "set", "lo", "multicast", "on"],
-            &["ip", "route", "add", "239.0.0.0/8", "dev", "lo"],
-        ] {
-            let ok = ns.cmd(args).status().ok()?.success();
-            assert!(ok, "{args:?} in the namespace failed");
-        }
-        Some(ns)
-    }
-
-    fn pid(&self) -> u32 {
-        self.holder.0.id()
-    }
-
-    /// A command run inside the namespace.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.args(["-t", &self.pid().to_string(), "-n", "--"])
-            .args(args);
-        c
-    }
-
-    fn spawn(&self, args: &[&str], log: &std::path::Path) -> Proc {
-        let out = std::fs::File::create(log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        Proc(
-            self.cmd(args)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("spawn in the namespace"),
-        )
-    }
-
-    /// GET through curl in the namespace: (HTTP status, body).
-    fn get(&self, url: &str) -> (u16, Vec<u8>) {
-        let out = self
-            .cmd(&[
-                "curl",
-                "-s",
-                "-m",
-                "20",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                url,
-            ])
-            .output()
-            .expect("curl");
-        let mut body = out.stdout;
-        let cut = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
-        let code = std::str::from_utf8(&body[cut..])
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        body.truncate(cut);
-        (code, body)
-    }
-
-    fn status(&self, daemon: &str) -> serde_json::Value {
-        let (code, body) = self.get(&format!("http://{daemon}/status.json"));
-        assert_eq!(code, 200, "status of {daemon}");
-        serde_json::from_slice(&body).expect("status.json")
-    }
-}
-
-fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut cond: impl FnMut() -> bool,
-    context: impl Fn() -> String,
-) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < timeout,
-            "{what}: not within {timeout:?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
-}
 
 #[test]
 fn lsd_finds_a_peer_on_the_lan_without_dht_or_tracker() {
@@ -147,6 +23,9 @@ fn lsd_finds_a_peer_on_the_lan_without_dht_or_tracker() {
         );
         return;
     };
+    // Multicast on the namespace's loopback (BEP 14's group is 239.x).
+    ns.run(&["ip", "link", "set", "lo", "multicast", "on"]);
+    ns.run(&["ip", "route", "add", "239.0.0.0/8", "dev", "lo"]);
     let repo = repo();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mirror_port = "28080";
@@ -306,7 +185,6 @@ print("%.3f" % (time.time() - t))
 /// answering. A message from a local address (the control) is heard.
 #[test]
 fn lsd_flood_is_rate_limited_and_foreign_sources_are_ignored() {
-    use crate::support::netns;
     let Some(ns) = netns::Netns::create() else {
         eprintln!("lsd test: cannot create a network namespace here; not run");
         return;
