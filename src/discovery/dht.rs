@@ -43,7 +43,7 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(15 * 60);
 /// The routing table is saved this often.
 pub const SAVE_EVERY: Duration = Duration::from_secs(10 * 60);
 /// Most saved nodes read back at start.
-const MAX_SAVED: usize = 500;
+pub(crate) const MAX_SAVED: usize = 500;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The wait before retrying a failed announce (`failures` ≥ 1): every
@@ -77,8 +77,9 @@ pub(crate) struct DhtNode {
     watch: AnnounceWatch,
 }
 
-/// Read a saved routing table: one `ip:port` a line; bad lines skipped.
-pub fn load_nodes(path: &Path) -> Vec<SocketAddrV4> {
+/// Read a saved routing table: one `ip:port` a line (IPv4 for mainline,
+/// either family for the public DHT); bad lines skipped.
+pub fn load_nodes<A: std::str::FromStr>(path: &Path) -> Vec<A> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
@@ -86,6 +87,16 @@ pub fn load_nodes(path: &Path) -> Vec<SocketAddrV4> {
         .filter_map(|l| l.trim().parse().ok())
         .take(MAX_SAVED)
         .collect()
+}
+
+/// Writes a routing table (one address a line) atomically: to a temporary
+/// file, then renamed over `path`.
+pub(crate) async fn save_nodes(path: &Path, nodes: &[String]) -> std::io::Result<()> {
+    let mut text = nodes.join("\n");
+    text.push('\n');
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, text).await?;
+    tokio::fs::rename(&tmp, path).await
 }
 
 /// Resolve `host:port` names to IPv4 addresses, each within
@@ -229,14 +240,7 @@ impl DhtNode {
         if nodes.is_empty() {
             return;
         }
-        let mut text = nodes.join("\n");
-        text.push('\n');
-        let tmp = self.save_path.with_extension("tmp");
-        let r = async {
-            tokio::fs::write(&tmp, text).await?;
-            tokio::fs::rename(&tmp, &self.save_path).await
-        };
-        match r.await {
+        match save_nodes(&self.save_path, &nodes).await {
             Ok(()) => {
                 tracing::debug!(nodes = nodes.len(), path = %self.save_path.display(), "DHT table saved")
             }
@@ -610,10 +614,10 @@ mod tests {
     fn saved_table() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("dht-nodes");
-        assert!(load_nodes(&p).is_empty(), "missing file");
+        assert!(load_nodes::<SocketAddrV4>(&p).is_empty(), "missing file");
         std::fs::write(&p, "1.2.3.4:5\n garbage\n[::1]:6\n 5.6.7.8:9 \n\n").unwrap();
         assert_eq!(
-            load_nodes(&p),
+            load_nodes::<SocketAddrV4>(&p),
             vec![
                 "1.2.3.4:5".parse::<SocketAddrV4>().unwrap(),
                 "5.6.7.8:9".parse().unwrap()

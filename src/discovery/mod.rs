@@ -641,7 +641,7 @@ mod tests {
         n3.shutdown().await;
         assert!(t.elapsed() <= SHUTDOWN_BUDGET + Duration::from_millis(500));
         assert_eq!(
-            dht::load_nodes(&n3_state).len(),
+            dht::load_nodes::<std::net::SocketAddrV4>(&n3_state).len(),
             2,
             "node 3 saved nodes 1 and 2"
         );

@@ -20,7 +20,7 @@
 use crate::types::InfoHash;
 use std::collections::HashSet;
 use std::net::{Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,15 +29,15 @@ use librqbit_dht::{DhtConfig, Id20};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::dht::{announce_retry, DhtStatus, ANNOUNCE_EVERY, LOOKUP_TIMEOUT, SAVE_EVERY};
+use super::dht::{
+    announce_retry, load_nodes, save_nodes, DhtStatus, ANNOUNCE_EVERY, LOOKUP_TIMEOUT, MAX_SAVED,
+    SAVE_EVERY,
+};
 use super::{Config, Emitter, Origin};
 
 /// How long one announce (a `get_peers` walk that ends in `announce_peer`
 /// to the closest nodes) may run.
 const ANNOUNCE_WALK: Duration = Duration::from_secs(30);
-/// Most saved nodes read back at start.
-const MAX_SAVED: usize = 500;
-
 pub(crate) struct PublicDht {
     dht: librqbit_dht::Dht,
     port: u16,
@@ -51,17 +51,6 @@ impl Drop for PublicDht {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
-}
-
-/// Saved nodes (`ip:port` a line, IPv4 or IPv6); bad lines skipped.
-pub fn load_nodes(path: &Path) -> Vec<SocketAddr> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .take(MAX_SAVED)
-        .collect()
 }
 
 /// Where the node listens: the peer address, except that `0.0.0.0` becomes
@@ -88,7 +77,7 @@ impl PublicDht {
                 .collect(),
             Some(l) => l.clone(),
         };
-        for a in load_nodes(&cfg.dht_state) {
+        for a in load_nodes::<SocketAddr>(&cfg.dht_state) {
             let s = a.to_string();
             if !bootstrap.contains(&s) && a != cfg.peer_addr {
                 bootstrap.push(s);
@@ -166,14 +155,7 @@ impl PublicDht {
         if nodes.is_empty() {
             return;
         }
-        let mut text = nodes.join("\n");
-        text.push('\n');
-        let tmp = self.save_path.with_extension("tmp");
-        let r = async {
-            tokio::fs::write(&tmp, text).await?;
-            tokio::fs::rename(&tmp, &self.save_path).await
-        };
-        if let Err(e) = r.await {
+        if let Err(e) = save_nodes(&self.save_path, &nodes).await {
             tracing::warn!(error = %e, path = %self.save_path.display(), "cannot save the DHT table");
         }
     }
@@ -272,9 +254,9 @@ mod tests {
     fn saved_nodes_both_families() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("dht-nodes");
-        assert!(load_nodes(&p).is_empty(), "missing file");
+        assert!(load_nodes::<SocketAddr>(&p).is_empty(), "missing file");
         std::fs::write(&p, "1.2.3.4:5\n garbage\n[::1]:6\n\n").unwrap();
         let want: Vec<SocketAddr> = vec!["1.2.3.4:5".parse().unwrap(), "[::1]:6".parse().unwrap()];
-        assert_eq!(load_nodes(&p), want);
+        assert_eq!(load_nodes::<SocketAddr>(&p), want);
     }
 }

@@ -878,10 +878,11 @@ async fn writer(
     hold_id: u8,
 ) {
     let mut out = BytesMut::with_capacity(64 * 1024);
-    let mut uploads: VecDeque<BlockRef> = VecDeque::new();
+    // The peer's requests; a relayed one that waited for the mirror's
+    // bytes carries since when.
+    let mut uploads: VecDeque<(BlockRef, Option<Instant>)> = VecDeque::new();
     // Relayed requests waiting for the mirror's bytes, with when they came.
     let mut waiting: VecDeque<(BlockRef, Instant)> = VecDeque::new();
-    let mut relay_since: HashMap<(u32, u32), Instant> = HashMap::new();
     let mut file: Option<(u32, std::fs::File)> = None;
     let mut block = vec![0u8; BLOCK as usize];
     let mut last_write = Instant::now();
@@ -896,8 +897,7 @@ async fn writer(
                     wire::encode(&Msg::Reject(r), &mut out);
                 }
             } else {
-                uploads.push_front(r);
-                relay_since.insert((r.index, r.begin), since);
+                uploads.push_front((r, Some(since)));
             }
         }
         // Take every pending command without waiting.
@@ -917,8 +917,9 @@ async fn writer(
         // same content wait too, unread.
         let mut later: Option<(u32, u32)> = None;
         while served < 16 && out.len() < 256 * 1024 {
-            let Some(r) = uploads.pop_front() else { break };
-            let since = relay_since.remove(&(r.index, r.begin));
+            let Some((r, since)) = uploads.pop_front() else {
+                break;
+            };
             if shared.am_choking.load(Ordering::Relaxed) {
                 shared.queued.fetch_sub(1, Ordering::Relaxed);
                 continue;
@@ -962,9 +963,6 @@ async fn writer(
             shared.up.fetch_add(n as u64, Ordering::Relaxed);
             sh.uploaded.fetch_add(n as u64, Ordering::Relaxed);
             served += 1;
-        }
-        if uploads.is_empty() {
-            relay_since.clear();
         }
         if !out.is_empty() {
             if !write_within(&mut w, &out).await {
@@ -1022,7 +1020,7 @@ async fn write_within(w: &mut OwnedWriteHalf, out: &[u8]) -> bool {
 fn apply(
     m: Out,
     out: &mut BytesMut,
-    uploads: &mut VecDeque<BlockRef>,
+    uploads: &mut VecDeque<(BlockRef, Option<Instant>)>,
     shared: &PeerShared,
     fast: bool,
     hold_id: u8,
@@ -1060,7 +1058,7 @@ fn apply(
         Out::Choke => {
             shared.am_choking.store(true, Ordering::Relaxed);
             // BEP 3 drops the queue; BEP 6 peers are told, one by one.
-            for r in uploads.drain(..) {
+            for (r, _) in uploads.drain(..) {
                 shared.queued.fetch_sub(1, Ordering::Relaxed);
                 if fast {
                     wire::encode(&Msg::Reject(r), out);
@@ -1081,10 +1079,10 @@ fn apply(
             },
             out,
         ),
-        Out::Upload(r) => uploads.push_back(r),
+        Out::Upload(r) => uploads.push_back((r, None)),
         Out::CancelUpload(r) => {
             let before = uploads.len();
-            uploads.retain(|x| *x != r);
+            uploads.retain(|(x, _)| *x != r);
             let removed = before - uploads.len();
             shared.queued.fetch_sub(removed as u64, Ordering::Relaxed);
         }

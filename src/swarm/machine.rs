@@ -482,6 +482,8 @@ struct Peer {
     relay: bool,
     /// Where we learnt of it (`None`: it dialled us).
     origin: Option<Origin>,
+    /// Others can dial `listen`: we dialled it, or it gave its port.
+    dialable: bool,
 }
 
 impl Peer {
@@ -711,6 +713,21 @@ impl Machine {
             v.sort();
         }
         m
+    }
+
+    /// Where the connected peers other than `asker` that hold or relay
+    /// `piece` listen: the answer to a `dt_who` (in key order).
+    pub fn holders(&self, piece: PieceIndex, asker: PeerKey) -> Vec<SocketAddr> {
+        let mut v: Vec<(PeerKey, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter(|(&k, p)| {
+                k != asker && p.phase == Phase::Active && p.dialable && p.serves(piece)
+            })
+            .map(|(&k, p)| (k, p.listen))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, a)| a).collect()
     }
 
     /// A connected peer's id for `dt_who`.
@@ -1309,6 +1326,7 @@ impl Machine {
             who_id: h.who_id,
             relay: h.relay,
             origin: self.known.get(&listen).copied().filter(|_| h.outgoing),
+            dialable: h.outgoing || h.port.is_some_and(|p| p != 0),
         };
         self.emit(Effect::Attach { key, addr });
         // Pieces we got between the bitfield snapshot and now.

@@ -198,12 +198,6 @@ struct Link {
     wip: HashMap<u32, PieceIndex>,
     /// The index versions it is on (its `dt_idx`).
     versions: Vec<InfoHash>,
-    /// Where it listens (its address with the port of its extended
-    /// handshake; `None` for a peer that dialled us and gave no port):
-    /// what our `dt_who` answers name.
-    listen: Option<SocketAddr>,
-    /// It relays its `dt_wip` content.
-    relay: bool,
     /// Its `dt_who` queries in the current second (more are dropped).
     who_window: (Instant, u32),
 }
@@ -690,16 +684,7 @@ impl Task {
                 let mut answers = Vec::new();
                 for sha in shas {
                     let Some(id) = cat.id(&sha) else { continue };
-                    let mut peers: Vec<SocketAddr> = self
-                        .links
-                        .iter()
-                        .filter(|(&k, l)| {
-                            k != key
-                                && (l.theirs.contains_key(&id)
-                                    || (l.relay && l.wip.values().any(|&w| w == id)))
-                        })
-                        .filter_map(|(_, l)| l.listen)
-                        .collect();
+                    let mut peers = self.m.holders(id, key);
                     if peers.is_empty() {
                         continue;
                     }
@@ -797,14 +782,6 @@ impl Task {
                         pending: HashMap::new(),
                         wip: HashMap::new(),
                         versions: est.hello.ext.versions.clone(),
-                        listen: match (est.outgoing, est.hello.ext.p) {
-                            (_, Some(port)) if port != 0 => {
-                                Some(SocketAddr::new(est.addr.ip(), port))
-                            }
-                            (true, _) => Some(est.addr),
-                            _ => None,
-                        },
-                        relay: est.hello.ext.ext_id(wire::EXT_RELAY).is_some(),
                         who_window: (Instant::now(), 0),
                     },
                 );
@@ -860,11 +837,7 @@ impl Task {
                 return Some(Input::RetryReset { piece, suspect });
             }
             Effect::EndJob { piece, failure } => {
-                self.conns
-                    .relay
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&piece);
+                self.unrelay(piece);
                 if let Some(j) = self.jobs.remove(&piece) {
                     if let Some((_, stop)) = j.mirror {
                         let _ = stop.send(true);
@@ -1179,18 +1152,6 @@ impl Task {
                 return;
             }
             PeerMsg::Wip { ext, add, done } => {
-                // What we fetch from the mirror may be relayed from now on.
-                {
-                    let mut relay = self.conns.relay.lock().unwrap_or_else(|e| e.into_inner());
-                    for i in &add {
-                        if let Some(j) = self.jobs.get(i) {
-                            relay.insert(*i, j.dl.clone());
-                        }
-                    }
-                    for i in &done {
-                        relay.remove(i);
-                    }
-                }
                 let add = add
                     .into_iter()
                     .filter_map(|i| self.sha(i).map(|sha| (i, sha)))
@@ -1207,6 +1168,17 @@ impl Task {
         let _ = link.tx.try_send(out);
     }
 
+    /// Our connections no longer relay `piece`: its job is over. (A run we
+    /// stopped for another fetcher needs nothing: our `dt_wip` said done,
+    /// and an assembly that peers feed is not relayed.)
+    fn unrelay(&self, piece: PieceIndex) {
+        self.conns
+            .relay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&piece);
+    }
+
     fn start_mirror(&mut self, piece: PieceIndex, gen: u32, from: u64, to: u64) {
         let Some(j) = self.jobs.get_mut(&piece) else {
             return;
@@ -1217,6 +1189,15 @@ impl Task {
             let _ = old.send(true);
         }
         let (dl, url) = (j.dl.clone(), j.url.clone());
+        if from == 0 {
+            // The whole piece from the mirror: what our `dt_wip` names, and
+            // what our connections may relay as it arrives.
+            self.conns
+                .relay
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(piece, dl.clone());
+        }
         let (mirror, shown, tx) = (self.ctx.mirror.clone(), self.shown.clone(), self.tx.clone());
         tokio::spawn(
             async move {

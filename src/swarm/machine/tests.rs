@@ -1763,3 +1763,34 @@ fn a_relay_stalls_only_after_its_longer_limit() {
         "stalled after the relay limit: {fx:?}"
     );
 }
+
+/// Our answer to a `dt_who`: the peers other than the asker that hold or
+/// relay the piece, at the addresses they listen on.
+#[test]
+fn holders_names_who_holds_or_relays_but_not_the_asker() {
+    let mut m = Machine::new(cfg());
+    let env = no_discovery();
+    let _ = m.handle(0, &env, hello_dt(2, [2; 20], Some(&[P])));
+    let _ = m.handle(0, &env, hello_dt(3, [3; 20], Some(&[])));
+    let _ = m.handle(0, &env, hello_dt(4, [4; 20], Some(&[P])));
+    let _ = m.handle(
+        0,
+        &env,
+        Input::Wip {
+            key: key(2),
+            add: vec![P],
+            done: vec![],
+        },
+    );
+    m.check_invariants();
+    // (asker, want)
+    let cases = [
+        (key(1), vec![addr(3), addr(4)]),
+        (key(2), vec![addr(2), addr(4)]),
+        (key(3), vec![addr(2), addr(3)]),
+    ];
+    for (asker, want) in cases {
+        assert_eq!(m.holders(P, asker), want, "asked by {asker:?}");
+    }
+    assert!(m.holders(P + 1, key(1)).is_empty());
+}
