@@ -169,7 +169,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "DEBTORRENT_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Address for BitTorrent: peers connect here over TCP, and the DHT uses
-    /// the same port over UDP. Port 0 picks a free port.
+    /// the same port over UDP. Port 0 picks a free port. `0.0.0.0` also
+    /// listens on `[::]` (IPv6) with the same port, and LAN discovery then
+    /// runs on both IPv4 and IPv6 multicast.
     #[arg(
         long,
         value_name = "IP:PORT",

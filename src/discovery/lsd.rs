@@ -1,5 +1,5 @@
 //! Local Service Discovery (BEP 14): `BT-SEARCH` messages on the multicast
-//! group 239.192.152.143:6771.
+//! groups 239.192.152.143:6771 (IPv4) and [ff15::efc0:988f]:6771 (IPv6).
 //!
 //! Pure parts: the codec ([`encode_search`], [`parse_search`]) and the send
 //! schedule ([`Schedule`]: 1 message per torrent per minute at most, an
@@ -11,7 +11,8 @@
 
 use crate::types::InfoHash;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -21,6 +22,8 @@ use super::{Emitter, Origin};
 
 /// The BEP 14 IPv4 multicast group.
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(239, 192, 152, 143);
+/// The BEP 14 IPv6 multicast group (site-local scope).
+pub const GROUP6: Ipv6Addr = Ipv6Addr::new(0xff15, 0, 0, 0, 0, 0, 0xefc0, 0x988f);
 /// The BEP 14 port.
 pub const PORT: u16 = 6771;
 /// Largest datagram read; BEP 14 asks senders to stay under 1400 bytes.
@@ -61,10 +64,16 @@ pub enum LsdError {
     NoInfohash,
 }
 
-/// Encode one `BT-SEARCH` message naming `info_hashes` (the caller keeps
-/// it under [`MAX_HASHES_PER_MSG`]).
-pub fn encode_search(port: u16, info_hashes: &[InfoHash], cookie: &str) -> Vec<u8> {
-    let mut s = format!("BT-SEARCH * HTTP/1.1\r\nHost: {GROUP}:{PORT}\r\nPort: {port}\r\n");
+/// Encode one `BT-SEARCH` message to `host` (the group it is sent to,
+/// `239.192.152.143:6771` or `[ff15::efc0:988f]:6771`) naming
+/// `info_hashes` (the caller keeps it under [`MAX_HASHES_PER_MSG`]).
+pub fn encode_search(
+    host: SocketAddr,
+    port: u16,
+    info_hashes: &[InfoHash],
+    cookie: &str,
+) -> Vec<u8> {
+    let mut s = format!("BT-SEARCH * HTTP/1.1\r\nHost: {host}\r\nPort: {port}\r\n");
     for ih in info_hashes {
         s.push_str("Infohash: ");
         s.push_str(&ih.to_hex());
@@ -268,78 +277,203 @@ pub(crate) enum Cmd {
     Search(InfoHash),
 }
 
-/// Where the socket task listens and sends.
+/// One way the socket task listens and sends: IPv4 or IPv6.
 #[derive(Debug, Clone, Copy)]
+pub(crate) struct LsdPath {
+    /// Where the receiving socket is bound.
+    pub bind: SocketAddr,
+    /// Where messages go: the group, or a unicast address in tests.
+    pub dest: SocketAddr,
+    /// Group membership and the sending side; `None`: plain unicast.
+    pub multicast: Option<Multicast>,
+}
+
+/// How a path joins its group and sends to it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Multicast {
+    /// Join [`GROUP`] on this interface address (UNSPECIFIED: the
+    /// kernel's choice), and send from it: IPv4 picks the source address
+    /// from the multicast interface.
+    V4 { iface: Ipv4Addr },
+    /// Join [`GROUP6`] (interface index 0: the kernel's choice by route)
+    /// and send from a second socket bound to `send_from`, since IPv6 picks
+    /// the source address by its own rules and the receivers dial the
+    /// source address of the message (UNSPECIFIED: the kernel's choice,
+    /// fine when we listen on every address).
+    V6 { send_from: Ipv6Addr },
+}
+
+/// Where the socket task listens and sends: one path per address family.
+#[derive(Debug, Clone)]
 pub(crate) struct LsdNet {
-    pub bind: SocketAddrV4,
-    pub dest: SocketAddrV4,
-    /// Interface address for the multicast membership and outgoing
-    /// messages (UNSPECIFIED: the kernel's choice); `None`: no group.
-    pub group_iface: Option<Ipv4Addr>,
+    pub paths: Vec<LsdPath>,
 }
 
 impl LsdNet {
+    /// BEP 14 for a peer address: IPv4 for an IPv4 address, IPv6
+    /// ([`GROUP6`]) for an IPv6 one, both for an unspecified address (the
+    /// peer port then listens on both families).
     pub(crate) fn standard(peer_addr: SocketAddr) -> LsdNet {
-        let iface = match peer_addr {
-            SocketAddr::V4(a) => *a.ip(),
-            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        let v4 = |iface: Ipv4Addr| LsdPath {
+            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)),
+            dest: SocketAddr::from((GROUP, PORT)),
+            multicast: Some(Multicast::V4 { iface }),
         };
-        LsdNet {
-            bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT),
-            dest: SocketAddrV4::new(GROUP, PORT),
-            group_iface: Some(iface),
-        }
+        let v6 = |send_from: Ipv6Addr| LsdPath {
+            bind: SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT)),
+            dest: SocketAddr::from((GROUP6, PORT)),
+            multicast: Some(Multicast::V6 { send_from }),
+        };
+        let paths = match peer_addr.ip() {
+            IpAddr::V4(a) if a.is_unspecified() => vec![v4(a), v6(Ipv6Addr::UNSPECIFIED)],
+            IpAddr::V6(a) if a.is_unspecified() => vec![v4(Ipv4Addr::UNSPECIFIED), v6(a)],
+            IpAddr::V4(a) => vec![v4(a)],
+            IpAddr::V6(a) => vec![v6(a)],
+        };
+        LsdNet { paths }
     }
 }
 
-fn bind(net: &LsdNet) -> std::io::Result<tokio::net::UdpSocket> {
+/// A path's sockets: where it receives, and where it sends from (the same
+/// socket, except for IPv6 multicast from a given address).
+struct Bound {
+    recv: Arc<tokio::net::UdpSocket>,
+    send: Arc<tokio::net::UdpSocket>,
+    dest: SocketAddr,
+}
+
+fn udp_socket(bind: SocketAddr, reuse: bool) -> std::io::Result<std::net::UdpSocket> {
     use rustix::net::{sockopt, AddressFamily, SocketType};
-    let fd = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, None)?;
-    // Other BitTorrent clients on this host listen on 6771 too.
-    sockopt::set_socket_reuseaddr(&fd, true)?;
-    rustix::net::bind(&fd, &net.bind)?;
-    let sock = std::net::UdpSocket::from(fd);
-    if let Some(iface) = net.group_iface {
-        if let Err(e) = sock.join_multicast_v4(&GROUP, &iface) {
-            tracing::warn!(error = %e, %iface, "LSD: cannot join the multicast group");
-        }
-        if !iface.is_unspecified() {
-            if let Err(e) = sockopt::set_ip_multicast_if(&sock, &iface) {
-                tracing::debug!(error = %e, %iface, "LSD: cannot set the multicast interface");
-            }
-        }
-        let _ = sock.set_multicast_ttl_v4(1);
-        let _ = sock.set_multicast_loop_v4(true);
+    let family = match bind {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = rustix::net::socket(family, SocketType::DGRAM, None)?;
+    if bind.is_ipv6() {
+        // `[::]:6771` beside the IPv4 socket on `0.0.0.0:6771`.
+        sockopt::set_ipv6_v6only(&fd, true)?;
     }
+    if reuse {
+        // Other BitTorrent clients on this host listen on 6771 too.
+        sockopt::set_socket_reuseaddr(&fd, true)?;
+    }
+    rustix::net::bind(&fd, &bind)?;
+    let sock = std::net::UdpSocket::from(fd);
     sock.set_nonblocking(true)?;
-    tokio::net::UdpSocket::from_std(sock)
+    Ok(sock)
 }
 
-/// Bind the socket and start the task. A failure is a warning: the daemon
-/// runs without LSD.
+fn bind(path: &LsdPath) -> std::io::Result<Bound> {
+    use rustix::net::sockopt;
+    let sock = udp_socket(path.bind, true)?;
+    let mut send = None;
+    match path.multicast {
+        None => {}
+        Some(Multicast::V4 { iface }) => {
+            if let Err(e) = sock.join_multicast_v4(&GROUP, &iface) {
+                tracing::warn!(error = %e, %iface, "LSD: cannot join the IPv4 multicast group");
+            }
+            if !iface.is_unspecified() {
+                if let Err(e) = sockopt::set_ip_multicast_if(&sock, &iface) {
+                    tracing::debug!(error = %e, %iface, "LSD: cannot set the multicast interface");
+                }
+            }
+            let _ = sock.set_multicast_ttl_v4(1);
+            let _ = sock.set_multicast_loop_v4(true);
+        }
+        Some(Multicast::V6 { send_from }) => {
+            // No IPv6 group membership means no IPv6 LSD (the IPv4 path
+            // may still run): an error, unlike IPv4 where a host without a
+            // multicast route still hears unicast answers.
+            sock.join_multicast_v6(&GROUP6, 0)?;
+            let from = if send_from.is_unspecified() {
+                &sock
+            } else {
+                send = Some(udp_socket(SocketAddr::from((send_from, 0)), false)?);
+                send.as_ref().unwrap_or(&sock)
+            };
+            let _ = sockopt::set_ipv6_multicast_hops(from, 1);
+            let _ = from.set_multicast_loop_v6(true);
+        }
+    }
+    let recv = Arc::new(tokio::net::UdpSocket::from_std(sock)?);
+    let send = match send {
+        Some(s) => Arc::new(tokio::net::UdpSocket::from_std(s)?),
+        None => recv.clone(),
+    };
+    Ok(Bound {
+        recv,
+        send,
+        dest: path.dest,
+    })
+}
+
+/// Bind the sockets and start the task. A path that cannot bind is a
+/// warning (the others run); with none, the daemon runs without LSD.
 pub(crate) fn start(
     net: LsdNet,
     our_port: u16,
     emit: Emitter,
 ) -> Option<(mpsc::UnboundedSender<Cmd>, tokio::task::JoinHandle<()>)> {
-    let sock = match bind(&net) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, bind = %net.bind, "LSD disabled: cannot bind");
-            return None;
+    let mut bound = Vec::new();
+    for path in &net.paths {
+        match bind(path) {
+            Ok(b) => bound.push(b),
+            Err(e) => {
+                tracing::warn!(error = %e, bind = %path.bind, dest = %path.dest, "LSD: this path is off")
+            }
         }
-    };
+    }
+    if bound.is_empty() {
+        tracing::warn!("LSD disabled: no socket could be bound");
+        return None;
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let cookie = format!("dt{:016x}", fastrand::u64(..));
-    let task = tokio::spawn(
-        run(sock, net.dest, our_port, cookie, rx, emit).instrument(tracing::info_span!("lsd")),
-    );
+    let task =
+        tokio::spawn(run(bound, our_port, cookie, rx, emit).instrument(tracing::info_span!("lsd")));
     Some((tx, task))
 }
 
+/// Reads one socket: each datagram passes the shared inbound limit before
+/// it is copied, then goes to the task's loop.
+async fn read_socket(
+    sock: Arc<tokio::net::UdpSocket>,
+    limit: Arc<std::sync::Mutex<InboundLimit>>,
+    out: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+) {
+    let mut buf = vec![0u8; MAX_MSG + 1];
+    let mut told_flood = false;
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "LSD recv");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        let allowed = limit
+            .lock()
+            .map(|mut l| l.allow(from.ip(), Instant::now()))
+            .unwrap_or(false);
+        if !allowed {
+            if !told_flood {
+                tracing::info!(%from, "LSD: more messages than the rate limit; dropping the excess");
+                told_flood = true;
+            }
+            continue;
+        }
+        let msg = buf.get(..n).unwrap_or_default().to_vec();
+        if out.send((msg, from)).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn run(
-    sock: tokio::net::UdpSocket,
-    dest: SocketAddrV4,
+    bound: Vec<Bound>,
     our_port: u16,
     cookie: String,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
@@ -348,11 +482,16 @@ async fn run(
     let mut sched = Schedule::default();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; MAX_MSG + 1];
     let mut send_errors = 0u32;
-    let mut limit = InboundLimit::default();
+    let limit = Arc::new(std::sync::Mutex::new(InboundLimit::default()));
     let mut told_foreign = false;
-    let mut told_flood = false;
+    // The readers end with this task (a JoinSet aborts its tasks on drop).
+    let mut readers = tokio::task::JoinSet::new();
+    let (in_tx, mut in_rx) = mpsc::channel(IN_TOTAL as usize);
+    for b in &bound {
+        readers.spawn(read_socket(b.recv.clone(), limit.clone(), in_tx.clone()).in_current_span());
+    }
+    drop(in_tx);
     loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
@@ -361,22 +500,8 @@ async fn run(
                 Some(Cmd::Forget(ih)) => { sched.forget(ih); continue; }
                 Some(Cmd::Search(ih)) => sched.search(ih),
             },
-            r = sock.recv_from(&mut buf) => {
-                let (n, from) = match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "LSD recv");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if !limit.allow(from.ip(), Instant::now()) {
-                    if !told_flood {
-                        tracing::info!(%from, "LSD: more messages than the rate limit; dropping the excess");
-                        told_flood = true;
-                    }
-                    continue;
-                }
+            got = in_rx.recv() => {
+                let Some((msg, from)) = got else { return };
                 if !is_local_source(from.ip()) {
                     if !told_foreign {
                         tracing::info!(%from, "LSD: ignoring messages from non-local addresses");
@@ -384,7 +509,7 @@ async fn run(
                     }
                     continue;
                 }
-                let s = match parse_search(&buf[..n]) {
+                let s = match parse_search(&msg) {
                     Ok(s) => s,
                     Err(e) => { tracing::trace!(%from, error = %e, "LSD: ignored"); continue; }
                 };
@@ -406,13 +531,15 @@ async fn run(
             _ = tick.tick() => {}
         }
         for chunk in sched.due(Instant::now()).chunks(MAX_HASHES_PER_MSG) {
-            let msg = encode_search(our_port, chunk, &cookie);
-            if let Err(e) = sock.send_to(&msg, dest).await {
-                send_errors += 1;
-                if send_errors == 1 {
-                    tracing::warn!(error = %e, %dest, "LSD: send failed");
-                } else {
-                    tracing::debug!(error = %e, %dest, "LSD: send failed");
+            for b in &bound {
+                let msg = encode_search(b.dest, our_port, chunk, &cookie);
+                if let Err(e) = b.send.send_to(&msg, b.dest).await {
+                    send_errors += 1;
+                    if send_errors == 1 {
+                        tracing::warn!(error = %e, dest = %b.dest, "LSD: send failed");
+                    } else {
+                        tracing::debug!(error = %e, dest = %b.dest, "LSD: send failed");
+                    }
                 }
             }
         }
@@ -422,6 +549,9 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const G4: SocketAddr = SocketAddr::new(IpAddr::V4(GROUP), PORT);
+    const G6: SocketAddr = SocketAddr::new(IpAddr::V6(GROUP6), PORT);
 
     /// Regression (found reading the fuzz target): `u8::from_str_radix`
     /// took a leading `+`, so `+a+b...` passed as an info hash.
@@ -505,21 +635,27 @@ mod tests {
 
     #[test]
     fn encode_golden() {
-        let m = encode_search(6881, &[A], "c1");
+        let m = encode_search(G4, 6881, &[A], "c1");
         let want = format!(
             "BT-SEARCH * HTTP/1.1\r\nHost: 239.192.152.143:6771\r\nPort: 6881\r\nInfohash: {}\r\ncookie: c1\r\n\r\n\r\n",
             "ab".repeat(20)
         );
         assert_eq!(String::from_utf8(m).unwrap(), want);
+        let m6 = encode_search(G6, 6881, &[A], "");
+        let want6 = format!(
+            "BT-SEARCH * HTTP/1.1\r\nHost: [ff15::efc0:988f]:6771\r\nPort: 6881\r\nInfohash: {}\r\n\r\n\r\n",
+            "ab".repeat(20)
+        );
+        assert_eq!(String::from_utf8(m6).unwrap(), want6);
         let big: Vec<InfoHash> = (0..MAX_HASHES_PER_MSG as u8)
             .map(|i| InfoHash([i; 20]))
             .collect();
-        assert!(encode_search(65535, &big, "dt0123456789abcdef").len() <= 1400);
+        assert!(encode_search(G6, 65535, &big, "dt0123456789abcdef").len() <= 1400);
     }
 
     #[test]
     fn round_trip() {
-        let m = encode_search(1234, &[A, B], "xyz");
+        let m = encode_search(G4, 1234, &[A, B], "xyz");
         let s = parse_search(&m).unwrap();
         assert_eq!(
             s,
@@ -529,7 +665,7 @@ mod tests {
                 cookie: Some("xyz".into())
             }
         );
-        let s = parse_search(&encode_search(1, &[A], "")).unwrap();
+        let s = parse_search(&encode_search(G6, 1, &[A], "")).unwrap();
         assert_eq!(s.cookie, None);
     }
 
@@ -633,34 +769,37 @@ mod tests {
 
     /// The socket task with unicast addresses (multicast does not run on
     /// loopback): a search from one node makes the other report it as a
-    /// peer, and the other answers with its own announce.
+    /// peer. Over IPv4, and over IPv6 (`::1`), where the messages name the
+    /// IPv6 group.
     #[tokio::test]
     async fn socket_task_unicast() {
+        unicast_pair("127.0.0.51", "127.0.0.52").await;
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            unicast_pair("::1", "::1").await;
+        }
+    }
+
+    async fn unicast_pair(ip_a: &str, ip_b: &str) {
+        let ip_a: IpAddr = ip_a.parse().unwrap();
+        let ip_b: IpAddr = ip_b.parse().unwrap();
         let (tx_a, mut ev_a) = mpsc::channel(16);
         let (tx_b, mut ev_b) = mpsc::channel(16);
-        let own_a: SocketAddr = "127.0.0.51:7001".parse().unwrap();
-        let own_b: SocketAddr = "127.0.0.52:7002".parse().unwrap();
+        let own_a = SocketAddr::new(ip_a, 7001);
+        let own_b = SocketAddr::new(ip_b, 7002);
         // find two free UDP ports
-        let pa = std::net::UdpSocket::bind("127.0.0.51:0").unwrap();
-        let pb = std::net::UdpSocket::bind("127.0.0.52:0").unwrap();
+        let pa = std::net::UdpSocket::bind((ip_a, 0)).unwrap();
+        let pb = std::net::UdpSocket::bind((ip_b, 0)).unwrap();
         let (la, lb) = (pa.local_addr().unwrap(), pb.local_addr().unwrap());
         drop((pa, pb));
-        let v4 = |a: SocketAddr| match a {
-            SocketAddr::V4(a) => a,
-            _ => unreachable!(),
+        let net = |bind, dest| LsdNet {
+            paths: vec![LsdPath {
+                bind,
+                dest,
+                multicast: None,
+            }],
         };
-        let net_a = LsdNet {
-            bind: v4(la),
-            dest: v4(lb),
-            group_iface: None,
-        };
-        let net_b = LsdNet {
-            bind: v4(lb),
-            dest: v4(la),
-            group_iface: None,
-        };
-        let (ca, _ta) = start(net_a, 7001, Emitter::new(tx_a, own_a)).unwrap();
-        let (cb, _tb) = start(net_b, 7002, Emitter::new(tx_b, own_b)).unwrap();
+        let (ca, _ta) = start(net(la, lb), 7001, Emitter::new(tx_a, own_a)).unwrap();
+        let (cb, _tb) = start(net(lb, la), 7002, Emitter::new(tx_b, own_b)).unwrap();
         cb.send(Cmd::Announce(A)).unwrap();
         // B's announce reaches A, which does not know A yet: no event.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -680,10 +819,34 @@ mod tests {
             } => {
                 assert_eq!(
                     (info_hash, addr, source),
-                    (A, "127.0.0.51:7001".parse().unwrap(), Origin::Lsd)
+                    (A, SocketAddr::new(ip_a, 7001), Origin::Lsd)
                 );
             }
             e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn standard_paths_follow_the_peer_address() {
+        let kinds = |a: &str| -> Vec<(bool, String)> {
+            LsdNet::standard(a.parse().unwrap())
+                .paths
+                .iter()
+                .map(|p| (p.dest.is_ipv6(), format!("{:?}", p.multicast)))
+                .collect()
+        };
+        assert_eq!(
+            kinds("10.0.0.5:6881"),
+            vec![(false, "Some(V4 { iface: 10.0.0.5 })".to_string())]
+        );
+        assert_eq!(
+            kinds("[fd00::5]:6881"),
+            vec![(true, "Some(V6 { send_from: fd00::5 })".to_string())]
+        );
+        for any in ["0.0.0.0:6881", "[::]:6881"] {
+            let k = kinds(any);
+            assert_eq!(k.len(), 2, "{any}");
+            assert_eq!((k[0].0, k[1].0), (false, true), "{any}");
         }
     }
 }

@@ -93,6 +93,22 @@ fn new_peer_id() -> [u8; 20] {
     id
 }
 
+/// A TCP listener on `[::]:port` that takes IPv6 only (`IPV6_V6ONLY`), so
+/// it can sit beside the IPv4 listener on the same port whatever the
+/// host's `net.ipv6.bindv6only`.
+fn listen_v6_only(port: u16) -> std::io::Result<TcpListener> {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let fd = rustix::net::socket(AddressFamily::INET6, SocketType::STREAM, None)?;
+    sockopt::set_ipv6_v6only(&fd, true)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    let addr = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0);
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 1024)?;
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
 impl Swarm {
     /// Binds the peer port, starts discovery, and follows the registry:
     /// a task per registered torrent.
@@ -106,6 +122,20 @@ impl Swarm {
             (Some(l), a)
         } else {
             (None, opts.peer_addr)
+        };
+        // `0.0.0.0:PORT` (the default) means every address: IPv6 peers too,
+        // on the same port, through a second, IPv6-only socket.
+        let listener6 = match (&listener, peer_addr) {
+            (Some(_), SocketAddr::V4(a)) if a.ip().is_unspecified() => {
+                match listen_v6_only(a.port()) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::info!(port = a.port(), error = %e, "no IPv6 peer listener (IPv6 off on this host?); IPv4 only");
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
         let (disc_tx, mut disc_rx) = mpsc::channel(1024);
         let disc_cfg = match (&opts.discovery, opts.enabled) {
@@ -134,7 +164,10 @@ impl Swarm {
             downloads: Arc::new(Downloads::new(opts.store, opts.hold_whole)),
         });
         if opts.enabled {
-            tracing::info!(addr = %peer_addr, "listening for peers");
+            match listener6.as_ref().and_then(|l| l.local_addr().ok()) {
+                Some(a6) => tracing::info!(addr = %peer_addr, also = %a6, "listening for peers"),
+                None => tracing::info!(addr = %peer_addr, "listening for peers"),
+            }
         }
         // Follow the registry.
         let (s2, reg2) = (swarm.clone(), registry.clone());
@@ -187,7 +220,7 @@ impl Swarm {
                 }
             }
         });
-        if let Some(l) = listener {
+        for l in listener.into_iter().chain(listener6) {
             let s4 = swarm.clone();
             tokio::spawn(async move { s4.accept_loop(l).await });
         }
@@ -244,6 +277,9 @@ impl Swarm {
                     continue;
                 }
             };
+            // A dual-stack `[::]` listener reports IPv4 peers as
+            // `::ffff:a.b.c.d`; limits, bans and PEX want the plain form.
+            let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
             if !self.ctx.acquire_conn_evicting(addr.ip()) {
                 tracing::debug!(peer = %addr, "refused: banned or over the connection limits");
                 continue;

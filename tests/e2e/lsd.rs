@@ -26,6 +26,36 @@ fn lsd_finds_a_peer_on_the_lan_without_dht_or_tracker() {
     // Multicast on the namespace's loopback (BEP 14's group is 239.x).
     ns.run(&["ip", "link", "set", "lo", "multicast", "on"]);
     ns.run(&["ip", "route", "add", "239.0.0.0/8", "dev", "lo"]);
+    lan_pair(&ns, ("127.0.0.71", "127.0.0.72"), "IPv4");
+}
+
+/// The same over IPv6: the daemons' peer addresses are IPv6 only, so they
+/// can meet only through BEP 14's IPv6 group `[ff15::efc0:988f]:6771`.
+/// IPv6 multicast does not loop on `lo`, so the "LAN" is a veth pair
+/// inside the namespace, with both addresses on one end.
+#[test]
+fn lsd_finds_a_peer_over_ipv6_multicast() {
+    let Some(ns) = Netns::create() else {
+        eprintln!(
+            "lsd test: cannot create a network namespace here (needs root/CAP_SYS_ADMIN); not run"
+        );
+        return;
+    };
+    ns.run(&[
+        "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+    ]);
+    ns.run(&["ip", "link", "set", "lan0", "up"]);
+    ns.run(&["ip", "link", "set", "lan1", "up"]);
+    for a in ["fd00::71/64", "fd00::72/64"] {
+        ns.run(&["ip", "-6", "addr", "add", a, "dev", "lan0", "nodad"]);
+    }
+    lan_pair(&ns, ("fd00::71", "fd00::72"), "IPv6");
+}
+
+/// Daemons A (`ips.0`) and B (`ips.1`), peers on `IP:6881`, no DHT and no
+/// tracker, each with its apt front end on 127.0.0.71/72:9988: B finds A
+/// by LSD alone and takes a package from it, not from the mirror.
+fn lan_pair(ns: &Netns, ips: (&str, &str), family: &str) {
     let repo = repo();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mirror_port = "28080";
@@ -42,10 +72,16 @@ fn lsd_finds_a_peer_on_the_lan_without_dht_or_tracker() {
         ],
         &tmp.path().join("mirror.log"),
     );
-    let daemon = |ip: &str, name: &str| {
+    let peer_addr = |ip: &str| -> String {
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(_)) => format!("[{ip}]:6881"),
+            _ => format!("{ip}:6881"),
+        }
+    };
+    let daemon = |ip: &str, front: &str, name: &str| {
         let data = tmp.path().join(name);
-        let listen = format!("{ip}:9988");
-        let peer = format!("{ip}:6881");
+        let listen = format!("{front}:9988");
+        let peer = peer_addr(ip);
         let p = ns.spawn(
             &[
                 binary(),
@@ -66,8 +102,8 @@ fn lsd_finds_a_peer_on_the_lan_without_dht_or_tracker() {
         );
         (p, listen)
     };
-    let (_a, a) = daemon("127.0.0.71", "a");
-    let (_b, b) = daemon("127.0.0.72", "b");
+    let (_a, a) = daemon(ips.0, "127.0.0.71", "a");
+    let (_b, b) = daemon(ips.1, "127.0.0.72", "b");
     let log_of = |name: &str| {
         std::fs::read_to_string(tmp.path().join(format!("{name}.log"))).unwrap_or_default()
     };
@@ -128,7 +164,8 @@ fn lsd_finds_a_peer_on_the_lan_without_dht_or_tracker() {
     };
     // One of them hears the other's LSD message (whichever announced
     // second) and dials it; B ends up connected to A.
-    let (a_peer, b_peer) = ("127.0.0.71:6881", "127.0.0.72:6881");
+    let (a_peer, b_peer) = (peer_addr(ips.0), peer_addr(ips.1));
+    let (a_peer, b_peer) = (a_peer.as_str(), b_peer.as_str());
     let lsd_knows = |st: &serde_json::Value, who: &str| {
         torrent(st)["discovered"]["lsd"]
             .as_array()
@@ -146,7 +183,7 @@ fn lsd_finds_a_peer_on_the_lan_without_dht_or_tracker() {
         },
         lsd_lines,
     );
-    eprintln!("LSD (IPv4): A and B found each other {took:.1?} after both registered");
+    eprintln!("LSD ({family}): A and B found each other {took:.1?} after both registered");
     // B's download comes from A.
     let (code, body) = ns.get(&url(&b));
     assert_eq!(code, 200, "{} through B\n{}", pkg.pool_path, log_of("b"));

@@ -14,6 +14,7 @@ mod fleet;
 mod frontend;
 mod https;
 mod interop;
+mod ipv6;
 mod lsd;
 mod raw;
 mod restart;
