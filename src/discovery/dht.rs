@@ -59,6 +59,19 @@ pub fn announce_retry(failures: u32) -> Duration {
     Duration::from_secs(2u64 << (failures - 11).min(8)).min(Duration::from_secs(300))
 }
 
+/// Whether the early announces (10 s and 70 s after the first) are worth
+/// their cost: only while the table is small (a new or tiny DHT, where the
+/// first announce may have found nobody close) or has grown by half since
+/// the last announce (the closest nodes have likely changed). In a settled
+/// DHT they only repeat a walk, which in a fleet of 100 on one swarm costs
+/// every node kilobytes (issue 12's DHT budget is 300 B/s per node).
+pub fn reannounce_early(nodes_then: usize, nodes_now: usize) -> bool {
+    nodes_then < EARLY_REANNOUNCE_BELOW || nodes_now >= nodes_then + nodes_then / 2
+}
+
+/// A table smaller than this is a new or tiny DHT (see [`reannounce_early`]).
+pub const EARLY_REANNOUNCE_BELOW: usize = 8;
+
 #[derive(Default)]
 struct State {
     nodes: AtomicUsize,
@@ -257,7 +270,18 @@ impl DhtNode {
         self.watch.set_ours(ih, true);
         let mut failures = 0u32;
         let mut announced = 0u32;
+        // The table's size at the last announce that landed.
+        let mut nodes_then = 0usize;
         loop {
+            if (1..=2).contains(&announced) && failures == 0 {
+                let now = self.state.nodes.load(Ordering::Relaxed);
+                if !reannounce_early(nodes_then, now) {
+                    // The closest nodes have not changed much: the next
+                    // announce is the periodic one.
+                    announced = 2;
+                    tokio::time::sleep(ANNOUNCE_EVERY).await;
+                }
+            }
             let r = tokio::time::timeout(
                 Duration::from_secs(60),
                 self.dht.announce_peer(id, Some(self.port)),
@@ -267,13 +291,15 @@ impl DhtNode {
                 Ok(Ok(_)) => {
                     failures = 0;
                     announced += 1;
+                    nodes_then = self.state.nodes.load(Ordering::Relaxed);
                     self.state
                         .announced
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(ih);
                     // Soon again at first: in a small or new DHT the
-                    // closest nodes change as nodes join.
+                    // closest nodes change as nodes join (whether they did
+                    // is checked when the time comes, `reannounce_early`).
                     match announced {
                         1 => Duration::from_secs(10),
                         2 => Duration::from_secs(60),
@@ -567,6 +593,23 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_reannounce_only_while_the_table_changes() {
+        for (then, now, want) in [
+            (0, 0, true),
+            (3, 3, true),
+            (7, 30, true),
+            (8, 8, false),
+            (8, 11, false),
+            (8, 12, true),
+            (25, 30, false),
+            (25, 38, true),
+            (25, 10, false),
+        ] {
+            assert_eq!(reannounce_early(then, now), want, "{then} -> {now}");
+        }
+    }
 
     #[test]
     fn announce_requests_are_read_from_their_debug_text() {

@@ -50,6 +50,20 @@ pub const RELAY_STALL_MS: u64 = 10_000;
 /// Below this many peers, a swarm that starves (apt waits on a file no
 /// connected peer serves) looks up more peers every 5 s.
 pub const STARVING_LOOKUP_PEERS: usize = 8;
+/// A connection idle this long (no progress, no interest either way, no
+/// unchoke) gives its place up to a newcomer when every slot is taken
+/// (`make_room`): long enough that peers that just met can exchange their
+/// holdings and requests, short against a fleet's lifetime.
+pub const REDUNDANT_AFTER_MS: u64 = 10_000;
+/// At most one connection gives its place up to an incoming one per this
+/// long, so a burst of newcomers turns a peer set over slowly.
+pub const ROOM_EVERY_MS: u64 = 1_000;
+/// Rule (b) judges the peers only after they have worked on a piece this
+/// long: the mirror's tail costs mirror bytes the whole fleet shares.
+pub const RULE_B_AFTER_MS: u64 = 3_000;
+/// With two or more connected holders, rule (b) waits for peers that
+/// would need up to this long for the rest of the piece.
+pub const RULE_B_BUSY_SWARM_MS: u64 = 120_000;
 /// How often the choker runs without a reason to.
 pub const CHOKE_EVERY_MS: u64 = 10_000;
 /// Addresses remembered per torrent (for `/status.json`).
@@ -604,6 +618,8 @@ pub struct Machine {
     lookup_done_at: Option<u64>,
     last_choke: u64,
     last_pex: u64,
+    /// When an incoming connection last took an idle one's place.
+    room_made_at: u64,
     last_holding: u64,
     last_report: u64,
     last_lookup: u64,
@@ -642,6 +658,7 @@ impl Machine {
             lookup_done_at: None,
             last_choke: 0,
             last_pex: 0,
+            room_made_at: 0,
             last_holding: 0,
             last_report: 0,
             last_lookup: 0,
@@ -772,7 +789,18 @@ impl Machine {
             Input::Want { piece, size, tag } => self.want(piece, size, tag, now, env),
             Input::Abandon { piece } => self.end_job(piece, None),
             Input::Incoming { addr } => {
-                if self.peers.len() + self.connecting.len() >= self.cfg.max_peers {
+                // Full: a connection that has done nothing for either side
+                // for a while gives its place up. In a swarm of hundreds the
+                // holders are full of each other, and a newcomer that
+                // wants what they hold must still get in.
+                let full = self.peers.len() + self.connecting.len() >= self.cfg.max_peers;
+                let room = full
+                    && now.saturating_sub(self.room_made_at) >= ROOM_EVERY_MS
+                    && self.make_room(REDUNDANT_AFTER_MS, now);
+                if room {
+                    self.room_made_at = now;
+                }
+                if full && !room {
                     self.emit(Effect::ReleaseSlot { ip: addr.ip() });
                 } else {
                     self.connecting.insert(addr, Dial::Incoming);
@@ -780,12 +808,12 @@ impl Machine {
                 }
             }
             Input::Found { addr, origin } => {
-                self.found(addr, origin);
+                self.found(addr, origin, now);
             }
             Input::Holders { piece, addrs } => {
                 let mut dialled = false;
                 for addr in addrs {
-                    dialled |= self.found(addr, Origin::Who);
+                    dialled |= self.found(addr, Origin::Who, now);
                 }
                 if dialled {
                     if let Some(j) = self.jobs.get_mut(&piece) {
@@ -1216,7 +1244,7 @@ impl Machine {
     }
 
     /// An address to dial; true when it is being dialled now.
-    fn found(&mut self, addr: SocketAddr, origin: Origin) -> bool {
+    fn found(&mut self, addr: SocketAddr, origin: Origin, now: u64) -> bool {
         if addr.ip().is_unspecified() || addr.port() == 0 {
             return false;
         }
@@ -1233,7 +1261,13 @@ impl Machine {
         if self.connecting.contains_key(&addr) || self.peers.values().any(|p| p.listen == addr) {
             return false;
         }
-        if self.slots_used() >= self.cfg.max_peers && !(origin == Origin::Who && self.make_room()) {
+        // Full: a holder named by `dt_who` takes the place of any idle
+        // connection. (Any address found while starving doing the same
+        // turned the whole fleet's peer sets over: 5x the connections, a
+        // load of 100 and 4.3x the mirror bytes in the N=100 fleet.)
+        if self.slots_used() >= self.cfg.max_peers
+            && !(origin == Origin::Who && self.make_room(0, now))
+        {
             return false;
         }
         self.connecting.insert(addr, Dial::Outgoing);
@@ -1241,16 +1275,18 @@ impl Machine {
         true
     }
 
-    /// Closes the connection that does least for us to make room for a
-    /// holder of what apt waits for: one that serves nothing we want, is
-    /// not uploading from us, and has delivered nothing for longest. False
-    /// when every connection is busy.
-    fn make_room(&mut self) -> bool {
+    /// Closes the connection that does least for either side, to make room
+    /// for one that may do more: one that serves nothing we want, is not
+    /// interested in us nor unchoked by us, and has had no progress for
+    /// `idle_ms` at least (the longest idle first). False when every
+    /// connection is busy.
+    fn make_room(&mut self, idle_ms: u64, now: u64) -> bool {
         let wanted: Vec<PieceIndex> = self.picker.wanted().collect();
         let idle = self
             .peers
             .iter()
             .filter(|(_, p)| p.phase == Phase::Active && !p.unchoked && !p.interested)
+            .filter(|(_, p)| now.saturating_sub(p.last_progress) >= idle_ms)
             .filter(|(_, p)| !wanted.iter().any(|&i| p.serves(i) || p.wip.contains(&i)))
             .filter(|(&k, _)| self.picker.outstanding(Source::Peer(k)) == 0)
             .min_by_key(|(&k, p)| (p.last_progress, k))
@@ -1261,6 +1297,16 @@ impl Machine {
         tracing::debug!(peer = ?k, "closing an idle peer for a holder of a wanted piece");
         self.close(k);
         true
+    }
+
+    /// Whether apt waits on a piece no connected peer serves or fetches.
+    fn starving(&self) -> bool {
+        self.jobs.keys().any(|&i| {
+            !self
+                .peers
+                .values()
+                .any(|p| p.serves(i) || p.wip.contains(&i))
+        })
     }
 
     /// Connections that count against `max_peers`: those up and not
@@ -1550,9 +1596,10 @@ impl Machine {
                 .is_some_and(|t| now.saturating_sub(t) < 60_000);
         let deadline = mirror_rules::mirror_start_at(&mirror_rules::Waiting {
             now,
-            // A peer that fetches it and delivered lately is waited for
-            // from its last block on.
-            wanted_at: if wip {
+            // A peer that fetches or holds it and delivered lately is
+            // waited for from its last block on: a busy holder unchokes
+            // in turns, and a relay's receivers become holders in turn.
+            wanted_at: if wip || holders {
                 job.wanted_at.max(job.last_block_at)
             } else {
                 job.wanted_at
@@ -1571,6 +1618,16 @@ impl Machine {
             asked_at: job.asked_at,
         });
         if now >= deadline.max(job.mirror_not_before) {
+            tracing::debug!(
+                piece,
+                waited_ms = now.saturating_sub(job.wanted_at),
+                holders,
+                fetching = wip,
+                peers = self.peers.len(),
+                connecting = self.connecting.len(),
+                asked = job.asked_at.is_some(),
+                "rule (a): no peer serves it in time; the mirror starts"
+            );
             self.start_mirror(piece, 0, now);
         }
     }
@@ -1957,7 +2014,7 @@ impl Machine {
             }
             if j.mirror != MirrorState::Idle
                 || j.state != JobState::Fetching
-                || now.saturating_sub(since) < 1000
+                || now.saturating_sub(since) < RULE_B_AFTER_MS
                 || now < j.mirror_not_before
             {
                 continue;
@@ -1969,8 +2026,36 @@ impl Machine {
             if rest < 256 * 1024 {
                 continue;
             }
-            // The peers' rate on this piece since they started on it.
-            let peer_rate = j.peer_rate.estimate(now);
+            // Judged only while a peer serves it to us now: when every
+            // holder chokes us, rule (a) waits for their unchoke rounds
+            // (`BUSY_MIN_MS` from the last block), and a rate averaged over
+            // choked time says nothing about the peers' speed.
+            if !self
+                .peers
+                .values()
+                .any(|p| p.serves(piece) && p.usable(now))
+            {
+                continue;
+            }
+            // Several connected peers hold it: a slow rate means they are
+            // busy (a herd shares their upload slots, or their machine is
+            // loaded), and each receiver that completes adds a holder. The
+            // mirror's tail would cost the fleet the bytes again, so it is
+            // taken only when the peers would need over two minutes.
+            let holding = self
+                .peers
+                .values()
+                .filter(|p| p.phase == Phase::Active && p.has(piece))
+                .count();
+            // The peers' rate on this piece: the better of the recent rate
+            // and the average since they started on it, so that a stall of
+            // a few seconds (a loaded peer) does not hand the tail to the
+            // mirror while a slow start that picks up still counts.
+            let peer_rate = j.peer_rate.estimate(now).max(j.peer_rate.average(now));
+            if holding >= 2 && rest.saturating_mul(1000) / peer_rate.max(1) <= RULE_B_BUSY_SWARM_MS
+            {
+                continue;
+            }
             let m = env.mirror;
             // The mirror must be four times faster: its tail costs mirror
             // bytes, which in a fleet all share (and peers on a loaded
@@ -2004,12 +2089,7 @@ impl Machine {
             // Starving: apt waits on a piece no connected peer serves or
             // fetches. A lookup then while we have fewer than
             // STARVING_LOOKUP_PEERS; else only while we have few peers.
-            let starving = self.jobs.keys().any(|&i| {
-                !self
-                    .peers
-                    .values()
-                    .any(|p| p.serves(i) || p.wip.contains(&i))
-            });
+            let starving = self.starving();
             // Ask again who holds what still starves (peers come and go),
             // a few pieces per round, each at most every 5 s.
             let mut again: Vec<PieceIndex> = self

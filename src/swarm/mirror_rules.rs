@@ -34,6 +34,12 @@ pub fn mirror_tail(rest: u64, peer_rate: u64, mirror_rate: u64, latency_ms: u64)
     Some(front)
 }
 
+/// The least rule (a) waits for a holder or relay that chokes us: two
+/// unchoke rounds. In a herd (issue 12: a cold wave of 20 wanting one 44 MB
+/// file) the holders' upload slots are shared, and a receiver that went to
+/// the mirror after `mirror_ms` (9 s) cost the fleet 32-40 MB each time.
+pub const BUSY_MIN_MS: u64 = 20_000;
+
 /// What rule (a) looks at for a piece that no usable peer serves now.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Waiting {
@@ -101,7 +107,9 @@ pub fn mirror_start_at(w: &Waiting) -> u64 {
     if w.force {
         w.now
     } else if w.holders || w.fetching {
-        w.wanted_at + w.peer_wait * 2 + w.mirror_ms.min(60_000)
+        // A holder or relay that chokes us unchokes in turns (every 10 s,
+        // `CHOKE_EVERY_MS`): wait at least two turns from the last block.
+        w.wanted_at + w.peer_wait * 2 + w.mirror_ms.clamp(BUSY_MIN_MS, 60_000)
     } else if let Some(t) = w.holders_due {
         t
     } else if w.no_peers && !w.connecting && w.lookup_fresh {
@@ -151,14 +159,23 @@ mod tests {
                 10_000,
             ),
             (
-                "a holder chokes us",
+                "a holder chokes us: at least two unchoke rounds",
                 Waiting {
                     holders: true,
                     fetching: true,
                     mirror_ms: 5000,
                     ..base
                 },
-                9_900 + 2000 + 5000,
+                9_900 + 2000 + BUSY_MIN_MS,
+            ),
+            (
+                "a holder chokes us, a slow mirror: the mirror's time",
+                Waiting {
+                    holders: true,
+                    mirror_ms: 30_000,
+                    ..base
+                },
+                9_900 + 2000 + 30_000,
             ),
             (
                 "a holder chokes us, a mirror too slow to wait for",
@@ -201,7 +218,7 @@ mod tests {
                     mirror_ms: 5000,
                     ..base
                 },
-                9_900 + 2000 + 5000,
+                9_900 + 2000 + BUSY_MIN_MS,
             ),
             (
                 "a peer fetches a huge one",

@@ -74,6 +74,19 @@ impl Rate {
         }
     }
 
+    /// The plain average since the first bytes (over at least 100 ms): what
+    /// a whole transfer has shown, which a stall of a few seconds on a
+    /// loaded machine does not wipe out as it does the EWMA.
+    pub fn average(&self, now_ms: u64) -> u64 {
+        match self.first_ms {
+            Some(first) => {
+                let ms = now_ms.saturating_sub(first).max(100);
+                self.total.saturating_mul(1000) / ms
+            }
+            None => 0,
+        }
+    }
+
     /// All bytes ever added.
     #[cfg(test)]
     pub fn total(&self) -> u64 {
@@ -180,6 +193,18 @@ mod tests {
         assert!(r.per_sec(2000) < 3_000_000);
         // After the window, the estimate is the EWMA.
         assert_eq!(r.estimate(1000 + 60_000), r.per_sec(1000 + 60_000));
+    }
+
+    #[test]
+    fn average_survives_a_stall_that_the_ewma_forgets() {
+        let mut r = Rate::new(2000);
+        assert_eq!(r.average(5000), 0);
+        // 6 MB in the first second, then nothing for 4 s.
+        for t in 1..=100u64 {
+            r.add(60_000, 1000 + t * 10);
+        }
+        assert!(r.estimate(6000) < 600_000, "{}", r.estimate(6000));
+        assert_eq!(r.average(6000), 6_000_000 * 1000 / 4990);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use super::*;
+use crate::swarm::mirror_rules::BUSY_MIN_MS;
 
 const K: u64 = BLOCK as u64;
 const PIECES: u32 = 16;
@@ -405,13 +406,13 @@ fn rule_a_when_the_mirror_starts() {
             ],
         ),
         (
-            "a holder that chokes us: twice --peer-wait plus the mirror's time",
+            "a holder that chokes us: twice --peer-wait plus two unchoke rounds",
             no_discovery(),
             vec![(0, hello(2, None), vec![attach(1, 2)])],
             vec![
                 (0, want_p(), vec![send(1, PeerMsg::Interested)]),
-                (2003, tick(&[(P, 0)]), vec![]),
-                (2004, tick(&[(P, 0)]), vec![start(1)]),
+                (1999 + BUSY_MIN_MS, tick(&[(P, 0)]), vec![]),
+                (2000 + BUSY_MIN_MS, tick(&[(P, 0)]), vec![start(1)]),
             ],
         ),
         (
@@ -431,9 +432,8 @@ fn rule_a_when_the_mirror_starts() {
             ],
             vec![
                 (0, want_p(), vec![]),
-                (1999, tick(&[(P, 0)]), vec![]),
-                // 10 MB/s: 6 ms for the piece.
-                (2006, tick(&[(P, 0)]), vec![start(1)]),
+                (1999 + BUSY_MIN_MS, tick(&[(P, 0)]), vec![]),
+                (2000 + BUSY_MIN_MS, tick(&[(P, 0)]), vec![start(1)]),
             ],
         ),
     ];
@@ -443,6 +443,58 @@ fn rule_a_when_the_mirror_starts() {
         eprintln!("case: {name}");
         run(&mut m, &env, after);
     }
+}
+
+/// Rule (b) judges only peers that serve us now: a slow holder that then
+/// chokes us leaves the piece to rule (a), which waits for its unchoke
+/// rounds (a herd shares its upload slots) instead of sending the tail to
+/// the mirror.
+#[test]
+fn rule_b_waits_while_the_only_server_chokes_us() {
+    let mut m = Machine::new(cfg());
+    let size = 64 * K;
+    let env = no_discovery();
+    let mut hello2 = hello(2, None);
+    if let Input::Up(h) = &mut hello2 {
+        h.reqq = Some(4);
+    }
+    run(
+        &mut m,
+        &env,
+        vec![
+            (0, hello2, vec![attach(1, 2)]),
+            (0, unchoked(1), vec![]),
+            (
+                0,
+                Input::Want {
+                    piece: P,
+                    size,
+                    tag: 7,
+                },
+                vec![
+                    send(1, PeerMsg::Interested),
+                    req(1, P, &[(0, K), (K, K), (2 * K, K), (3 * K, K)]),
+                ],
+            ),
+            (1500, block(1, P, 0, K), vec![req(1, P, &[(4 * K, K)])]),
+        ],
+    );
+    let _ = m.handle(
+        1600,
+        &env,
+        Input::Choked {
+            key: key(1),
+            choked: true,
+            discarded: true,
+        },
+    );
+    m.check_invariants();
+    let fx = m.handle(RULE_B_AFTER_MS + 100, &env, tick(&[(P, K)]));
+    m.check_invariants();
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::StartMirror { .. })),
+        "{fx:?}"
+    );
 }
 
 /// Rule (b): the peers are slower than the mirror, which takes the tail.
@@ -477,7 +529,10 @@ fn rule_b_the_mirror_takes_the_tail_of_a_slow_piece() {
             (1500, block(1, P, 0, K), vec![req(1, P, &[(4 * K, K)])]),
         ],
     );
-    let effects = m.handle(1600, &env, tick(&[(P, K)]));
+    // Not before RULE_B_AFTER_MS: the peers get that long to show a rate.
+    let effects = m.handle(RULE_B_AFTER_MS - 100, &env, tick(&[(P, K)]));
+    assert_eq!(effects, vec![]);
+    let effects = m.handle(RULE_B_AFTER_MS + 100, &env, tick(&[(P, K)]));
     m.check_invariants();
     // The tail starts after the peer's last request (block 5) and runs to
     // the end; the peer keeps its front.
@@ -567,10 +622,10 @@ fn a_mirror_failure() {
         vec![
             (0, hello(2, None), vec![attach(1, 2)]),
             (0, want_p(), vec![send(1, PeerMsg::Interested)]),
-            (2006, tick(&[(P, 0)]), vec![start(1)]),
-            (2100, failed(1, Failure::Timeout), vec![]),
-            (4099, tick(&[(P, 0)]), vec![]),
-            (4100, tick(&[(P, 0)]), vec![start(2)]),
+            (2000 + BUSY_MIN_MS, tick(&[(P, 0)]), vec![start(1)]),
+            (22_100, failed(1, Failure::Timeout), vec![]),
+            (24_099, tick(&[(P, 0)]), vec![]),
+            (24_100, tick(&[(P, 0)]), vec![start(2)]),
         ],
     );
 }
@@ -1714,6 +1769,90 @@ fn who_makes_room_for_a_holder() {
         vec![send(1, PeerMsg::Close), Effect::Dial { addr: addr(30) }],
     ));
     run(&mut m, &env, steps);
+}
+
+/// Every slot taken by peers that do nothing for us nor we for them: a
+/// newcomer dialling in gets the place of the one idle longest, once it
+/// has been idle [`REDUNDANT_AFTER_MS`], at most one per
+/// [`ROOM_EVERY_MS`]; before that it is refused. An address found by a
+/// lookup waits for a free slot.
+#[test]
+fn a_full_peer_set_makes_room_for_newcomers() {
+    let full = || -> Vec<Step> {
+        (0..8u8)
+            .map(|i| {
+                (
+                    u64::from(i),
+                    hello_dt(2 + i, [2 + i; 20], Some(&[])),
+                    vec![attach(u32::from(i) + 1, 2 + i)],
+                )
+            })
+            .collect()
+    };
+    let found = |n: u8| Input::Found {
+        addr: addr(n),
+        origin: Origin::Dht,
+    };
+    let late = REDUNDANT_AFTER_MS + 10;
+    let cases: Vec<(&str, Vec<Step>)> = vec![
+        (
+            "incoming, all idle long enough: the first idle one goes",
+            vec![(
+                late,
+                Input::Incoming { addr: addr(40) },
+                vec![send(1, PeerMsg::Close), Effect::Accept { addr: addr(40) }],
+            )],
+        ),
+        (
+            "incoming, too soon: refused",
+            vec![(
+                REDUNDANT_AFTER_MS - 10,
+                Input::Incoming { addr: addr(40) },
+                vec![Effect::ReleaseSlot { ip: addr(40).ip() }],
+            )],
+        ),
+        (
+            "found, even while starving: no room made (only for dt_who holders)",
+            vec![
+                (
+                    late,
+                    want_p(),
+                    vec![Effect::AskWho {
+                        piece: P,
+                        to: (1..=8).map(|k| (key(k), 4)).collect(),
+                    }],
+                ),
+                (late, found(41), vec![]),
+            ],
+        ),
+        (
+            "two incoming at once: one place a second",
+            vec![
+                (
+                    late,
+                    Input::Incoming { addr: addr(40) },
+                    vec![send(1, PeerMsg::Close), Effect::Accept { addr: addr(40) }],
+                ),
+                (
+                    late + 10,
+                    Input::Incoming { addr: addr(41) },
+                    vec![Effect::ReleaseSlot { ip: addr(41).ip() }],
+                ),
+                (
+                    late + ROOM_EVERY_MS,
+                    Input::Incoming { addr: addr(42) },
+                    vec![send(2, PeerMsg::Close), Effect::Accept { addr: addr(42) }],
+                ),
+            ],
+        ),
+    ];
+    for (name, steps) in cases {
+        eprintln!("case: {name}");
+        let mut m = Machine::new(cfg());
+        let env = no_discovery();
+        run(&mut m, &env, full());
+        run(&mut m, &env, steps);
+    }
 }
 
 fn start_p(gen: u32) -> Effect {
