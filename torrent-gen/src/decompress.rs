@@ -97,11 +97,14 @@ pub struct IndexReader<'a> {
     read: u64,
 }
 
+/// The read size for index input: see `build_from_reader`.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
 impl<'a> IndexReader<'a> {
     /// Detects the compression of `r` and opens a decoder for it, capped at
     /// `max_size` decompressed bytes.
     pub fn new<R: Read + 'a>(r: R, max_size: u64) -> Result<IndexReader<'a>, Error> {
-        let mut buf = BufReader::with_capacity(256 * 1024, Tagged(r));
+        let mut buf = BufReader::with_capacity(READ_CHUNK, Tagged(r));
         let prefix = buf.fill_buf().map_err(|e| classify(e, Compression::None))?;
         let format = Compression::detect(prefix);
         let inner: Box<dyn Read + 'a> = match format {

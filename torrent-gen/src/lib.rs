@@ -28,6 +28,7 @@ mod torrent;
 
 use std::io::Read;
 
+use decompress::READ_CHUNK;
 pub use decompress::{Compression, IndexReader, DEFAULT_MAX_SIZE};
 pub use hex::{decode_hex, encode_hex};
 pub use metainfo::{read_metainfo, write_metainfo, Metainfo};
@@ -157,7 +158,12 @@ fn limit_error(l: parse::ParseLimit) -> Error {
 pub fn build_from_reader<R: Read>(r: R, opts: &Options) -> Result<Built, Error> {
     let mut reader = IndexReader::new(r, opts.max_size)?;
     let mut builder = Builder::new(opts.kind);
-    let mut buf = vec![0u8; 256 * 1024];
+    // As large as the IndexReader's own buffer, so that uncompressed input
+    // goes from the kernel straight into this one (no second copy), and no
+    // larger: measured on bookworm main (50 MB), 64 KiB reads ran the
+    // whole `hash` in 81 ms, 128 or 256 KiB reads in 96 ms, and reads
+    // smaller than the BufReader's buffer (a second copy) in 98 ms.
+    let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let n = reader.read_chunk(&mut buf)?;
         if n == 0 {

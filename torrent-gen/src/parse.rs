@@ -452,11 +452,26 @@ pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
 /// archive root, on disk or in a URL.
 pub fn check_path(p: &[u8]) -> Result<&str, DropReason> {
     let s = std::str::from_utf8(p).map_err(|_| DropReason::BadPath)?;
-    if s.is_empty() || s.starts_with('/') || s.contains(['\\', '\0']) {
-        return Err(DropReason::BadPath);
-    }
-    if s.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err(DropReason::BadPath);
+    // One pass over the bytes (every index entry's path goes through here):
+    // each component, up to a `/` or the end, must be non-empty and not
+    // `.` or `..`; no byte may be `\\` or NUL. An empty path is one empty
+    // component, and a leading `/` makes the first component empty.
+    let mut start = 0;
+    for (i, &b) in p
+        .iter()
+        .enumerate()
+        .chain(std::iter::once((p.len(), &b'/')))
+    {
+        match b {
+            b'\\' | 0 => return Err(DropReason::BadPath),
+            b'/' => {
+                if matches!(&p[start..i], b"" | b"." | b"..") {
+                    return Err(DropReason::BadPath);
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
     }
     Ok(s)
 }
@@ -508,6 +523,12 @@ mod tests {
             (b"pool/\xff.deb", false),
             (b"", false),
             (b"pool/...", true),
+            (b".", false),
+            (b"./pool", false),
+            (b"pool/.", false),
+            (b"pool/..", false),
+            (b"a", true),
+            (b".a/b..", true),
         ];
         for (input, ok) in cases {
             assert_eq!(

@@ -136,3 +136,32 @@ fn every_compression_gives_the_same_torrent() {
         assert_eq!(built.torrent.info_hash().to_hex(), want, "{name}");
     }
 }
+
+/// The section 2 path rule, written the obvious way; `check_path` is a
+/// one-pass version of it and must agree on every input.
+fn path_ok_reference(p: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(p) else {
+        return false;
+    };
+    !(s.is_empty() || s.starts_with('/') || s.contains(['\\', '\0']))
+        && !s.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+}
+
+proptest! {
+    #[test]
+    fn check_path_agrees_with_the_rule(p in proptest::collection::vec(
+        prop_oneof![Just(b'/'), Just(b'.'), Just(b'a'), Just(b'\\'), Just(0u8), Just(0xffu8), Just(b' ')],
+        0..12,
+    )) {
+        prop_assert_eq!(debtorrent_gen::check_path(&p).is_ok(), path_ok_reference(&p));
+    }
+
+    #[test]
+    fn hex_decodes_exactly_the_hex_digits(s in proptest::collection::vec(any::<u8>(), 6)) {
+        let want = s.iter().all(u8::is_ascii_hexdigit).then(|| {
+            let t = std::str::from_utf8(&s).unwrap_or_default();
+            [0, 2, 4].map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap_or_default())
+        });
+        prop_assert_eq!(debtorrent_gen::decode_hex::<3>(&s), want);
+    }
+}
