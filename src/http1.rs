@@ -15,6 +15,7 @@
 //! connection (the reader waits), 60 s idle keep-alive, 30 s to send a
 //! complete request head, 60 s for apt to take each chunk of a response.
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -513,7 +514,8 @@ async fn write_body(
     count: &(dyn Fn(u64) + Sync),
 ) -> io::Result<()> {
     let len = resp.body_len();
-    let mut h = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    let mut h = String::with_capacity(384);
+    let _ = write!(h, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (k, v) in &resp.headers {
         if v.contains(['\r', '\n']) {
             continue; // never let a value split the head
@@ -528,25 +530,28 @@ async fn write_body(
     let chunked = len.is_none() && !no_body_status;
     if let Some(n) = len {
         if !no_body_status {
-            h.push_str(&format!("content-length: {n}\r\n"));
+            let _ = write!(h, "content-length: {n}\r\n");
         }
     } else if chunked {
         h.push_str("transfer-encoding: chunked\r\n");
     }
-    h.push_str(&format!(
-        "date: {}\r\n",
-        httpdate::fmt_http_date(std::time::SystemTime::now())
-    ));
+    h.push_str("date: ");
+    DATE.with(|d| h.push_str(d.borrow_mut().now()));
+    h.push_str("\r\n");
     h.push_str(if close {
         "connection: close\r\n"
     } else {
         "connection: keep-alive\r\n"
     });
     h.push_str("server: debtorrent\r\n\r\n");
-    timed(wr.write_all(h.as_bytes())).await?;
     if head_only || no_body_status {
-        return Ok(());
+        return timed(wr.write_all(h.as_bytes())).await;
     }
+    // A file body follows at once: the head goes with MSG_MORE, so that it
+    // leaves in the same segment as the body's first bytes (one packet,
+    // not two, for a small package: the socket has TCP_NODELAY).
+    let more = matches!(resp.body, Body::File { len, .. } if len > 0);
+    timed(write_head(wr, h.as_bytes(), more)).await?;
     match resp.body {
         Body::Empty => {}
         Body::Bytes(b) => {
@@ -611,6 +616,56 @@ async fn write_body(
         }
     }
     Ok(())
+}
+
+/// Writes a response head; with `more`, as `send(MSG_MORE)`: the kernel
+/// holds it back for the body that follows (sendfile's last chunk pushes).
+async fn write_head(wr: &mut OwnedWriteHalf, mut head: &[u8], more: bool) -> io::Result<()> {
+    if !more {
+        return wr.write_all(head).await;
+    }
+    let sock: &TcpStream = wr.as_ref();
+    while !head.is_empty() {
+        sock.writable().await?;
+        let res = sock.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::net::send(sock.as_fd(), head, rustix::net::SendFlags::MORE)
+                .map_err(io::Error::from)
+        });
+        match res {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => head = &head[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The `Date` header's value, formatted once a second per thread rather
+/// than once per response.
+struct CachedDate {
+    secs: u64,
+    text: String,
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &str {
+        let now = std::time::SystemTime::now();
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if secs != self.secs || self.text.is_empty() {
+            self.secs = secs;
+            self.text = httpdate::fmt_http_date(now);
+        }
+        &self.text
+    }
+}
+
+thread_local! {
+    static DATE: std::cell::RefCell<CachedDate> = const {
+        std::cell::RefCell::new(CachedDate { secs: 0, text: String::new() })
+    };
 }
 
 async fn timed<F: Future<Output = io::Result<()>>>(f: F) -> io::Result<()> {

@@ -169,11 +169,14 @@ stop_pid() {
 # --------------------------------------------------------------- debtorrent
 DT_PORT=$(free_port)
 DT_PID=
+DT_RUN=0
 start_dt() {
+    # Each daemon's log is kept (dt-stderr.N) for KEEP=1 runs.
+    if [ -f "$WORK/dt/stderr" ]; then cp "$WORK/dt/stderr" "$WORK/dt-stderr.$((++DT_RUN))"; fi
     rm -rf "$WORK/dt"
     mkdir -p "$WORK/dt/data"
     "$DEBTORRENT_BIN" serve --listen "127.0.0.1:$DT_PORT" --data-dir "$WORK/dt/data" \
-        --allow-port "$NGINX_PORT" --log-level warn >"$WORK/dt/stdout" 2>"$WORK/dt/stderr" &
+        --allow-port "$NGINX_PORT" --log-level "${DT_LOG:-warn}" >"$WORK/dt/stdout" 2>"$WORK/dt/stderr" &
     DT_PID=$!
     PIDS+=("$DT_PID")
     wait_port "$DT_PORT"

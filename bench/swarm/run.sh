@@ -61,6 +61,7 @@ need curl curl
 need jq jq
 need openssl openssl
 need sha256sum coreutils
+[ -x /usr/bin/time ] || { echo "bench: missing /usr/bin/time (apt-get install time)" >&2; exit 1; }
 "$PY" -c 'import libtorrent' 2>/dev/null || { echo "bench: missing python3-libtorrent (apt-get install python3-libtorrent)" >&2; exit 1; }
 # Scenario 5's DHT load is counted with nftables counters (root only).
 DHT_ON=0
@@ -305,7 +306,7 @@ NOTES=()
 note() { NOTES+=("$*"); log "NOTE: $*"; }
 
 # ============================================================ scenario 1
-S1_CPU="" S1_OURS=nan S1_LT=nan S1_SHA=nan S1_SHASUM=nan S1_SEEDFILL=nan S1_RUNS="" S1_LT_RUNS="" S1_CHECK="" S1_WARM=""
+S1_CPU="" S1_LCPU=nan S1_SCPU=nan S1_OSSL=nan S1_OSSL_RUNS="" S1_IPB="" S1_OURS=nan S1_LT=nan S1_SHA=nan S1_SHASUM=nan S1_SEEDFILL=nan S1_RUNS="" S1_LT_RUNS="" S1_CHECK="" S1_WARM=""
 scenario1() {
     # A third, idle DHT node that both bootstrap from. With only the seed
     # and the leecher, the seed's first announce fails (empty table) and is
@@ -322,6 +323,8 @@ scenario1() {
     S1_SEEDFILL=$(awk -v t="${out%% *}" -v b="$BIG" 'BEGIN { printf "%.0f", b/t/1e6 }')
     get s1seed full "$WARM_PATH" 1000000 >/dev/null || true
     : >"$WORK/s1-ours"
+    : >"$WORK/s1-lcpu"
+    : >"$WORK/s1-scpu"
     for r in $(seq 1 "$RUNS"); do
         # The leecher's one lookup at registration sometimes answers
         # found=0 even with the seed announced seconds before (and that
@@ -366,7 +369,12 @@ scenario1() {
             note "(1) run $r failed: $out; leecher log: $WORK/d/$L/stderr"
         fi
         if [ -n "$perfpid" ]; then kill -INT "$perfpid" 2>/dev/null; wait "$perfpid" 2>/dev/null || true; fi
-        S1_CPU+="run $r: leecher $(awk -v a="$cl0" -v b="$(cpu_secs "${DPID[$L]}")" 'BEGIN { printf "%.2f", b-a }') s, seed $(awk -v a="$cs0" -v b="$(cpu_secs "${DPID[s1seed]}")" 'BEGIN { printf "%.2f", b-a }') s; "
+        local lc sc
+        lc=$(awk -v a="$cl0" -v b="$(cpu_secs "${DPID[$L]}")" 'BEGIN { printf "%.2f", b-a }')
+        sc=$(awk -v a="$cs0" -v b="$(cpu_secs "${DPID[s1seed]}")" 'BEGIN { printf "%.2f", b-a }')
+        echo "$lc" >>"$WORK/s1-lcpu"
+        echo "$sc" >>"$WORK/s1-scpu"
+        S1_CPU+="run $r: leecher $lc s, seed $sc s; "
         sleep 0.3
         after=$(torrent_of "$L" big || true)
         after=${after:-null}
@@ -382,6 +390,8 @@ scenario1() {
         rm -rf "$WORK/d/$L/data"
     done
     S1_OURS=$(median <"$WORK/s1-ours")
+    S1_LCPU=$(median <"$WORK/s1-lcpu")
+    S1_SCPU=$(median <"$WORK/s1-scpu")
     stop_daemon s1seed
     stop_daemon s1boot
 
@@ -421,6 +431,25 @@ EOF
     sha256sum "$REPO/$BIG_PATH" >/dev/null
     t=$(secs_since "$t0")
     S1_SHASUM=$(awk -v t="$t" -v b="$BIG" 'BEGIN { printf "%.0f", b/t/1e6 }')
+
+    # The CPU floor for a leecher: `openssl dgst -sha256` on the same bytes
+    # (page cache warm), its user+system time, median of 3.
+    log "(1) openssl dgst -sha256 CPU on the same bytes"
+    : >"$WORK/s1-ossl"
+    for r in 1 2 3; do
+        /usr/bin/time -f "%U %S" -o "$WORK/ossl-time" openssl dgst -sha256 "$REPO/$BIG_PATH" >/dev/null
+        awk '{ printf "%.2f\n", $1 + $2 }' "$WORK/ossl-time" >>"$WORK/s1-ossl"
+    done
+    S1_OSSL=$(median <"$WORK/s1-ossl")
+    S1_OSSL_RUNS=$(tr '\n' ' ' <"$WORK/s1-ossl")
+    # Instructions per byte, where the machine exposes the counter (VMs
+    # often do not).
+    if perf stat -x, -e instructions -o "$WORK/ossl-perf" openssl dgst -sha256 "$REPO/$BIG_PATH" >/dev/null 2>&1 &&
+        awk -F, '$3=="instructions" && $1 ~ /^[0-9]+$/ { found=1 } END { exit !found }' "$WORK/ossl-perf"; then
+        S1_IPB="openssl $(awk -F, -v b="$BIG" '$3=="instructions" { printf "%.2f", $1/b }' "$WORK/ossl-perf") instructions/byte"
+    else
+        S1_IPB="not available (perf stat: instructions counter not supported on this machine)"
+    fi
 }
 
 # ============================================================ scenario 2
@@ -855,6 +884,8 @@ MB = 10^6 bytes
     seed's own fill from nginx   $(fmt "$S1_SEEDFILL" 0)
     leecher counters             ${S1_CHECK:-n/a}
     daemon CPU during the 1 GB   ${S1_CPU:-n/a}
+    CPU s per GB (medians)       leecher $(fmt "$(awk -v c="$S1_LCPU" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2), seed $(fmt "$(awk -v c="$S1_SCPU" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2) (goal <= 0.3), openssl dgst -sha256 $(fmt "$(awk -v c="$S1_OSSL" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2) (runs: ${S1_OSSL_RUNS:-n/a}s)
+    leecher / openssl CPU        $(ratio "$S1_LCPU" "$S1_OSSL")   (goal <= 1.4); instructions: ${S1_IPB:-n/a}
 
 (2) 8 daemons, a set of $SET_N packages, $SET_SIZE bytes: mirror pool bytes / set size
     one after another            $S2_SEQ   (target ~1.0; $(fmt "$S2_SEQ_SECS" 1) s; each daemon starts, fetches the index, then the set)

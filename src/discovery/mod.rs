@@ -218,16 +218,23 @@ pub(crate) fn unhex20(s: &str) -> Option<InfoHash> {
 pub(crate) struct Emitter {
     tx: mpsc::Sender<Event>,
     own: SocketAddr,
+    /// Some mechanism has named a peer (any swarm) since the start.
+    heard: Arc<AtomicBool>,
 }
 
 impl Emitter {
     pub(crate) fn new(tx: mpsc::Sender<Event>, own: SocketAddr) -> Emitter {
-        Emitter { tx, own }
+        Emitter {
+            tx,
+            own,
+            heard: Arc::default(),
+        }
     }
     pub(crate) async fn peer(&self, info_hash: InfoHash, addr: SocketAddr, source: Origin) {
         if addr == self.own || addr.port() == 0 || addr.ip().is_unspecified() {
             return;
         }
+        self.heard.store(true, Ordering::Relaxed);
         let _ = self
             .tx
             .send(Event::Peer {
@@ -261,7 +268,17 @@ struct Inner {
     torrents: Mutex<HashMap<InfoHash, Entry>>,
     background: Mutex<Vec<JoinHandle<()>>>,
     shut: AtomicBool,
+    started: std::time::Instant,
+    /// The DHT's routing table has had a node (checked at most every
+    /// 500 ms: the milliseconds since `started` of the last check).
+    dht_reached: AtomicBool,
+    dht_checked_ms: std::sync::atomic::AtomicU64,
 }
+
+/// How long after the start discovery counts as still setting up (a DHT
+/// bootstrap takes a round trip or two) before [`Discovery::alone`] may
+/// say that nobody can be reached.
+const SETUP_GRACE_MS: u64 = 500;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -336,6 +353,9 @@ impl Discovery {
                 torrents: Mutex::default(),
                 background: Mutex::new(background),
                 shut: AtomicBool::new(false),
+                started: std::time::Instant::now(),
+                dht_reached: AtomicBool::new(false),
+                dht_checked_ms: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -427,6 +447,34 @@ impl Discovery {
                 i.rt.spawn(run_lookup(i.clone(), info_hash).instrument(span));
             }
         }
+    }
+
+    /// Nobody can be reached: the set-up time is over, the DHT's routing
+    /// table has never held a node (its routers are unreachable: an
+    /// offline machine, a firewall that drops UDP), no tracker is
+    /// configured, and no mechanism (LSD included) has named a single
+    /// peer. The swarm then sends apt's requests to the mirror at once
+    /// instead of waiting for peers that cannot come; one discovery that
+    /// reaches somebody ends it for good.
+    pub fn alone(&self) -> bool {
+        let i = &self.inner;
+        let now_ms = u64::try_from(i.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if now_ms < SETUP_GRACE_MS
+            || i.trackers.count() > 0
+            || i.emit.heard.load(Ordering::Relaxed)
+            || i.dht_reached.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        let last = i.dht_checked_ms.load(Ordering::Relaxed);
+        if last == 0 || now_ms.saturating_sub(last) >= 500 {
+            i.dht_checked_ms.store(now_ms, Ordering::Relaxed);
+            if i.dht.as_ref().is_some_and(|d| d.status().nodes > 0) {
+                i.dht_reached.store(true, Ordering::Relaxed);
+                return false;
+            }
+        }
+        true
     }
 
     /// Status for /status.json: `{"dht": {"enabled", "nodes",

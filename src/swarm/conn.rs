@@ -34,7 +34,7 @@ use tracing::Instrument;
 use super::catalogue::Catalogue;
 use super::rate::TokenBucket;
 use super::wire::{self, BlockRef, ExtHandshake, Handshake, Msg};
-use crate::assembly::{Download, Put};
+use crate::assembly::Download;
 use crate::store::Store;
 use crate::types::{InfoHash, PeerKey, PieceIndex, Source, BLOCK};
 
@@ -674,11 +674,32 @@ async fn reader(
 ) -> Result<(), ConnError> {
     buf.reserve(256 * 1024);
     let mut held = 0usize;
+    let mut run = Run::default();
     loop {
-        while let Some((msg, used)) = wire::decode(&buf, &DT2_LIMITS)? {
-            handle(msg, key, sh, shared, tx, fast, &mut held).await?;
-            buf.advance(used);
+        // Every whole message read so far. Blocks that follow one another
+        // in one piece are written together when something else comes or
+        // the bytes read are used up (`Run`).
+        let mut pos = 0;
+        while let Some((msg, used)) = wire::decode(&buf[pos..], &DT2_LIMITS)? {
+            match msg {
+                Msg::Piece { index, begin, data } => {
+                    if let Some(asked) = accept_block(shared, index, begin, data.len())? {
+                        let at = pos + used - data.len();
+                        if !run.extends(&asked, begin) {
+                            run.flush(&buf, key, sh).await;
+                        }
+                        run.push(asked, begin, at..at + data.len());
+                    }
+                }
+                msg => {
+                    run.flush(&buf, key, sh).await;
+                    handle(msg, key, sh, shared, tx, fast, &mut held).await?;
+                }
+            }
+            pos += used;
         }
+        run.flush(&buf, key, sh).await;
+        buf.advance(pos);
         if buf.capacity() - buf.len() < 32 * 1024 {
             buf.reserve(256 * 1024);
         }
@@ -691,6 +712,121 @@ async fn reader(
         if n == 0 {
             return Ok(());
         }
+    }
+}
+
+/// A block that arrived: the request it answers, or `None` for one we
+/// cancelled a moment ago (ignored). A block nobody asked for, or of the
+/// wrong length, is a violation.
+fn accept_block(
+    shared: &PeerShared,
+    index: u32,
+    begin: u32,
+    len: usize,
+) -> Result<Option<Asked>, ConnError> {
+    let entry = shared.outstanding().remove(&(index, begin));
+    let Some(asked) = entry else {
+        let recently = {
+            let mut c = shared.cancelled.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            while c
+                .front()
+                .is_some_and(|(_, t)| now.duration_since(*t) > Duration::from_secs(10))
+            {
+                c.pop_front();
+            }
+            c.iter().any(|(k, _)| *k == (index, begin))
+        };
+        if recently {
+            return Ok(None);
+        }
+        return Err(ConnError::Protocol("a block we did not request"));
+    };
+    if len != asked.len as usize {
+        return Err(ConnError::Protocol("a block of the wrong length"));
+    }
+    shared
+        .down
+        .fetch_add(u64::from(asked.len), Ordering::Relaxed);
+    Ok(Some(asked))
+}
+
+/// Blocks of one piece, one right after another, read from the socket and
+/// not yet written: they go into the assembly in one write
+/// (`Download::put_run`), then each is reported to the torrent task.
+#[derive(Default)]
+struct Run {
+    /// The assembly, our number for the piece, and the assembly's id and
+    /// generation before the write (a reset for a retry in between makes
+    /// the blocks stale, fetched again, never received while their bytes
+    /// are gone).
+    head: Option<(Arc<Download>, PieceIndex, u64, u64)>,
+    /// Each block: its offset, its length, and where it lies in the read
+    /// buffer.
+    blocks: Vec<(u32, u32, std::ops::Range<usize>)>,
+    news: Vec<u64>,
+}
+
+impl Run {
+    /// Whether a block of `asked` at `begin` continues this run (an empty
+    /// run continues nothing).
+    fn extends(&self, asked: &Asked, begin: u32) -> bool {
+        match (&self.head, self.blocks.last()) {
+            (Some((dl, ours, _, _)), Some(&(b, l, _))) => {
+                Arc::ptr_eq(dl, &asked.dl) && *ours == asked.ours && b + l == begin
+            }
+            _ => false,
+        }
+    }
+
+    fn push(&mut self, asked: Asked, begin: u32, at: std::ops::Range<usize>) {
+        if self.head.is_none() {
+            let (id, gen) = (asked.dl.id, asked.dl.gen());
+            self.head = Some((asked.dl, asked.ours, id, gen));
+        }
+        self.blocks.push((begin, asked.len, at));
+    }
+
+    async fn flush(&mut self, buf: &[u8], key: PeerKey, sh: &Context) {
+        let Some((dl, ours, id, gen)) = self.head.take() else {
+            return;
+        };
+        let Some(&(first, _, _)) = self.blocks.first() else {
+            return;
+        };
+        let slices: Vec<&[u8]> = self
+            .blocks
+            .iter()
+            .map(|(_, _, r)| buf.get(r.clone()).unwrap_or_default())
+            .collect();
+        self.news.clear();
+        self.news.resize(slices.len(), 0);
+        let res = dl.put_run(u64::from(first), &slices, Source::Peer(key), &mut self.news);
+        if let Err(e) = res {
+            // Not written (a full disk): the assembly cannot be completed
+            // here; the job ends, and apt's request falls back to a
+            // verified pass-through. Never taken for received, and not the
+            // peer's fault.
+            tracing::error!(error = %e, "cannot write a block");
+            self.blocks.clear();
+            let _ = sh.events.send(Event::WriteFailed { piece: ours }).await;
+            return;
+        }
+        for (&(begin, len, _), &new) in self.blocks.iter().zip(&self.news) {
+            let _ = sh
+                .events
+                .send(Event::Block {
+                    key,
+                    piece: ours,
+                    begin,
+                    len,
+                    new,
+                    id,
+                    gen,
+                })
+                .await;
+        }
+        self.blocks.clear();
     }
 }
 
@@ -787,57 +923,8 @@ async fn handle(
                 let _ = ev(Event::Rejected { key, req }).await;
             }
         }
-        Msg::Piece { index, begin, data } => {
-            let entry = shared.outstanding().remove(&(index, begin));
-            let Some(Asked { len, dl, ours }) = entry else {
-                let recently = {
-                    let mut c = shared.cancelled.lock().unwrap_or_else(|e| e.into_inner());
-                    let now = Instant::now();
-                    while c
-                        .front()
-                        .is_some_and(|(_, t)| now.duration_since(*t) > Duration::from_secs(10))
-                    {
-                        c.pop_front();
-                    }
-                    c.iter().any(|(k, _)| *k == (index, begin))
-                };
-                if recently {
-                    return Ok(());
-                }
-                return Err(ConnError::Protocol("a block we did not request"));
-            };
-            if data.len() as u32 != len {
-                return Err(ConnError::Protocol("a block of the wrong length"));
-            }
-            shared.down.fetch_add(u64::from(len), Ordering::Relaxed);
-            // The generation before the write: if a reset for a retry comes
-            // in between, the block counts as stale (fetched again), never
-            // as received while its bytes are gone.
-            let (id, gen) = (dl.id, dl.gen());
-            let new = match dl.put(u64::from(begin), data, Source::Peer(key)) {
-                Ok(Put::Progress { new }) => new,
-                Ok(Put::Duplicate) => 0,
-                Err(e) => {
-                    // Not written (a full disk): the assembly cannot be
-                    // completed here; the job ends, and apt's request
-                    // falls back to a verified pass-through. Never taken
-                    // for received, and not the peer's fault.
-                    tracing::error!(error = %e, "cannot write a block");
-                    let _ = ev(Event::WriteFailed { piece: ours }).await;
-                    return Ok(());
-                }
-            };
-            let _ = ev(Event::Block {
-                key,
-                piece: ours,
-                begin,
-                len,
-                new,
-                id,
-                gen,
-            })
-            .await;
-        }
+        // Taken apart by the reader (`accept_block`, `Run`).
+        Msg::Piece { .. } => {}
         Msg::Extended { id, payload } => match id {
             wire::EXT_HANDSHAKE => {} // a later one: nothing we need changes
             OUR_PEX_ID => {
@@ -884,7 +971,6 @@ async fn writer(
     // Relayed requests waiting for the mirror's bytes, with when they came.
     let mut waiting: VecDeque<(BlockRef, Instant)> = VecDeque::new();
     let mut file: Option<(u32, std::fs::File)> = None;
-    let mut block = vec![0u8; BLOCK as usize];
     let mut last_write = Instant::now();
     'outer: loop {
         // Relayed requests go back in line first, in order, so that a
@@ -924,10 +1010,19 @@ async fn writer(
                 shared.queued.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
+            // The block is read straight into the outgoing buffer, behind
+            // its header: one copy from the page cache, not two.
+            let head_at = out.len();
+            wire::encode_piece_header(r.index, r.begin, r.length, &mut out);
+            let body_at = out.len();
+            out.resize(body_at + r.length as usize, 0);
             let res = match later {
                 Some((i, b)) if i == r.index && r.begin >= b => Block::Later,
-                _ => sh.read_block(r, &mut file, &mut block),
+                _ => sh.read_block(r, &mut file, &mut out[body_at..]),
             };
+            if !matches!(res, Block::Ready(_)) {
+                out.truncate(head_at);
+            }
             let n = match res {
                 Block::Ready(n) => n,
                 Block::Later => {
@@ -952,14 +1047,14 @@ async fn writer(
                 tb.take(n as u64, sh.now_ms())
             };
             if wait > 0 {
-                if !out.is_empty() && !write_within(&mut w, &out).await {
+                // What went before this block goes now; the block after
+                // the wait.
+                if head_at > 0 && !write_within(&mut w, &out[..head_at]).await {
                     break 'outer;
                 }
-                out.clear();
+                out.advance(head_at);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            wire::encode_piece_header(r.index, r.begin, n as u32, &mut out);
-            out.extend_from_slice(&block[..n]);
             shared.up.fetch_add(n as u64, Ordering::Relaxed);
             sh.uploaded.fetch_add(n as u64, Ordering::Relaxed);
             served += 1;

@@ -103,6 +103,8 @@ pub struct Env {
     pub discovery_on: bool,
     /// Discovery runs: lookups and announces can be made.
     pub discovery_ready: bool,
+    /// Discovery can reach nobody (`Discovery::alone`).
+    pub alone: bool,
 }
 
 /// What a peer told us in its handshakes.
@@ -1613,6 +1615,7 @@ impl Machine {
             no_peers: self.peers.is_empty(),
             connecting: !self.connecting.is_empty(),
             lookup_fresh,
+            alone: env.alone,
             lookup_done_at: self.lookup_done_at,
             holders_due,
             asked_at: job.asked_at,

@@ -66,6 +66,9 @@ pub struct Waiting {
     pub connecting: bool,
     /// Discovery ran in the last minute (or there is none).
     pub lookup_fresh: bool,
+    /// Discovery can reach nobody (`Discovery::alone`): no DHT node, no
+    /// tracker, no peer named by any mechanism since the start.
+    pub alone: bool,
     /// When the last lookup ended.
     pub lookup_done_at: Option<u64>,
     /// Holders a peer named (`dt_who`) are being dialled: until then.
@@ -84,6 +87,9 @@ pub struct Waiting {
 ///   holder too, so waiting beats a second copy from the mirror;
 /// - holders a connected peer named (`dt_who`) are being dialled: until
 ///   they are up (`--peer-wait` after their names came);
+/// - no peer connected and discovery can reach nobody at all (no DHT
+///   node, no tracker, nobody heard on the LAN): at once, as without
+///   discovery; nobody can come to meet;
 /// - discovery found nobody at all: 200 ms after it ended (a peer our DHT
 ///   query reached may dial in);
 /// - in these last two cases, and when peers lack it, a large file waits
@@ -112,6 +118,8 @@ pub fn mirror_start_at(w: &Waiting) -> u64 {
         w.wanted_at + w.peer_wait * 2 + w.mirror_ms.clamp(BUSY_MIN_MS, 60_000)
     } else if let Some(t) = w.holders_due {
         t
+    } else if w.no_peers && !w.connecting && w.alone {
+        w.now
     } else if w.no_peers && !w.connecting && w.lookup_fresh {
         w.lookup_done_at
             .map_or(w.now, |t| (t + 200.min(w.peer_wait)).max(meet))
@@ -237,6 +245,26 @@ mod tests {
                     ..base
                 },
                 10_150,
+            ),
+            (
+                "nobody can be reached: a large file does not wait to meet",
+                Waiting {
+                    no_peers: true,
+                    alone: true,
+                    mirror_ms: 5000,
+                    ..base
+                },
+                10_000,
+            ),
+            (
+                "nobody can be reached, but a peer is being dialled",
+                Waiting {
+                    no_peers: true,
+                    connecting: true,
+                    alone: true,
+                    ..base
+                },
+                9_900 + 1000,
             ),
             (
                 "nobody anywhere, a large file: a quarter of the mirror's time",

@@ -381,6 +381,7 @@ impl Task {
             mirror: self.ctx.mirror.estimate(),
             discovery_on: self.ctx.discovery_on(),
             discovery_ready: self.ctx.discovery().is_some(),
+            alone: self.ctx.discovery().is_some_and(|d| d.alone()),
         }
     }
 
