@@ -220,10 +220,11 @@ for i in $(seq 1 "$RUNS"); do
     [ "$n" = "$NFILES" ] || CHECKS+="run $i nginx: $n of $NFILES files; "
     echo "$t" >>"$WORK/t-nginx"
 
-    start_daemon leech 127.0.3.20 --dht-bootstrap 127.0.3.11:6881,127.0.3.12:6881
-    c0=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/${DPID[leech]}/stat")
+    L="leech$i"
+    start_daemon "$L" 127.0.3.20 --dht-bootstrap 127.0.3.11:6881,127.0.3.12:6881
+    c0=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/${DPID[$L]}/stat")
     read -r t n < <(run_apt "$WORK/apt-dt" "http://127.0.3.20:9988/$NGINX/nopool")
-    c1=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/${DPID[leech]}/stat")
+    c1=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/${DPID[$L]}/stat")
     st=$(curl -sf --max-time 10 http://127.0.3.20:9988/status.json || echo '{}')
     from_mirror=$(jq '.bytes_from_mirror // 0' <<<"$st")
     from_peers=$(jq '.bytes_from_peers // 0' <<<"$st")
@@ -231,7 +232,8 @@ for i in $(seq 1 "$RUNS"); do
     CHECKS+="run $i: from peers $from_peers, from the mirror $from_mirror (indexes; pool/ is 404 there); "
     CPU+="$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b-a }')s "
     echo "$t" >>"$WORK/t-dt"
-    stop_daemon leech
+    stop_daemon "$L"
+    rm -rf "$WORK/d/$L/data"
     log "run $i: nginx $(tail -n 1 "$WORK/t-nginx") s, debtorrent $t s"
 done
 M_NGINX=$(median <"$WORK/t-nginx")

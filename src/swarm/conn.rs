@@ -1152,14 +1152,20 @@ fn apply(
         }
         Out::Choke => {
             shared.am_choking.store(true, Ordering::Relaxed);
-            // BEP 3 drops the queue; BEP 6 peers are told, one by one.
+            // BEP 3 drops the queue; BEP 6 peers are told, one by one,
+            // after the CHOKE (as libtorrent does): a reject from a peer
+            // that has not choked us means it cannot serve that content,
+            // and the leecher forgets that it holds it. Rejects sent first
+            // made a leecher forget every seed that rotated it out of its
+            // upload slots, and go to the mirror for what they held
+            // (bench/install).
+            wire::encode(&Msg::Choke, out);
             for (r, _) in uploads.drain(..) {
                 shared.queued.fetch_sub(1, Ordering::Relaxed);
                 if fast {
                     wire::encode(&Msg::Reject(r), out);
                 }
             }
-            wire::encode(&Msg::Choke, out);
         }
         Out::Unchoke => {
             shared.am_choking.store(false, Ordering::Relaxed);
@@ -1248,4 +1254,46 @@ pub fn read_stored(
     f.read_exact_at(buf.get_mut(..n)?, u64::from(r.begin))
         .ok()?;
     Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our CHOKE goes before the rejects of the requests it drops: a
+    /// reject from a peer that still unchokes us says "I cannot serve
+    /// this", and the receiver forgets that we hold it.
+    #[test]
+    fn choke_goes_before_its_rejects() {
+        let shared = PeerShared::default();
+        let r = |begin| BlockRef {
+            index: 3,
+            begin,
+            length: BLOCK,
+        };
+        let mut uploads: VecDeque<(BlockRef, Option<Instant>)> =
+            [(r(0), None), (r(BLOCK), None)].into_iter().collect();
+        shared.queued.store(2, Ordering::Relaxed);
+        for (fast, want) in [
+            (true, vec!["choke", "reject 0", "reject 16384"]),
+            (false, vec!["choke"]),
+        ] {
+            let mut up = uploads.clone();
+            let mut out = BytesMut::new();
+            assert!(apply(Out::Choke, &mut out, &mut up, &shared, fast, 3));
+            let mut got = Vec::new();
+            let mut at = 0;
+            while let Ok(Some((msg, used))) = wire::decode(&out[at..], &DT2_LIMITS) {
+                got.push(match msg {
+                    Msg::Choke => "choke".to_string(),
+                    Msg::Reject(b) => format!("reject {}", b.begin),
+                    other => format!("{other:?}"),
+                });
+                at += used;
+            }
+            assert_eq!(got, want, "fast={fast}");
+            assert!(up.is_empty());
+        }
+        uploads.clear();
+    }
 }

@@ -1726,6 +1726,14 @@ impl Machine {
                     tracing::info!(piece, failure = ?f, "mirror failed; peers go on");
                     self.drive(piece, now, env);
                 } else {
+                    tracing::info!(
+                        piece,
+                        failure = ?f,
+                        failures,
+                        holders,
+                        peers = self.peers.len(),
+                        "mirror failed; the download ends"
+                    );
                     self.end_job(piece, Some(f));
                 }
             }
