@@ -34,6 +34,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=../lib/apt-root.sh
 . "$HERE/../lib/apt-root.sh"
+# shellcheck source-path=SCRIPTDIR source=../lib/nginx.sh
+. "$HERE/../lib/nginx.sh"
 RUNS=${RUNS:-5}
 PKGS=${PKGS:-300}
 FLEET_CACHE=${FLEET_CACHE:-$HOME/.cache/debtorrent-bench/fleet}
@@ -116,35 +118,11 @@ log "repository: $NFILES packages, $SET_BYTES bytes"
 
 # ------------------------------------------------------------------- nginx
 NGINX=127.0.3.1:8080
-mkdir -p "$WORK/nginx/tmp"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-user root;
-worker_processes 2;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 2048; }
-http {
-    log_format bytes '\$uri \$body_bytes_sent \$status';
-    access_log $WORK/nginx/access.log bytes;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
-    default_type application/octet-stream;
-    server {
+nginx_conf "$WORK/nginx" "
         listen $NGINX;
         location /full/ { alias $REPO/; }
         location /nopool/dists/ { alias $REPO/dists/; }
-        location /nopool/pool/ { return 404; }
-    }
-}
-EOF
+        location /nopool/pool/ { return 404; }"
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 PIDS+=($!)
 wait_port 127.0.3.1 8080
@@ -157,7 +135,11 @@ start_daemon() {
     shift 2
     rm -rf "$WORK/d/$name"
     mkdir -p "$WORK/d/$name/data"
-    "$BIN" serve --listen "$ip:9988" --data-dir "$WORK/d/$name/data" --peer-addr "$ip:6881" \
+    local data="$WORK/d/$name/data"
+    # LEECH_DATA=DIR puts the leechers' data folders there (a tmpfs shows
+    # what the disk's fsync costs apt).
+    case "$name" in leech*) if [ -n "${LEECH_DATA:-}" ]; then data=$(mktemp -d "$LEECH_DATA/dt-leech.XXXXXX"); fi ;; esac
+    "$BIN" serve --listen "$ip:9988" --data-dir "$data" --peer-addr "$ip:6881" \
         --no-lsd --allow-port 8080 --log-level "$LOG_LEVEL" "$@" \
         >"$WORK/d/$name/stdout" 2>"$WORK/d/$name/stderr" &
     DPID[$name]=$!
