@@ -143,8 +143,9 @@ fn path_ok_reference(p: &[u8]) -> bool {
     let Ok(s) = std::str::from_utf8(p) else {
         return false;
     };
-    !(s.is_empty() || s.starts_with('/') || s.contains(['\\', '\0']))
-        && !s.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+    let unsafe_text = s.is_empty() || s.starts_with('/') || s.contains(['\\', '\0']);
+    let bad_component = s.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    !unsafe_text && !bad_component
 }
 
 proptest! {
