@@ -37,6 +37,10 @@ use crate::types::{PeerKey, PieceIndex, Source, BLOCK};
 
 /// How long a stalled peer gets no requests.
 pub const SNUB_MS: u64 = 30_000;
+/// How long a peer that finished fetching a piece (`dt_wip` done) has to
+/// verify and store it and say it holds it (`dt_hold`) before the mirror
+/// takes it over.
+pub const FINISH_GRACE_MS: u64 = 3_000;
 /// A peer that stalls this many times in a row, with no block delivered
 /// in between, is disconnected: it announced content it does not serve
 /// (dt2 lets any peer announce anything; what it cannot back with bytes
@@ -491,6 +495,9 @@ struct Peer {
     up_seen: u64,
     up_rate: Rate,
     wip: HashSet<PieceIndex>,
+    /// Pieces its `dt_wip` said it finished fetching, and when: it holds
+    /// them once it has verified and stored them and its `dt_hold` says so.
+    finishing: HashMap<PieceIndex, u64>,
     pex_id: Option<u8>,
     wip_id: Option<u8>,
     who_id: Option<u8>,
@@ -954,8 +961,12 @@ impl Machine {
                             }
                         }
                     }
+                    p.finishing
+                        .retain(|_, &mut t| now.saturating_sub(t) < FINISH_GRACE_MS);
                     for i in &done {
-                        p.wip.remove(i);
+                        if p.wip.remove(i) && p.finishing.len() < WIP_MAX {
+                            p.finishing.insert(*i, now);
+                        }
                     }
                     wanted.extend(done.into_iter().filter(|&i| self.picker.is_wanted(i)));
                 }
@@ -978,6 +989,7 @@ impl Machine {
                             wire::bitfield_set(b, i);
                         }
                         p.wip.remove(&i);
+                        p.finishing.remove(&i);
                         if self.picker.is_wanted(i) {
                             wanted.push(i);
                         }
@@ -1369,6 +1381,7 @@ impl Machine {
             up_seen: 0,
             up_rate: Rate::new(10_000),
             wip: HashSet::new(),
+            finishing: HashMap::new(),
             pex_id: h.pex_id,
             wip_id: h.wip_id,
             who_id: h.who_id,
@@ -1591,6 +1604,18 @@ impl Machine {
             .filter(active)
             .any(|p| p.has(piece) && p.snub_until <= now);
         let wip = self.peers.values().any(|p| p.wip.contains(&piece));
+        // A peer that just finished fetching it verifies and stores it, then
+        // says it holds it: until then (at most FINISH_GRACE_MS) the mirror
+        // waits. Without this, every receiver of a relay that had not
+        // caught up went to the mirror for the rest at the moment the relay
+        // finished (the fleet's wave 1: one 44 MB package sent 4-5 times).
+        let finishing_until = self
+            .peers
+            .values()
+            .filter_map(|p| p.finishing.get(&piece))
+            .map(|t| t + FINISH_GRACE_MS)
+            .max()
+            .unwrap_or(0);
         let holders_due = job.holders_due.filter(|&t| t > now);
         let lookup_fresh = !env.discovery_on
             || self
@@ -1620,7 +1645,7 @@ impl Machine {
             holders_due,
             asked_at: job.asked_at,
         });
-        if now >= deadline.max(job.mirror_not_before) {
+        if now >= deadline.max(job.mirror_not_before).max(finishing_until) {
             tracing::debug!(
                 piece,
                 waited_ms = now.saturating_sub(job.wanted_at),
@@ -1979,7 +2004,7 @@ impl Machine {
                 // A relay delivers at its mirror's pace, and holds a
                 // request until the mirror's bytes are in: it stalls only
                 // when that mirror does.
-                let limit = if p.relay && !p.wip.is_empty() {
+                let limit = if p.relay && !(p.wip.is_empty() && p.finishing.is_empty()) {
                     stall.max(RELAY_STALL_MS)
                 } else {
                     stall

@@ -436,6 +436,74 @@ fn rule_a_when_the_mirror_starts() {
                 (2000 + BUSY_MIN_MS, tick(&[(P, 0)]), vec![start(1)]),
             ],
         ),
+        (
+            "the fetcher finished (dt_wip done): the time to store it and say so",
+            no_discovery(),
+            vec![
+                (0, hello(2, Some(&[])), vec![attach(1, 2)]),
+                (
+                    0,
+                    Input::Wip {
+                        key: key(1),
+                        add: vec![P],
+                        done: vec![],
+                    },
+                    vec![],
+                ),
+            ],
+            vec![
+                (0, want_p(), vec![]),
+                (
+                    30_000,
+                    Input::Wip {
+                        key: key(1),
+                        add: vec![],
+                        done: vec![P],
+                    },
+                    vec![],
+                ),
+                (29_999 + FINISH_GRACE_MS, tick(&[(P, 0)]), vec![]),
+                (30_000 + FINISH_GRACE_MS, tick(&[(P, 0)]), vec![start(1)]),
+            ],
+        ),
+        (
+            "the fetcher finished and says it holds it: we ask it, not the mirror",
+            no_discovery(),
+            vec![
+                (0, hello(2, Some(&[])), vec![attach(1, 2)]),
+                (
+                    0,
+                    Input::Wip {
+                        key: key(1),
+                        add: vec![P],
+                        done: vec![],
+                    },
+                    vec![],
+                ),
+                (0, unchoked(1), vec![]),
+            ],
+            vec![
+                (0, want_p(), vec![]),
+                (
+                    30_000,
+                    Input::Wip {
+                        key: key(1),
+                        add: vec![],
+                        done: vec![P],
+                    },
+                    vec![],
+                ),
+                (
+                    31_000,
+                    Input::Holds {
+                        key: key(1),
+                        pieces: vec![P],
+                    },
+                    vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+                ),
+                (30_000 + FINISH_GRACE_MS, tick(&[(P, 0)]), vec![]),
+            ],
+        ),
     ];
     for (name, env, before, after) in cases {
         let mut m = Machine::new(cfg());
