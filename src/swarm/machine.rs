@@ -2309,6 +2309,10 @@ impl Machine {
                 );
             }
             assert!(p.wip.len() <= WIP_MAX, "{k:?}: dt_wip set too large");
+            assert!(
+                p.finishing.len() <= WIP_MAX,
+                "{k:?}: finishing set too large"
+            );
             assert!((1..=1000).contains(&p.reqq), "{k:?}: reqq out of range");
         }
         // The mirror's requests belong to a running mirror run.
