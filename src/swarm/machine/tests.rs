@@ -85,6 +85,15 @@ fn unchoked(k: u32) -> Input {
 }
 
 /// apt wants piece `P`.
+/// Peer `k`'s `dt_wip`: it fetches `add` from the mirror, and `done`.
+fn wip(k: u32, add: &[u32], done: &[u32]) -> Input {
+    Input::Wip {
+        key: key(k),
+        add: add.to_vec(),
+        done: done.to_vec(),
+    }
+}
+
 fn want_p() -> Input {
     Input::Want {
         piece: P,
@@ -371,6 +380,13 @@ fn rule_a_when_the_mirror_starts() {
         to: SIZE,
     };
 
+    // Peer 1 connected, holds nothing, fetches P from the mirror (dt_wip).
+    let fetching_peer = || -> Vec<Step> {
+        vec![
+            (0, hello(2, Some(&[])), vec![attach(1, 2)]),
+            (0, wip(1, &[P], &[]), vec![]),
+        ]
+    };
     // (name, env, steps before apt asks, steps after)
     let cases: Vec<(&str, Env, Vec<Step>, Vec<Step>)> = vec![
         (
@@ -418,18 +434,7 @@ fn rule_a_when_the_mirror_starts() {
         (
             "a peer fetching it from the mirror (dt_wip): twice --peer-wait plus the mirror's time",
             no_discovery(),
-            vec![
-                (0, hello(2, Some(&[])), vec![attach(1, 2)]),
-                (
-                    0,
-                    Input::Wip {
-                        key: key(1),
-                        add: vec![P],
-                        done: vec![],
-                    },
-                    vec![],
-                ),
-            ],
+            fetching_peer(),
             vec![
                 (0, want_p(), vec![]),
                 (1999 + BUSY_MIN_MS, tick(&[(P, 0)]), vec![]),
@@ -439,29 +444,10 @@ fn rule_a_when_the_mirror_starts() {
         (
             "the fetcher finished (dt_wip done): the time to store it and say so",
             no_discovery(),
-            vec![
-                (0, hello(2, Some(&[])), vec![attach(1, 2)]),
-                (
-                    0,
-                    Input::Wip {
-                        key: key(1),
-                        add: vec![P],
-                        done: vec![],
-                    },
-                    vec![],
-                ),
-            ],
+            fetching_peer(),
             vec![
                 (0, want_p(), vec![]),
-                (
-                    30_000,
-                    Input::Wip {
-                        key: key(1),
-                        add: vec![],
-                        done: vec![P],
-                    },
-                    vec![],
-                ),
+                (30_000, wip(1, &[], &[P]), vec![]),
                 (29_999 + FINISH_GRACE_MS, tick(&[(P, 0)]), vec![]),
                 (30_000 + FINISH_GRACE_MS, tick(&[(P, 0)]), vec![start(1)]),
             ],
@@ -469,30 +455,13 @@ fn rule_a_when_the_mirror_starts() {
         (
             "the fetcher finished and says it holds it: we ask it, not the mirror",
             no_discovery(),
-            vec![
-                (0, hello(2, Some(&[])), vec![attach(1, 2)]),
-                (
-                    0,
-                    Input::Wip {
-                        key: key(1),
-                        add: vec![P],
-                        done: vec![],
-                    },
-                    vec![],
-                ),
-                (0, unchoked(1), vec![]),
-            ],
+            fetching_peer()
+                .into_iter()
+                .chain([(0, unchoked(1), vec![])])
+                .collect(),
             vec![
                 (0, want_p(), vec![]),
-                (
-                    30_000,
-                    Input::Wip {
-                        key: key(1),
-                        add: vec![],
-                        done: vec![P],
-                    },
-                    vec![],
-                ),
+                (30_000, wip(1, &[], &[P]), vec![]),
                 (
                     31_000,
                     Input::Holds {
