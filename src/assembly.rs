@@ -100,9 +100,7 @@ struct Asm {
     received: u64,
     /// Received ranges beyond that prefix, sorted, disjoint, merged.
     got: Vec<(u64, u64)>,
-    /// Bumped when a failed copy is thrown away: the verifier starts over.
-    gen: u64,
-    /// The verifier's result for this generation.
+    /// The verifier's result for this generation (`Download::gen`).
     verdict: Option<bool>,
     /// Source of each block (the last one that wrote into it).
     block_src: Vec<Source>,
@@ -148,9 +146,11 @@ pub struct Download {
     pub id: u64,
     /// The mirror's Last-Modified, once known.
     last_modified: Mutex<Option<i64>>,
-    /// `Asm::gen`, readable without the lock: the torrent actor asks for it
-    /// with every block, and taking the lock for it made the actor and the
-    /// connection readers wait on one another (7% of a leecher's CPU).
+    /// The generation: bumped (under the `Asm` lock) when a failed copy is
+    /// thrown away, and the verifier starts over. Atomic so that it reads
+    /// without the lock: the torrent actor asks for it with every block,
+    /// and taking the lock for it made the actor and the connection
+    /// readers wait on one another (7% of a leecher's CPU).
     gen_now: std::sync::atomic::AtomicU64,
 }
 
@@ -179,7 +179,6 @@ impl Download {
             asm: Mutex::new(Asm {
                 received: 0,
                 got: Vec::new(),
-                gen: 0,
                 verdict: None,
                 block_src: vec![Source::Mirror; blocks],
                 peer_bytes: 0,
@@ -264,7 +263,7 @@ impl Download {
     pub fn on_verdict(&self, f: OnVerdict) {
         let done = {
             let a = self.lock();
-            a.verdict.map(|ok| (a.gen, ok))
+            a.verdict.map(|ok| (self.gen(), ok))
         };
         if let Some((gen, ok)) = done {
             f(gen, ok);
@@ -477,9 +476,8 @@ impl Download {
             blocks.push((src, Sha256::digest(&buf[..n]).into()));
         }
         a.received = 0;
-        a.gen += 1;
         self.gen_now
-            .store(a.gen, std::sync::atomic::Ordering::Release);
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         a.verdict = None;
         a.got.clear();
         a.peer_bytes = 0;
@@ -611,9 +609,9 @@ impl Download {
 
 /// The verifier of one download: finishes the hash of each whole copy and
 /// reports its result. Bytes that arrive in order are hashed by
-/// [`Download::put`] from the buffer they arrived in (no second read, and
-/// the bytes are still in the CPU's cache: this halved the leecher's CPU
-/// per byte, `bench/swarm` (1)). What arrived out of order (a second peer,
+/// [`Download::put_run`] from the buffer they arrived in (no second read,
+/// and the bytes are still in the CPU's cache; with the larger writes it
+/// took the leecher from 2.5 to 1.6 CPU-seconds per GB, `bench/swarm` (1)). What arrived out of order (a second peer,
 /// the endgame, a mirror range behind a peer's) is read back here from the
 /// page cache, on a blocking thread, so that a connection's reader never
 /// stops reading while megabytes are hashed.
@@ -638,7 +636,7 @@ async fn verify(dl: Arc<Download>) {
         }
         let job = {
             let mut a = dl.lock();
-            let gen = a.gen;
+            let gen = dl.gen();
             if a.hashed == dl.size && a.verdict.is_none() {
                 a.hasher.take().map(|h| Job::Finish {
                     gen,
@@ -680,7 +678,7 @@ async fn verify(dl: Arc<Download>) {
                         buf = b;
                         let mut a = dl.lock();
                         // A reset in between started a new hash already.
-                        if a.gen == gen {
+                        if dl.gen() == gen {
                             a.hasher = Some(h);
                             a.hashed = to;
                         }
@@ -697,7 +695,7 @@ async fn verify(dl: Arc<Download>) {
                 let ok = digest == dl.sha256;
                 let still = {
                     let mut a = dl.lock();
-                    if a.gen == gen {
+                    if dl.gen() == gen {
                         a.verdict = Some(ok);
                         true
                     } else {

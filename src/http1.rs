@@ -626,19 +626,33 @@ async fn write_head(wr: &mut OwnedWriteHalf, mut head: &[u8], more: bool) -> io:
     }
     let sock: &TcpStream = wr.as_ref();
     while !head.is_empty() {
-        sock.writable().await?;
-        let res = sock.try_io(tokio::io::Interest::WRITABLE, || {
+        let n = when_writable(sock, || {
             rustix::net::send(sock.as_fd(), head, rustix::net::SendFlags::MORE)
-                .map_err(io::Error::from)
-        });
-        match res {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => head = &head[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
+        head = &head[n..];
     }
     Ok(())
+}
+
+/// One write system call `op` on `sock`, made once the socket is
+/// writable, again after a spurious readiness (`EAGAIN`).
+async fn when_writable(
+    sock: &TcpStream,
+    mut op: impl FnMut() -> rustix::io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        sock.writable().await?;
+        match sock.try_io(tokio::io::Interest::WRITABLE, || {
+            op().map_err(io::Error::from)
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            res => return res,
+        }
+    }
 }
 
 /// The `Date` header's value, formatted once a second per thread rather
@@ -668,7 +682,7 @@ thread_local! {
     };
 }
 
-async fn timed<F: Future<Output = io::Result<()>>>(f: F) -> io::Result<()> {
+async fn timed<T, F: Future<Output = io::Result<T>>>(f: F) -> io::Result<T> {
     tokio::time::timeout(WRITE_TIMEOUT, f)
         .await
         .unwrap_or_else(|_| {
@@ -693,35 +707,19 @@ async fn send_file(
     let end = offset + len;
     while offset < end {
         let want = usize::try_from((end - offset).min(1 << 22)).unwrap_or(1 << 22);
-        let ready = tokio::time::timeout(WRITE_TIMEOUT, sock.writable()).await;
-        match ready {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "client stopped reading",
-                ))
-            }
-        }
-        let res = sock.try_io(tokio::io::Interest::WRITABLE, || {
+        let n = timed(when_writable(sock, || {
             let mut off = offset;
             rustix::fs::sendfile(sock.as_fd(), file.as_fd(), Some(&mut off), want)
-                .map_err(io::Error::from)
-        });
-        match res {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shorter than expected",
-                ))
-            }
-            Ok(n) => {
-                offset += n as u64;
-                count(n as u64);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        }))
+        .await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than expected",
+            ));
         }
+        offset += n as u64;
+        count(n as u64);
     }
     Ok(())
 }

@@ -277,7 +277,8 @@ struct Inner {
 
 /// How long after the start discovery counts as still setting up (a DHT
 /// bootstrap takes a round trip or two) before [`Discovery::alone`] may
-/// say that nobody can be reached.
+/// say that nobody can be reached, and a public-DHT lookup with an empty
+/// routing table ends at once.
 const SETUP_GRACE_MS: u64 = 500;
 
 impl Drop for Inner {

@@ -48,14 +48,6 @@ pub(crate) struct PublicDht {
     started: Instant,
 }
 
-/// How long a lookup waits for a first node in the routing table. A node
-/// that has none by then (its bootstrap routers are unreachable: an
-/// offline machine, a LAN without internet) answers lookups at once with
-/// nothing found, so apt's requests go to the mirror it can reach without
-/// waiting `--peer-wait` each (the daemon benchmark's cold apt run took
-/// 3.7 s instead of 0.5 s that way).
-const FIRST_NODE_GRACE: Duration = Duration::from_secs(1);
-
 impl Drop for PublicDht {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -218,8 +210,13 @@ impl PublicDht {
     /// `get_peers` until [`LOOKUP_TIMEOUT`]; each new address is sent at
     /// once.
     pub(crate) async fn lookup(&self, ih: InfoHash) {
+        // A node with no node in its table after the set-up time (its
+        // bootstrap routers are unreachable: an offline machine, a LAN
+        // without internet) answers at once with nothing found, rather
+        // than walk for LOOKUP_TIMEOUT while apt waits.
+        let grace = Duration::from_millis(super::SETUP_GRACE_MS);
         while self.nodes() == 0 {
-            if self.started.elapsed() >= FIRST_NODE_GRACE {
+            if self.started.elapsed() >= grace {
                 tracing::debug!("public DHT lookup skipped: no node in the routing table");
                 return;
             }
