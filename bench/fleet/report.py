@@ -212,6 +212,11 @@ if c1 and c2 and t2 and t2 > t1:
                 "tail_bytes_per_node_s_max": max(tb) if tb else None,
                 "tail_packets_per_node_s_mean": sum(tp) / len(tp) if tp else None,
                 "tail_packets_per_node_s_max": max(tp) if tp else None})
+try:
+    with open(f"{WORK}/fleet/dht-kinds.json") as fh:
+        dht["by_kind"] = json.load(fh)
+except (OSError, ValueError):
+    pass
 rep["dht"] = dht
 
 # Samples: connections, load; final: RSS peak, CPU.
@@ -330,6 +335,14 @@ for w in waves:
     print(f"  wave {w['wave']}: {w['clients']:4d} clients  {w['index']:6s}  fleet {f(w['fleet_p50'])}/{f(w['fleet_max'])}"
           f"  baseline {f(w['baseline_p50'])}/{f(w['baseline_max'])}  daemons: mirror {w['daemons_from_mirror'] / MB:.0f} MB,"
           f" peers {w['daemons_from_peers'] / MB:.0f} MB; window {f((w['mirror_pool_bytes'] or 0) / MB, 0)} MB")
+bk = dht.get("by_kind")
+if bk and bk.get("total_bytes"):
+    print()
+    print(f"DHT traffic by message (dhtsniff.py, {bk['seconds']:.0f} s, {bk['total_packets']} packets,"
+          f" {bk['total_bytes'] / MB:.1f} MB; get_peers answers with values {bk['get_peers_answers_with_values']},"
+          f" peers in them {bk['peers_in_values']})")
+    for k, v in bk["by_kind"].items():
+        print(f"  {k:24s} {v['packets']:8d} packets {v['bytes'] / MB:7.2f} MB  {100 * v['bytes'] / bk['total_bytes']:5.1f} %")
 if again:
     print()
     print("files the mirror sent more than once (fleet): times = bytes sent / size")

@@ -40,6 +40,7 @@
 #        MIRROR_RATE=20000000 (bytes/s) RTT_MS=30 APT_TIMEOUT=600 TAIL=30
 #        SAMPLE_SECS=10 BASELINE=1 (0: no baseline) FLEET=1 (0: baseline only)
 #        TRACKER=0 LOG_LEVEL=info
+#        DHT_SNIFF=1 (break the DHT traffic down by message: dhtsniff.py)
 #        DAEMON_ARGS="..." (extra flags for every daemon)
 #        DEBTORRENT=path (default <repo>/target/release/debtorrent, built
 #        with cargo build --release --locked when absent)
@@ -75,6 +76,7 @@ SAMPLE_SECS=${SAMPLE_SECS:-10}
 BASELINE=${BASELINE:-1}
 FLEET=${FLEET:-1}
 TRACKER=${TRACKER:-0}
+DHT_SNIFF=${DHT_SNIFF:-0}
 LOG_LEVEL=${LOG_LEVEL:-info}
 DAEMON_ARGS=${DAEMON_ARGS:-}
 FLEET_CACHE=${FLEET_CACHE:-$HOME/.cache/debtorrent-bench/fleet}
@@ -455,10 +457,22 @@ if [ "$FLEET" = 1 ]; then
         port_open "${TRACKER_ADDR%:*}" "${TRACKER_ADDR#*:}" || { echo "fleet: the tracker did not start: $(tail -n 3 "$WORK/tracker/log")" >&2; exit 1; }
     fi
     nft_setup
+    SNIFF_PID=""
+    if [ "$DHT_SNIFF" = 1 ]; then
+        "$PY" "$HERE/dhtsniff.py" 6881 "$WORK/stop-sniff" "$WORK/fleet/dht-kinds.json" \
+            "$((WAVES * WAVE_GAP + APT_TIMEOUT + 600))" 2>"$WORK/sniff.err" &
+        SNIFF_PID=$!
+        PIDS+=("$SNIFF_PID")
+    fi
     LOAD_FLEET_START=$(cut -d' ' -f1-3 /proc/loadavg)
     log "fleet: $N daemons on 127.0.1.1..$N, mirror $MIRROR_RATE B/s, RTT $RTT_MS ms"
     run_phase fleet
     nft_snap "$WORK/fleet/nft.done"
+    if [ -n "$SNIFF_PID" ]; then
+        : >"$WORK/stop-sniff"
+        for _ in $(seq 1 50); do kill -0 "$SNIFF_PID" 2>/dev/null || break; sleep 0.1; done
+        stop_pid "$SNIFF_PID"
+    fi
     log "fleet: $TAIL s idle tail (DHT upkeep)"
     sleep "$TAIL"
     nft_snap "$WORK/fleet/nft.tail"

@@ -72,6 +72,9 @@ pub fn reannounce_early(nodes_then: usize, nodes_now: usize) -> bool {
 /// A table smaller than this is a new or tiny DHT (see [`reannounce_early`]).
 pub const EARLY_REANNOUNCE_BELOW: usize = 8;
 
+/// How often the node count is refreshed while the bootstrap runs.
+const BOOTSTRAP_POLL: Duration = Duration::from_millis(100);
+
 #[derive(Default)]
 struct State {
     nodes: AtomicUsize,
@@ -212,9 +215,21 @@ impl DhtNode {
     /// Wait for the bootstrap, then keep the node count fresh and save the
     /// table every [`SAVE_EVERY`]. Runs until aborted.
     pub(crate) async fn maintain(self: Arc<Self>, seed_node: bool) {
-        let ok = tokio::time::timeout(Duration::from_secs(60), self.dht.bootstrapped())
-            .await
-            .unwrap_or(false);
+        // `bootstrapped()` returns when the crate's find_node walk is over,
+        // which in a small DHT can take seconds after the first node has
+        // answered. The node count is what `Discovery::alone` reads, so it
+        // is refreshed every 100 ms meanwhile: a node that has reached
+        // anybody never counts as alone.
+        let boot = tokio::time::timeout(Duration::from_secs(60), self.dht.bootstrapped());
+        tokio::pin!(boot);
+        let ok = loop {
+            tokio::select! {
+                r = &mut boot => break r.unwrap_or(false),
+                () = tokio::time::sleep(BOOTSTRAP_POLL) => {
+                    self.refresh().await;
+                }
+            }
+        };
         self.state.bootstrap_done.store(true, Ordering::Relaxed);
         self.state.bootstrapped.store(ok, Ordering::Relaxed);
         if ok {

@@ -269,10 +269,8 @@ struct Inner {
     background: Mutex<Vec<JoinHandle<()>>>,
     shut: AtomicBool,
     started: std::time::Instant,
-    /// The DHT's routing table has had a node (checked at most every
-    /// 500 ms: the milliseconds since `started` of the last check).
+    /// The DHT's routing table has had a node.
     dht_reached: AtomicBool,
-    dht_checked_ms: std::sync::atomic::AtomicU64,
 }
 
 /// How long after the start discovery counts as still setting up (a DHT
@@ -356,7 +354,6 @@ impl Discovery {
                 shut: AtomicBool::new(false),
                 started: std::time::Instant::now(),
                 dht_reached: AtomicBool::new(false),
-                dht_checked_ms: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -467,13 +464,9 @@ impl Discovery {
         {
             return false;
         }
-        let last = i.dht_checked_ms.load(Ordering::Relaxed);
-        if last == 0 || now_ms.saturating_sub(last) >= 500 {
-            i.dht_checked_ms.store(now_ms, Ordering::Relaxed);
-            if i.dht.as_ref().is_some_and(|d| d.status().nodes > 0) {
-                i.dht_reached.store(true, Ordering::Relaxed);
-                return false;
-            }
+        if i.dht.as_ref().is_some_and(|d| d.status().nodes > 0) {
+            i.dht_reached.store(true, Ordering::Relaxed);
+            return false;
         }
         true
     }
