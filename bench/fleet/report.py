@@ -204,6 +204,8 @@ if c1 and t1:
                 "run_packets_per_node_s_mean": sum(run_p) / len(run_p) if run_p else None,
                 "run_packets_per_node_s_max": max(run_p) if run_p else None,
                 "run_total_bytes": sum(v[1] for v in c1.values()), "run_total_packets": sum(v[0] for v in c1.values())})
+    per_node = [c1[k][1] / 1000 for k in starts]
+    dht.update({"run_kb_per_node_p50": pct(per_node, 50), "run_kb_per_node_max": max(per_node) if per_node else None})
 if c1 and c2 and t2 and t2 > t1:
     tb = [(c2[k][1] - c1[k][1]) / (t2 - t1) for k in starts]
     tp = [(c2[k][0] - c1[k][0]) / (t2 - t1) for k in starts]
@@ -222,6 +224,7 @@ rep["dht"] = dht
 # Samples: connections, load; final: RSS peak, CPU.
 maxconn = defaultdict(int)
 endconn = {}
+lookups = {}
 loads = []
 try:
     with open(f"{WORK}/fleet/samples.jsonl") as fh:
@@ -232,6 +235,8 @@ try:
             elif s.get("conns") is not None:
                 maxconn[s["k"]] = max(maxconn[s["k"]], s["conns"])
                 endconn[s["k"]] = s["conns"]
+                if s.get("lookups") is not None:
+                    lookups[s["k"]] = s["lookups"]
 except OSError:
     pass
 hwm, rss, cpu, dead = [], [], [], []
@@ -257,6 +262,7 @@ rep["daemons"] = {
     "rss_end_mb_p50": pct(rss, 50), "cpu_s_p50": pct(cpu, 50), "cpu_s_max": max(cpu) if cpu else None,
     "cpu_s_total": sum(cpu), "not_running_at_end": dead,
     "load1_max": max(loads) if loads else None,
+    "lookups_p50": pct(list(lookups.values()), 50), "lookups_max": max(lookups.values()) if lookups else None,
 }
 rep["apt"] = {"fleet": fa, "baseline": ba}
 
@@ -315,6 +321,7 @@ rows = [
     ("failed apt runs, fleet / baseline", f"{fa['failed']} of {fa['runs']} / " + (f"{ba['failed']} of {ba['runs']}" if ba else "n/a"), "0"),
     ("DHT B/s per node, run mean/max", f"{f(dht.get('run_bytes_per_node_s_mean'), 0)} / {f(dht.get('run_bytes_per_node_s_max'), 0)}", "<= 300"),
     ("DHT B/s per node, idle tail mean/max", f"{f(dht.get('tail_bytes_per_node_s_mean'), 0)} / {f(dht.get('tail_bytes_per_node_s_max'), 0)} ({f(dht.get('tail_seconds'), 0)} s)", "<= 300"),
+    ("DHT kB per node over the run p50/max, lookups p50/max", f"{f(dht.get('run_kb_per_node_p50'), 0)} / {f(dht.get('run_kb_per_node_max'), 0)}, {f(d.get('lookups_p50'), 0)} / {f(d.get('lookups_max'), 0)}", ""),
     ("DHT packets/s per node, run / tail", f"{f(dht.get('run_packets_per_node_s_mean'), 2)} / {f(dht.get('tail_packets_per_node_s_mean'), 2)}", ""),
     ("peer connections per daemon", f"max over run p50 {f(d['conns_max_p50'], 0)}, max {f(d['conns_max_max'], 0)}; at end mean {f(d['conns_end_mean'], 1)}", ""),
     ("peak RSS per daemon MB p50/p95/max", f"{f(d['peak_rss_mb_p50'])} / {f(d['peak_rss_mb_p95'])} / {f(d['peak_rss_mb_max'])}", "<= 40"),

@@ -74,6 +74,7 @@ def sweep(out, final=False):
             row.update({
                 "conns": sw.get("connections"),
                 "dht_nodes": dht.get("nodes"),
+                "lookups": s.get("lookups"),
                 "from_peers": s.get("bytes_from_peers"),
                 "from_mirror": s.get("bytes_from_mirror"),
                 "uploaded": s.get("bytes_uploaded"),

@@ -306,6 +306,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Silence after which a peer is dropped (it must send keep-alives).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 const KEEPALIVE: Duration = Duration::from_secs(90);
+/// The read buffer of a peer we await blocks from, and of one that only
+/// sends control messages; the write buffer of an idle peer.
+const READ_BIG: usize = 256 * 1024;
+const READ_SMALL: usize = 16 * 1024;
+const WRITE_IDLE: usize = 16 * 1024;
+
 /// Requests a peer may have queued at us; we advertise it as `reqq`. A
 /// thousand 16 KiB blocks (16 MB) keep a fast LAN or loopback link busy:
 /// 250 held the 1 GB benchmark near 475 MB/s, 1000 lifted it to 540.
@@ -672,7 +678,6 @@ async fn reader(
     tx: &mpsc::Sender<Out>,
     fast: bool,
 ) -> Result<(), ConnError> {
-    buf.reserve(256 * 1024);
     let mut held = 0usize;
     let mut run = Run::default();
     loop {
@@ -700,8 +705,19 @@ async fn reader(
         }
         run.flush(&buf, key, sh).await;
         buf.advance(pos);
-        if buf.capacity() - buf.len() < 32 * 1024 {
-            buf.reserve(256 * 1024);
+        // Room for the next read. A peer we await blocks from gets
+        // READ_BIG, so that one read takes many blocks; one that only
+        // sends control messages gets READ_SMALL, and a big buffer that is
+        // empty goes back once nothing is asked of that peer. A daemon
+        // with dozens of peers would otherwise keep READ_BIG each (the
+        // fleet's RSS, issue 12).
+        let expecting = !shared.outstanding().is_empty();
+        if !expecting && buf.is_empty() && buf.capacity() > READ_SMALL {
+            buf = BytesMut::with_capacity(READ_SMALL);
+        }
+        let room = if expecting { READ_BIG } else { READ_SMALL };
+        if buf.capacity() - buf.len() < room / 8 {
+            buf.reserve(room);
         }
         let n = tokio::select! {
             r = tokio::time::timeout(IDLE_TIMEOUT, read.read_buf(&mut buf)) => {
@@ -964,7 +980,7 @@ async fn writer(
     fast: bool,
     hold_id: u8,
 ) {
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut out = BytesMut::with_capacity(WRITE_IDLE);
     // The peer's requests; a relayed one that waited for the mirror's
     // bytes carries since when.
     let mut uploads: VecDeque<(BlockRef, Option<Instant>)> = VecDeque::new();
@@ -1069,6 +1085,11 @@ async fn writer(
         }
         if !uploads.is_empty() {
             continue;
+        }
+        // Idle: a buffer that a batch of uploads grew goes back (see
+        // READ_SMALL).
+        if out.capacity() > WRITE_IDLE {
+            out = BytesMut::with_capacity(WRITE_IDLE);
         }
         let mut idle = KEEPALIVE.saturating_sub(last_write.elapsed());
         if !waiting.is_empty() {

@@ -54,6 +54,10 @@ pub const RELAY_STALL_MS: u64 = 10_000;
 /// Below this many peers, a swarm that starves (apt waits on a file no
 /// connected peer serves) looks up more peers every 5 s.
 pub const STARVING_LOOKUP_PEERS: usize = 8;
+
+/// Ticks come every 100 ms; one this much later than the last means the
+/// task itself did not run in between (see `tick`).
+pub const LATE_TICK_MS: u64 = 500;
 /// A connection idle this long (no progress, no interest either way, no
 /// unchoke) gives its place up to a newcomer when every slot is taken
 /// (`make_room`): long enough that peers that just met can exchange their
@@ -632,6 +636,8 @@ pub struct Machine {
     last_holding: u64,
     last_report: u64,
     last_lookup: u64,
+    /// When the last tick came: a late one means this task did not run.
+    last_tick: u64,
     announced: bool,
     stopped: bool,
     /// The last mirror run's number, over all jobs.
@@ -671,6 +677,7 @@ impl Machine {
             last_holding: 0,
             last_report: 0,
             last_lookup: 0,
+            last_tick: 0,
             announced: false,
             stopped: false,
             mirror_gen: 0,
@@ -1193,7 +1200,12 @@ impl Machine {
             .values()
             .any(|p| p.serves(piece) || p.wip.contains(&piece));
         if !holders {
-            if env.discovery_ready {
+            // A lookup names members of the swarm, not holders of this
+            // piece, and costs a walk over the DHT. Among many peers that
+            // answer `dt_who`, asking them reaches further for less.
+            let who_reaches = self.peers.len() >= STARVING_LOOKUP_PEERS
+                && self.peers.values().any(|p| p.who_id.is_some());
+            if env.discovery_ready && !who_reaches {
                 self.last_lookup = now;
                 self.emit(Effect::Lookup);
             }
@@ -1991,6 +2003,18 @@ impl Machine {
             if let Some(p) = self.peers.get_mut(&k) {
                 p.up_rate.add(up - p.up_seen.min(up), now);
                 p.up_seen = up;
+            }
+        }
+        // Time this task did not run (a starved CPU, a blocked thread) is
+        // not a peer's silence: a tick that comes LATE_TICK_MS after the
+        // last one moves every stall clock on by the gap, so that rule (c)
+        // does not snub every peer at once for our own hiccup.
+        let gap = now.saturating_sub(self.last_tick);
+        self.last_tick = now;
+        if gap > LATE_TICK_MS && now > gap {
+            tracing::debug!(gap_ms = gap, "late tick: stall clocks moved on");
+            for p in self.peers.values_mut() {
+                p.last_progress = (p.last_progress + gap).min(now);
             }
         }
         // Rule (c): a peer with requests out and no block for `stall_ms`

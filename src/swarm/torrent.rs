@@ -182,6 +182,9 @@ impl Handle {
 /// peer).
 const MAX_PENDING: usize = 4096;
 
+/// Connection events taken before each tick (the channel's size).
+const TICK_DRAIN: usize = 4096;
+
 /// A connected peer's channel and shared counters, and what its
 /// `dt_hold` and `dt_wip` messages said, in its numbers.
 struct Link {
@@ -359,7 +362,19 @@ impl Task {
                     Some(ev) => self.on_ev(ev),
                 },
                 Some(ev) = peer_rx.recv() => self.on_peer(ev),
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    // Time-based rules judge the freshest data: what the
+                    // connections already reported goes in first (after a
+                    // hiccup of this task the tick may be picked before a
+                    // backlog of blocks, and every peer would look stalled).
+                    for _ in 0..TICK_DRAIN {
+                        match peer_rx.try_recv() {
+                            Ok(ev) => self.on_peer(ev),
+                            Err(_) => break,
+                        }
+                    }
+                    self.on_tick();
+                }
             }
         }
         self.feed(Input::Stop);

@@ -167,6 +167,19 @@ fn one_peer_serving() -> Vec<Step> {
 /// One step: at `now`, `input` gives exactly `effects`.
 type Step = (u64, Input, Vec<Effect>);
 
+/// Ticks every 100 ms after `from` up to and including `to`, as the
+/// torrent task sends them; the effects of all of them, in order.
+fn ticks(m: &mut Machine, env: &Env, from: u64, to: u64, contiguous: &[(u32, u64)]) -> Vec<Effect> {
+    let mut out = Vec::new();
+    let mut t = from;
+    while t < to {
+        t = (t + 100).min(to);
+        out.extend(m.handle(t, env, tick(contiguous)));
+        m.check_invariants();
+    }
+    out
+}
+
 fn run(m: &mut Machine, env: &Env, steps: Vec<Step>) {
     m.check_invariants();
     for (i, (now, input, want)) in steps.into_iter().enumerate() {
@@ -1395,8 +1408,9 @@ fn a_peer_that_announces_what_it_never_serves_is_dropped() {
                 m.handle(now + 10, &env, block(1, piece, 0, K));
             }
             // Past --stall-timeout: a stall.
+            let fx = ticks(&mut m, &env, now, now + 2001, &[(piece, 0)]);
             now += 2001;
-            for e in m.handle(now, &env, tick(&[(piece, 0)])) {
+            for e in fx {
                 match e {
                     Effect::Violation { .. } => violations += 1,
                     Effect::Send {
@@ -1928,11 +1942,12 @@ fn a_relay_stalls_only_after_its_longer_limit() {
                 want_p(),
                 vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
             ),
-            // Far beyond --stall-timeout (2 s): still waiting on the relay.
-            (9_000, tick(&[(P, 0)]), vec![]),
         ],
     );
-    let fx = m.handle(RELAY_STALL_MS + 1, &env, tick(&[(P, 0)]));
+    // Far beyond --stall-timeout (2 s): still waiting on the relay.
+    let fx = ticks(&mut m, &env, 0, 9_000, &[(P, 0)]);
+    assert_eq!(fx, vec![], "before the relay limit");
+    let fx = ticks(&mut m, &env, 9_000, RELAY_STALL_MS + 1, &[(P, 0)]);
     m.check_invariants();
     assert!(
         fx.contains(&send(1, PeerMsg::CancelAll)),
@@ -1969,4 +1984,95 @@ fn holders_names_who_holds_or_relays_but_not_the_asker() {
         assert_eq!(m.holders(P, asker), want, "asked by {asker:?}");
     }
     assert!(m.holders(P + 1, key(1)).is_empty());
+}
+
+/// apt wants a piece no connected peer holds. With few peers we look the
+/// swarm up on the DHT (and ask who holds it); among many that answer
+/// `dt_who` we only ask them: a lookup names swarm members, not holders,
+/// and walks the whole DHT (the fleet's DHT bytes, issue 12).
+#[test]
+fn a_want_nobody_holds_looks_up_only_with_few_peers() {
+    // (peers connected, how many speak dt_who, a lookup expected)
+    let table: [(u8, u8, bool); 5] = [
+        (0, 0, true),
+        (1, 1, true),
+        (STARVING_LOOKUP_PEERS as u8 - 1, 7, true),
+        (STARVING_LOOKUP_PEERS as u8, 0, true),
+        (STARVING_LOOKUP_PEERS as u8, 1, false),
+    ];
+    for (n, who, lookup) in table {
+        let mut c = cfg();
+        c.max_peers = 16;
+        let mut m = Machine::new(c);
+        let env = discovery();
+        for i in 0..n {
+            let hi = if i < who {
+                hello_dt(2 + i, [2 + i; 20], Some(&[]))
+            } else {
+                hello(2 + i, Some(&[]))
+            };
+            m.handle(0, &env, hi);
+            m.check_invariants();
+        }
+        let got = m.handle(10, &env, want_p());
+        m.check_invariants();
+        assert_eq!(
+            got.contains(&Effect::Lookup),
+            lookup,
+            "{n} peers, {who} speak dt_who: {got:?}"
+        );
+        let asked = got.iter().any(|e| matches!(e, Effect::AskWho { .. }));
+        assert_eq!(asked, who > 0, "{n} peers, {who} speak dt_who: {got:?}");
+    }
+}
+
+/// Rule (c) and our own hiccups: a peer that sends nothing for
+/// `--stall-timeout` while the ticks come on time is snubbed; the same
+/// silence across a gap in the ticks (this task did not run, so neither
+/// did it read) is not held against the peer.
+#[test]
+fn a_late_tick_does_not_make_every_peer_stall() {
+    let start = |m: &mut Machine, env: &Env| {
+        run(
+            m,
+            env,
+            vec![
+                (0, hello(2, None), vec![attach(1, 2)]),
+                (0, unchoked(1), vec![]),
+                (
+                    0,
+                    want_p(),
+                    vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+                ),
+            ],
+        );
+    };
+    let env = no_discovery();
+    let stalled = |fx: &[Effect]| fx.contains(&send(1, PeerMsg::CancelAll));
+
+    // Ticks on time: stalled once 2 s have passed without a block.
+    let mut m = Machine::new(cfg());
+    start(&mut m, &env);
+    let fx = ticks(&mut m, &env, 0, 2_000, &[(P, 0)]);
+    assert!(!stalled(&fx), "not yet at 2000 ms: {fx:?}");
+    let fx = ticks(&mut m, &env, 2_000, 2_100, &[(P, 0)]);
+    assert!(stalled(&fx), "stalled after 2 s of ticks: {fx:?}");
+
+    // Ticks on time to 1000 ms, then none until 3000 ms: the gap does not
+    // count, so the peer has had 1 s of silence, not 3.
+    let mut m = Machine::new(cfg());
+    start(&mut m, &env);
+    let fx = ticks(&mut m, &env, 0, 1_000, &[(P, 0)]);
+    assert!(!stalled(&fx), "{fx:?}");
+    let fx = m.handle(3_000, &env, tick(&[(P, 0)]));
+    m.check_invariants();
+    assert!(!stalled(&fx), "a late tick: {fx:?}");
+    // The silence goes on with ticks on time: stalled after 2 s of them.
+    let fx = ticks(&mut m, &env, 3_000, 3_900, &[(P, 0)]);
+    assert!(!stalled(&fx), "{fx:?}");
+    let fx = ticks(&mut m, &env, 3_900, 4_100, &[(P, 0)]);
+    assert!(
+        stalled(&fx),
+        "stalled once the silence is 2 s of ticks: {fx:?}"
+    );
 }
