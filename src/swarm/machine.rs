@@ -995,8 +995,15 @@ impl Machine {
                         if let Some(b) = p.bits.as_mut() {
                             wire::bitfield_set(b, i);
                         }
-                        p.wip.remove(&i);
-                        p.finishing.remove(&i);
+                        // A relay that now holds what it fetched serves at
+                        // its own pace from here: rule (c)'s shorter limit
+                        // starts now, not at its last block, which came at
+                        // the mirror's pace (else it is snubbed the moment
+                        // it holds the piece, and the mirror sends it again).
+                        let relayed = p.wip.remove(&i);
+                        if p.finishing.remove(&i).is_some() || relayed {
+                            p.last_progress = p.last_progress.max(now);
+                        }
                         if self.picker.is_wanted(i) {
                             wanted.push(i);
                         }

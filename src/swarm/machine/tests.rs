@@ -1955,6 +1955,63 @@ fn a_relay_stalls_only_after_its_longer_limit() {
     );
 }
 
+/// A relay that finished fetching and now holds the piece (its `dt_wip`
+/// done, then its `dt_hold`) is judged by `--stall-timeout` from then on,
+/// not from its last block, which came at the mirror's pace: it is not
+/// snubbed the moment it holds the piece (a fleet's wave 1 sent a 44 MB
+/// package to the mirror twice more that way).
+#[test]
+fn a_relay_that_now_holds_the_piece_gets_a_fresh_stall_clock() {
+    for (holds, label) in [(true, "wip done, then holds"), (false, "holds at once")] {
+        let mut m = Machine::new(cfg());
+        let env = no_discovery();
+        run(
+            &mut m,
+            &env,
+            vec![
+                (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
+                (0, wip(1, &[P], &[]), vec![]),
+                (0, unchoked(1), vec![]),
+                (
+                    0,
+                    want_p(),
+                    vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+                ),
+            ],
+        );
+        // Its mirror is slow: no block for 8 s, within the relay limit.
+        let fx = ticks(&mut m, &env, 0, 8_000, &[(P, 0)]);
+        assert_eq!(fx, vec![], "{label}: before the relay limit");
+        if holds {
+            let _ = m.handle(8_000, &env, wip(1, &[], &[P]));
+            m.check_invariants();
+        }
+        let fx = m.handle(
+            8_010,
+            &env,
+            Input::Holds {
+                key: key(1),
+                pieces: vec![P],
+            },
+        );
+        m.check_invariants();
+        assert!(
+            !fx.contains(&send(1, PeerMsg::CancelAll)),
+            "{label}: {fx:?}"
+        );
+        let fx = ticks(&mut m, &env, 8_010, 10_000, &[(P, 0)]);
+        assert!(
+            !fx.contains(&send(1, PeerMsg::CancelAll)),
+            "{label}: a holder for 2 s, not yet stalled: {fx:?}"
+        );
+        let fx = ticks(&mut m, &env, 10_000, 10_200, &[(P, 0)]);
+        assert!(
+            fx.contains(&send(1, PeerMsg::CancelAll)),
+            "{label}: silent for 2 s as a holder: stalled: {fx:?}"
+        );
+    }
+}
+
 /// Our answer to a `dt_who`: the peers other than the asker that hold or
 /// relay the piece, at the addresses they listen on.
 #[test]
