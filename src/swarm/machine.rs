@@ -22,7 +22,7 @@
 //!   takes the tail ([`mirror_rules::mirror_tail`]);
 //! - (c) a peer stalls: its blocks are freed, and (a) applies to them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use super::choker::{Choker, PeerSample};
@@ -63,9 +63,14 @@ pub const LATE_TICK_MS: u64 = 500;
 /// (`make_room`): long enough that peers that just met can exchange their
 /// holdings and requests, short against a fleet's lifetime.
 pub const REDUNDANT_AFTER_MS: u64 = 10_000;
-/// At most one connection gives its place up to an incoming one per this
-/// long, so a burst of newcomers turns a peer set over slowly.
+/// Connections give their places up to incoming ones at most one per this
+/// long on average, with bursts of [`ROOM_BURST`]: a burst of newcomers
+/// turns a peer set over slowly, and yet a wave of them that all want what
+/// this peer alone holds is not turned away one a second (the fleet's wave
+/// 4 dialled a full holder twice in a second, was refused both times and
+/// took 21 MB from the mirror).
 pub const ROOM_EVERY_MS: u64 = 1_000;
+pub const ROOM_BURST: usize = 4;
 /// Rule (b) judges the peers only after they have worked on a piece this
 /// long: the mirror's tail costs mirror bytes the whole fleet shares.
 pub const RULE_B_AFTER_MS: u64 = 3_000;
@@ -632,7 +637,8 @@ pub struct Machine {
     last_choke: u64,
     last_pex: u64,
     /// When an incoming connection last took an idle one's place.
-    room_made_at: u64,
+    /// When the last (up to [`ROOM_BURST`]) places were made.
+    room_made: VecDeque<u64>,
     last_holding: u64,
     last_report: u64,
     last_lookup: u64,
@@ -673,7 +679,7 @@ impl Machine {
             lookup_done_at: None,
             last_choke: 0,
             last_pex: 0,
-            room_made_at: 0,
+            room_made: VecDeque::new(),
             last_holding: 0,
             last_report: 0,
             last_lookup: 0,
@@ -810,11 +816,18 @@ impl Machine {
                 // holders are full of each other, and a newcomer that
                 // wants what they hold must still get in.
                 let full = self.peers.len() + self.connecting.len() >= self.cfg.max_peers;
-                let room = full
-                    && now.saturating_sub(self.room_made_at) >= ROOM_EVERY_MS
-                    && self.make_room(REDUNDANT_AFTER_MS, now);
+                let window = ROOM_EVERY_MS * ROOM_BURST as u64;
+                let may = self.room_made.len() < ROOM_BURST
+                    || self
+                        .room_made
+                        .front()
+                        .is_some_and(|&t| now.saturating_sub(t) >= window);
+                let room = full && may && self.make_room(REDUNDANT_AFTER_MS, now);
                 if room {
-                    self.room_made_at = now;
+                    self.room_made.push_back(now);
+                    if self.room_made.len() > ROOM_BURST {
+                        self.room_made.pop_front();
+                    }
                 }
                 if full && !room {
                     self.emit(Effect::ReleaseSlot { ip: addr.ip() });
@@ -2346,6 +2359,16 @@ impl Machine {
             );
             assert!((1..=1000).contains(&p.reqq), "{k:?}: reqq out of range");
         }
+        assert!(
+            self.room_made.len() <= ROOM_BURST
+                && self
+                    .room_made
+                    .iter()
+                    .zip(self.room_made.iter().skip(1))
+                    .all(|(a, b)| a <= b),
+            "places made: at most ROOM_BURST, in order: {:?}",
+            self.room_made
+        );
         // The mirror's requests belong to a running mirror run.
         for src in self.picker.sources() {
             match src {

@@ -1824,8 +1824,8 @@ fn who_makes_room_for_a_holder() {
 
 /// Every slot taken by peers that do nothing for us nor we for them: a
 /// newcomer dialling in gets the place of the one idle longest, once it
-/// has been idle [`REDUNDANT_AFTER_MS`], at most one per
-/// [`ROOM_EVERY_MS`]; before that it is refused. An address found by a
+/// has been idle [`REDUNDANT_AFTER_MS`], at most [`ROOM_BURST`] at once and
+/// then one per [`ROOM_EVERY_MS`]; before that it is refused. An address found by a
 /// lookup waits for a free slot.
 #[test]
 fn a_full_peer_set_makes_room_for_newcomers() {
@@ -1877,24 +1877,51 @@ fn a_full_peer_set_makes_room_for_newcomers() {
             ],
         ),
         (
-            "two incoming at once: one place a second",
-            vec![
-                (
-                    late,
-                    Input::Incoming { addr: addr(40) },
-                    vec![send(1, PeerMsg::Close), Effect::Accept { addr: addr(40) }],
-                ),
-                (
+            "a burst of incoming: at most ROOM_BURST places in any ROOM_BURST seconds",
+            {
+                let mut v: Vec<Step> = (0..ROOM_BURST as u8)
+                    .map(|i| {
+                        (
+                            late + u64::from(i),
+                            Input::Incoming { addr: addr(40 + i) },
+                            vec![
+                                send(u32::from(i) + 1, PeerMsg::Close),
+                                Effect::Accept { addr: addr(40 + i) },
+                            ],
+                        )
+                    })
+                    .collect();
+                v.push((
                     late + 10,
-                    Input::Incoming { addr: addr(41) },
-                    vec![Effect::ReleaseSlot { ip: addr(41).ip() }],
-                ),
-                (
-                    late + ROOM_EVERY_MS,
-                    Input::Incoming { addr: addr(42) },
-                    vec![send(2, PeerMsg::Close), Effect::Accept { addr: addr(42) }],
-                ),
-            ],
+                    Input::Incoming { addr: addr(50) },
+                    vec![Effect::ReleaseSlot { ip: addr(50).ip() }],
+                ));
+                let window = ROOM_EVERY_MS * ROOM_BURST as u64;
+                v.push((
+                    late + window - 1,
+                    Input::Incoming { addr: addr(51) },
+                    vec![Effect::ReleaseSlot { ip: addr(51).ip() }],
+                ));
+                v.push((
+                    late + window,
+                    Input::Incoming { addr: addr(52) },
+                    vec![
+                        send(ROOM_BURST as u32 + 1, PeerMsg::Close),
+                        Effect::Accept { addr: addr(52) },
+                    ],
+                ));
+                // At most ROOM_BURST in any window: the burst's second
+                // place has expired too.
+                v.push((
+                    late + window + 10,
+                    Input::Incoming { addr: addr(53) },
+                    vec![
+                        send(ROOM_BURST as u32 + 2, PeerMsg::Close),
+                        Effect::Accept { addr: addr(53) },
+                    ],
+                ));
+                v
+            },
         ),
     ];
     for (name, steps) in cases {
