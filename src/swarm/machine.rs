@@ -71,6 +71,18 @@ pub const REDUNDANT_AFTER_MS: u64 = 10_000;
 /// took 21 MB from the mirror).
 pub const ROOM_EVERY_MS: u64 = 1_000;
 pub const ROOM_BURST: usize = 4;
+/// Holders `dt_who` named that a job keeps, to dial again.
+pub const NAMED_MAX: usize = 8;
+/// The longest the mirror waits for a named holder to let us in.
+pub const NAMED_PATIENCE_MS: u64 = 5_000;
+
+/// How long after the first `dt_who` answer the mirror waits for a named
+/// holder: as long as the mirror would take to send it (waiting costs apt
+/// at most that, a second mirror copy costs the fleet all of it), at least
+/// `--peer-wait`, at most [`NAMED_PATIENCE_MS`].
+pub fn named_patience(mirror_ms: u64, peer_wait: u64) -> u64 {
+    mirror_ms.clamp(peer_wait.min(NAMED_PATIENCE_MS), NAMED_PATIENCE_MS)
+}
 /// Rule (b) judges the peers only after they have worked on a piece this
 /// long: the mirror's tail costs mirror bytes the whole fleet shares.
 pub const RULE_B_AFTER_MS: u64 = 3_000;
@@ -592,6 +604,14 @@ struct Job {
     /// holders they named may come up (dialled then).
     asked_at: Option<u64>,
     holders_due: Option<u64>,
+    /// Holders `dt_who` named (at most [`NAMED_MAX`]), when the first was
+    /// named, and when they were last dialled again. A full holder turns
+    /// a newcomer away; it is dialled again each [`ROOM_EVERY_MS`], and
+    /// the mirror waits for it as long as the mirror itself would take
+    /// (at most [`NAMED_PATIENCE_MS`]).
+    named: Vec<SocketAddr>,
+    named_at: Option<u64>,
+    redial_at: u64,
     /// Mirror attempts that failed, and when the next may start (ms).
     mirror_failures: u8,
     mirror_not_before: u64,
@@ -843,6 +863,12 @@ impl Machine {
                 let mut dialled = false;
                 for addr in addrs {
                     dialled |= self.found(addr, Origin::Who, now);
+                    if let Some(j) = self.jobs.get_mut(&piece) {
+                        if !j.named.contains(&addr) && j.named.len() < NAMED_MAX {
+                            j.named.push(addr);
+                            j.named_at.get_or_insert(now);
+                        }
+                    }
                 }
                 if dialled {
                     if let Some(j) = self.jobs.get_mut(&piece) {
@@ -1209,6 +1235,9 @@ impl Machine {
                 last_block_at: now,
                 asked_at: None,
                 holders_due: None,
+                named: Vec::new(),
+                named_at: None,
+                redial_at: now,
                 mirror_failures: 0,
                 mirror_not_before: 0,
                 contributors: HashMap::new(),
@@ -1256,6 +1285,43 @@ impl Machine {
         self.emit(Effect::AskWho { piece, to });
     }
 
+    /// Named holders of a job that no connected peer serves, and that still
+    /// waits for them (its mirror idle): dialled again, each job at most
+    /// every [`ROOM_EVERY_MS`] (a full holder makes a few places a second,
+    /// `make_room`).
+    fn redial_named(&mut self, now: u64, env: &Env) {
+        let mut due: Vec<(PieceIndex, Vec<SocketAddr>)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                j.state == JobState::Fetching
+                    && j.mirror == MirrorState::Idle
+                    && !j.named.is_empty()
+                    && now.saturating_sub(j.redial_at) >= ROOM_EVERY_MS
+                    && j.named_at.is_some_and(|t| {
+                        let mirror_ms = j.size.saturating_mul(1000) / env.mirror.rate.max(1);
+                        now < t + named_patience(mirror_ms, self.cfg.peer_wait_ms)
+                    })
+            })
+            .filter(|(&i, _)| {
+                !self
+                    .peers
+                    .values()
+                    .any(|p| p.serves(i) || p.wip.contains(&i))
+            })
+            .map(|(&i, j)| (i, j.named.clone()))
+            .collect();
+        due.sort_unstable();
+        for (piece, addrs) in due {
+            if let Some(j) = self.jobs.get_mut(&piece) {
+                j.redial_at = now;
+            }
+            for addr in addrs {
+                self.dial(addr, Origin::Who, now);
+            }
+        }
+    }
+
     /// Two peers fetch `piece` from the mirror at once: the one with the
     /// lower [`fetch_rank`] goes on, the other stops its run and takes the
     /// piece from it as it arrives (when it relays). Both sides compute the
@@ -1298,6 +1364,12 @@ impl Machine {
             self.known.entry(addr).or_insert(origin);
         }
         *self.found_by.entry(origin).or_insert(0) += 1;
+        self.dial(addr, origin, now)
+    }
+
+    /// Dials `addr` unless it is us, connected or being dialled, or no slot
+    /// is free; true when it is being dialled now.
+    fn dial(&mut self, addr: SocketAddr, origin: Origin, now: u64) -> bool {
         let me = self.cfg.peer_addr;
         if addr == me
             || (addr.port() == me.port() && me.ip().is_unspecified() && addr.ip().is_loopback())
@@ -1648,7 +1720,14 @@ impl Machine {
             .map(|t| t + FINISH_GRACE_MS)
             .max()
             .unwrap_or(0);
-        let holders_due = job.holders_due.filter(|&t| t > now);
+        let mirror_ms = job.size.saturating_mul(1000) / env.mirror.rate.max(1);
+        let holders_due = job
+            .holders_due
+            .max(
+                job.named_at
+                    .map(|t| t + named_patience(mirror_ms, self.cfg.peer_wait_ms)),
+            )
+            .filter(|&t| t > now);
         let lookup_fresh = !env.discovery_on
             || self
                 .lookup_done_at
@@ -1668,7 +1747,7 @@ impl Machine {
             force: job.mirror == MirrorState::Forced,
             holders,
             fetching: wip,
-            mirror_ms: job.size.saturating_mul(1000) / env.mirror.rate.max(1),
+            mirror_ms,
             no_peers: self.peers.is_empty(),
             connecting: !self.connecting.is_empty(),
             lookup_fresh,
@@ -2163,6 +2242,7 @@ impl Machine {
         if now.saturating_sub(self.last_choke) >= CHOKE_EVERY_MS {
             self.choke_round(now);
         }
+        self.redial_named(now, env);
         // Look for more peers while we have few: every 5 s while apt waits
         // on a piece nobody connected holds, every minute otherwise.
         if env.discovery_ready {
@@ -2192,6 +2272,7 @@ impl Machine {
             for i in again.into_iter().take(4) {
                 self.ask_who(i, now);
             }
+
             // Starving with nobody at all: a fleet that starts together
             // is announcing right now, so look again within a second.
             let waiting = self.jobs.iter().any(|(&i, j)| {

@@ -2160,3 +2160,74 @@ fn a_late_tick_does_not_make_every_peer_stall() {
         "stalled once the silence is 2 s of ticks: {fx:?}"
     );
 }
+
+/// Holders that `dt_who` named but that turn us away (full): we dial them
+/// again each ROOM_EVERY_MS, and the mirror waits for them as long as it
+/// would itself take to send the piece (at least `--peer-wait`, at most
+/// NAMED_PATIENCE_MS). The fleet's wave 4 (20 newcomers at once) was
+/// refused by seven holders of a 72 MB package and fetched it again from
+/// the mirror 1.4 s after asking.
+#[test]
+fn a_named_holder_that_refuses_us_is_dialled_again_before_the_mirror() {
+    // (mirror's time for the piece, when the mirror starts after the answer)
+    let cases: [(u64, u64); 3] = [
+        (10, 1000),                  // a small file: --peer-wait
+        (3000, 3000),                // the mirror's time
+        (60_000, NAMED_PATIENCE_MS), // capped
+    ];
+    for (mirror_ms, patience) in cases {
+        assert_eq!(named_patience(mirror_ms, 1000), patience);
+        let env = Env {
+            mirror: crate::mirror::Estimate {
+                rate: SIZE * 1000 / mirror_ms,
+                ..Default::default()
+            },
+            ..no_discovery()
+        };
+        let mut m = Machine::new(cfg());
+        let label = format!("mirror {mirror_ms} ms");
+        let _ = m.handle(0, &env, hello_dt(2, [2; 20], Some(&[])));
+        let _ = m.handle(0, &env, want_p());
+        let fx = m.handle(
+            40,
+            &env,
+            Input::Holders {
+                piece: P,
+                addrs: vec![addr(9)],
+            },
+        );
+        assert_eq!(fx, vec![Effect::Dial { addr: addr(9) }], "{label}");
+        // Full: it closes the connection.
+        let _ = m.handle(60, &env, Input::Failed { addr: addr(9) });
+        m.check_invariants();
+        let mut dials = 0;
+        let mut started = None;
+        let mut t = 60;
+        while t < 40 + NAMED_PATIENCE_MS + 500 && started.is_none() {
+            t += 100;
+            for e in m.handle(t, &env, tick(&[(P, 0)])) {
+                match e {
+                    Effect::Dial { addr: a } if a == addr(9) => {
+                        dials += 1;
+                        // Turned away again.
+                        let _ = m.handle(t, &env, Input::Failed { addr: a });
+                    }
+                    Effect::StartMirror { .. } => started = Some(t),
+                    _ => {}
+                }
+            }
+            m.check_invariants();
+        }
+        let started = started.unwrap_or(u64::MAX);
+        assert!(
+            (40 + patience..40 + patience + 200).contains(&started),
+            "{label}: the mirror started at {started}, expected {patience} ms after the answer"
+        );
+        // Dialled again about once a second while waiting.
+        let expected = (patience.saturating_sub(60)) / ROOM_EVERY_MS;
+        assert!(
+            dials + 1 >= expected && dials <= expected + 1,
+            "{label}: dialled again {dials} times in {patience} ms"
+        );
+    }
+}
