@@ -28,6 +28,7 @@
 # Env:   RUNS=5 PKGS=300 FLEET_CACHE=~/.cache/debtorrent-bench/fleet
 #        DEBTORRENT_BIN=path (default: cargo build --release)
 #        BENCH_TMP=/tmp KEEP=1 (keep the work folder) LOG_LEVEL=info
+#        PERF_OUT=prefix (perf record of the leecher, PERF_OUT-<run>.data)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -205,7 +206,15 @@ for i in $(seq 1 "$RUNS"); do
     L="leech$i"
     start_daemon "$L" 127.0.3.20 --dht-bootstrap 127.0.3.11:6881,127.0.3.12:6881
     c0=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/${DPID[$L]}/stat")
+    # PERF_OUT=prefix: profile the leecher during the run (perf record).
+    perfpid=
+    if [ -n "${PERF_OUT:-}" ]; then
+        perf record -q -F 999 -g -p "${DPID[$L]}" -o "$PERF_OUT-$i.data" >/dev/null 2>&1 &
+        perfpid=$!
+        sleep 0.3
+    fi
     read -r t n < <(run_apt "$WORK/apt-dt" "http://127.0.3.20:9988/$NGINX/nopool")
+    if [ -n "$perfpid" ]; then kill -INT "$perfpid" 2>/dev/null; wait "$perfpid" 2>/dev/null || true; fi
     c1=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/${DPID[$L]}/stat")
     st=$(curl -sf --max-time 10 http://127.0.3.20:9988/status.json || echo '{}')
     from_mirror=$(jq '.bytes_from_mirror // 0' <<<"$st")
