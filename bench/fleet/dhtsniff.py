@@ -11,35 +11,15 @@ Bounded: stops at the stop file or after MAXSECS, whichever comes first.
 Usage: dhtsniff.py PORT STOPFILE OUT.json [MAXSECS]
 """
 import json
+import os
 import socket
 import struct
 import sys
 import time
 from collections import defaultdict
 
-
-def bdecode(b, i=0):
-    """Decode one bencoded value at b[i:]; returns (value, next index)."""
-    c = b[i:i + 1]
-    if c == b"i":
-        j = b.index(b"e", i)
-        return int(b[i + 1:j]), j + 1
-    if c == b"l":
-        i, out = i + 1, []
-        while b[i:i + 1] != b"e":
-            v, i = bdecode(b, i)
-            out.append(v)
-        return out, i + 1
-    if c == b"d":
-        i, out = i + 1, {}
-        while b[i:i + 1] != b"e":
-            k, i = bdecode(b, i)
-            v, i = bdecode(b, i)
-            out[k] = v
-        return out, i + 1
-    j = b.index(b":", i)
-    n = int(b[i:j])
-    return b[j + 1:j + 1 + n], j + 1 + n
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "swarm"))
+from peers import bdec  # noqa: E402  (bench/swarm/peers.py: stdlib only at import)
 
 
 def main():
@@ -82,7 +62,7 @@ def main():
         payload = ip[ihl + 8:ihl + ulen]
         size = ulen + 20  # UDP + IPv4 header, as the nft counters count
         try:
-            m, _ = bdecode(payload)
+            m, _ = bdec(payload)
             y = m.get(b"y", b"?").decode(errors="replace")
             t = m.get(b"t", b"")
         except (ValueError, IndexError, AttributeError):

@@ -1942,6 +1942,21 @@ fn start_p(gen: u32) -> Effect {
     }
 }
 
+/// Peer 1 (a `dt_wip` relay) fetches `P` from the mirror and unchokes
+/// us; apt wants `P` and every block of it is requested from the relay.
+fn relay_serving_p() -> Vec<Step> {
+    vec![
+        (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
+        (0, wip(1, &[P], &[]), vec![]),
+        (0, unchoked(1), vec![]),
+        (
+            0,
+            want_p(),
+            vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
+        ),
+    ]
+}
+
 /// A relay holds our requests until its mirror's bytes are in: it is not
 /// taken for stalled after `--stall-timeout`, only after
 /// [`RELAY_STALL_MS`], when its mirror must be stuck.
@@ -1949,28 +1964,7 @@ fn start_p(gen: u32) -> Effect {
 fn a_relay_stalls_only_after_its_longer_limit() {
     let mut m = Machine::new(cfg());
     let env = no_discovery();
-    run(
-        &mut m,
-        &env,
-        vec![
-            (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
-            (
-                0,
-                Input::Wip {
-                    key: key(1),
-                    add: vec![P],
-                    done: vec![],
-                },
-                vec![],
-            ),
-            (0, unchoked(1), vec![]),
-            (
-                0,
-                want_p(),
-                vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
-            ),
-        ],
-    );
+    run(&mut m, &env, relay_serving_p());
     // Far beyond --stall-timeout (2 s): still waiting on the relay.
     let fx = ticks(&mut m, &env, 0, 9_000, &[(P, 0)]);
     assert_eq!(fx, vec![], "before the relay limit");
@@ -1992,20 +1986,7 @@ fn a_relay_that_now_holds_the_piece_gets_a_fresh_stall_clock() {
     for (holds, label) in [(true, "wip done, then holds"), (false, "holds at once")] {
         let mut m = Machine::new(cfg());
         let env = no_discovery();
-        run(
-            &mut m,
-            &env,
-            vec![
-                (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
-                (0, wip(1, &[P], &[]), vec![]),
-                (0, unchoked(1), vec![]),
-                (
-                    0,
-                    want_p(),
-                    vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
-                ),
-            ],
-        );
+        run(&mut m, &env, relay_serving_p());
         // Its mirror is slow: no block for 8 s, within the relay limit.
         let fx = ticks(&mut m, &env, 0, 8_000, &[(P, 0)]);
         assert_eq!(fx, vec![], "{label}: before the relay limit");
@@ -2116,21 +2097,7 @@ fn a_want_nobody_holds_looks_up_only_with_few_peers() {
 /// did it read) is not held against the peer.
 #[test]
 fn a_late_tick_does_not_make_every_peer_stall() {
-    let start = |m: &mut Machine, env: &Env| {
-        run(
-            m,
-            env,
-            vec![
-                (0, hello(2, None), vec![attach(1, 2)]),
-                (0, unchoked(1), vec![]),
-                (
-                    0,
-                    want_p(),
-                    vec![send(1, PeerMsg::Interested), req(1, P, &BLOCKS)],
-                ),
-            ],
-        );
-    };
+    let start = |m: &mut Machine, env: &Env| run(m, env, one_peer_serving());
     let env = no_discovery();
     let stalled = |fx: &[Effect]| fx.contains(&send(1, PeerMsg::CancelAll));
 
