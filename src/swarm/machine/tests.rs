@@ -1687,15 +1687,7 @@ fn two_fetchers_agree_on_one() {
             m.check_invariants();
         }
         for m in ms.iter_mut() {
-            let fx = m.handle(
-                601,
-                &env,
-                Input::Wip {
-                    key: key(1),
-                    add: vec![P],
-                    done: vec![],
-                },
-            );
+            let fx = m.handle(601, &env, wip(1, &[P], &[]));
             m.check_invariants();
             stops.push(fx.contains(&Effect::StopMirror { piece: P }));
         }
