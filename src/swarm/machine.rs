@@ -1042,6 +1042,12 @@ impl Machine {
                         let relayed = p.wip.remove(&i);
                         if p.finishing.remove(&i).is_some() || relayed {
                             p.last_progress = p.last_progress.max(now);
+                            // Rule (b) judges the holder it became, not the
+                            // relay's mirror pace: its clock starts again.
+                            if let Some(j) = self.jobs.get_mut(&i) {
+                                j.peers_since = Some(now);
+                                j.peer_rate = Rate::new(2000);
+                            }
                         }
                         if self.picker.is_wanted(i) {
                             wanted.push(i);
@@ -2163,11 +2169,13 @@ impl Machine {
             };
             let Some(since) = j.peers_since else { continue };
             // A relay is as fast as its mirror: the tail from ours would
-            // only cost the mirror the same bytes twice.
+            // only cost the mirror the same bytes twice. So is one that
+            // has just finished fetching it (it verifies, stores and then
+            // serves it at its own pace).
             if self
                 .peers
                 .values()
-                .any(|p| p.relays(piece) && !p.has(piece))
+                .any(|p| (p.relays(piece) || p.finishing.contains_key(&piece)) && !p.has(piece))
             {
                 continue;
             }

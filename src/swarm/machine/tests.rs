@@ -2190,3 +2190,73 @@ fn a_named_holder_that_refuses_us_is_dialled_again_before_the_mirror() {
         );
     }
 }
+
+/// Rule (b) and a relay: while it fetches from the mirror, and while it
+/// finishes (verifies, stores), its mirror's pace is not judged; when it
+/// holds the piece, rule (b) judges the holder from then on, after
+/// RULE_B_AFTER_MS. In the fleet's wave 1, three receivers of a relay took
+/// the tail of a 44 MB package from the mirror 50 ms after the relay
+/// finished, on the relay's rate while it fetched.
+#[test]
+fn rule_b_judges_a_relay_that_became_a_holder_afresh() {
+    let env = Env {
+        mirror: crate::mirror::Estimate {
+            rate: 100_000_000,
+            latency_ms: 10,
+        },
+        ..no_discovery()
+    };
+    let mut m = Machine::new(cfg());
+    // Many blocks: the tail stays free for the mirror (the peer has 64
+    // requests out at this rate).
+    let size = 300 * K;
+    for input in [
+        hello_dt(2, [2; 20], Some(&[])),
+        wip(1, &[P], &[]),
+        unchoked(1),
+        Input::Want {
+            piece: P,
+            size,
+            tag: 7,
+        },
+    ] {
+        let _ = m.handle(0, &env, input);
+        m.check_invariants();
+    }
+    // One slow block every 500 ms (32 KB/s), a tick every 100 ms; the
+    // relay says done at 4000 ms and holds it at 6000 ms.
+    let mut started = None;
+    let mut next = 0u64;
+    let mut t = 0;
+    while t < 12_000 && started.is_none() {
+        t += 100;
+        let mut inputs = Vec::new();
+        if t % 500 == 0 && next < 50 {
+            inputs.push(block(1, P, next * K, K));
+            next += 1;
+        }
+        if t == 4_000 {
+            inputs.push(wip(1, &[], &[P]));
+        }
+        if t == 6_000 {
+            inputs.push(Input::Holds {
+                key: key(1),
+                pieces: vec![P],
+            });
+        }
+        inputs.push(tick(&[(P, next * K)]));
+        for input in inputs {
+            for e in m.handle(t, &env, input) {
+                if matches!(e, Effect::StartMirror { .. }) {
+                    started.get_or_insert(t);
+                }
+            }
+            m.check_invariants();
+        }
+    }
+    let started = started.unwrap_or(u64::MAX);
+    assert!(
+        (6_000 + RULE_B_AFTER_MS..6_000 + RULE_B_AFTER_MS + 200).contains(&started),
+        "the mirror took the tail at {started}: expected RULE_B_AFTER_MS after the relay held it"
+    );
+}
