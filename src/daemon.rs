@@ -96,6 +96,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (loaded_tx, loaded_rx) = watch::channel(false);
     let transfers = crate::transfers::Transfers::new(stats.clone());
     let service = Arc::new(service::Service {
+        registering: service::Registering::default(),
         policy: url_policy(&args),
         store: store.clone(),
         registry: registry.clone(),

@@ -58,6 +58,56 @@ pub struct Service {
     pub loaded: watch::Receiver<bool>,
     /// apt requests in flight (the status page, the request log line).
     pub transfers: Arc<Transfers>,
+    /// Packages and Sources files fetched from the mirror and not yet
+    /// registered (see [`Registering`]).
+    pub registering: Registering,
+}
+
+/// How many index files are on their way to being registered. apt gets an
+/// index streamed from the mirror as it arrives, and the daemon registers
+/// it (decompress, parse, make its torrent) once the last byte is saved:
+/// an `apt-get update && apt-get install` asks for the first packages
+/// while that runs. Such a request waits for the registrations in flight
+/// ([`REGISTER_WAIT`]) instead of passing the package through to the
+/// mirror: in the fleet benchmark a newcomer passed its first 30 packages,
+/// a 44 MB one among them, through to the mirror that way.
+#[derive(Clone)]
+pub struct Registering(Arc<watch::Sender<usize>>);
+
+/// The longest a package request waits for index registrations.
+const REGISTER_WAIT: Duration = Duration::from_secs(10);
+
+impl Default for Registering {
+    fn default() -> Self {
+        Registering(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Registering {
+    /// One more in flight, until the guard drops.
+    fn start(&self) -> RegisteringGuard {
+        self.0.send_modify(|n| *n += 1);
+        RegisteringGuard(self.0.clone())
+    }
+
+    /// Waits (at most [`REGISTER_WAIT`]) until none is in flight; false
+    /// when none was.
+    async fn settle(&self) -> bool {
+        if *self.0.borrow() == 0 {
+            return false;
+        }
+        let mut rx = self.0.subscribe();
+        let _ = tokio::time::timeout(REGISTER_WAIT, rx.wait_for(|n| *n == 0)).await;
+        true
+    }
+}
+
+struct RegisteringGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for RegisteringGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Handler for Service {
@@ -406,7 +456,11 @@ impl Service {
         let Some(archive) = u.archive_key() else {
             return self.pass_through(req, u).await;
         };
-        let Some((reg, index, found)) = self.registry.find_piece(&archive, rel) else {
+        let mut found = self.registry.find_piece(&archive, rel);
+        if found.is_none() && self.registering.settle().await {
+            found = self.registry.find_piece(&archive, rel);
+        }
+        let Some((reg, index, found)) = found else {
             tracing::debug!("not listed by any torrent: passing through");
             return self.pass_through(req, u).await;
         };
@@ -691,6 +745,7 @@ impl Service {
             cache,
             len,
             mtime: last_modified.as_deref().and_then(parse_date),
+            _registering: is_index_candidate(rel).then(|| self.registering.start()),
         };
         let body = self.mirror.body(resp);
         tokio::spawn(job.run(body, tx).in_current_span());
@@ -908,6 +963,8 @@ struct IndexJob {
     cache: PathBuf,
     len: Option<u64>,
     mtime: Option<i64>,
+    /// Held until the job ends, registration included.
+    _registering: Option<RegisteringGuard>,
 }
 
 impl IndexJob {
@@ -1069,6 +1126,13 @@ fn content_of(c: &IndexContent) -> Content {
     }
 }
 
+/// A Packages or Sources file (or a by-hash name, which may be one): what
+/// a saved index must be to be registered.
+fn is_index_candidate(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or("");
+    release::index_kind(name).is_some() || rel.contains("/by-hash/")
+}
+
 /// Registers a saved index file (`cache`, fetched as `rel` of `u`) if it
 /// is a Packages or Sources file its suite's Release lists with this hash.
 async fn register_saved(
@@ -1083,9 +1147,7 @@ async fn register_saved(
     let Some(archive) = u.archive_key() else {
         return;
     };
-    let name = rel.rsplit('/').next().unwrap_or("");
-    let candidate = release::index_kind(name).is_some() || rel.contains("/by-hash/");
-    if !candidate {
+    if !is_index_candidate(rel) {
         return;
     }
     let Some((suite_dir, rel_release)) =
@@ -1098,7 +1160,7 @@ async fn register_saved(
         match registry::classify_index(&suite_dir, rel, &rel_release, &sha256, sha512) {
             Ok(x) => x,
             Err(why) => {
-                if release::index_kind(name).is_some() {
+                if release::index_kind(rel.rsplit('/').next().unwrap_or("")).is_some() {
                     tracing::warn!(index = %rel, why, "index not registered");
                 }
                 return;
