@@ -620,6 +620,19 @@ struct Job {
     contributors: HashMap<PeerKey, IpAddr>,
 }
 
+impl Job {
+    /// How long the mirror would take to send the whole piece.
+    fn mirror_ms(&self, env: &Env) -> u64 {
+        self.size.saturating_mul(1000) / env.mirror.rate.max(1)
+    }
+
+    /// Until when the mirror waits for the holders `dt_who` named.
+    fn named_until(&self, env: &Env, peer_wait: u64) -> Option<u64> {
+        self.named_at
+            .map(|t| t + named_patience(self.mirror_ms(env), peer_wait))
+    }
+}
+
 /// One peer as `/status.json` shows it (the actor adds byte counters).
 #[derive(Clone, Debug)]
 pub struct PeerView {
@@ -1304,10 +1317,8 @@ impl Machine {
                     && j.mirror == MirrorState::Idle
                     && !j.named.is_empty()
                     && now.saturating_sub(j.redial_at) >= ROOM_EVERY_MS
-                    && j.named_at.is_some_and(|t| {
-                        let mirror_ms = j.size.saturating_mul(1000) / env.mirror.rate.max(1);
-                        now < t + named_patience(mirror_ms, self.cfg.peer_wait_ms)
-                    })
+                    && j.named_until(env, self.cfg.peer_wait_ms)
+                        .is_some_and(|t| now < t)
             })
             .filter(|(&i, _)| {
                 !self
@@ -1726,13 +1737,9 @@ impl Machine {
             .map(|t| t + FINISH_GRACE_MS)
             .max()
             .unwrap_or(0);
-        let mirror_ms = job.size.saturating_mul(1000) / env.mirror.rate.max(1);
         let holders_due = job
             .holders_due
-            .max(
-                job.named_at
-                    .map(|t| t + named_patience(mirror_ms, self.cfg.peer_wait_ms)),
-            )
+            .max(job.named_until(env, self.cfg.peer_wait_ms))
             .filter(|&t| t > now);
         let lookup_fresh = !env.discovery_on
             || self
@@ -1753,7 +1760,7 @@ impl Machine {
             force: job.mirror == MirrorState::Forced,
             holders,
             fetching: wip,
-            mirror_ms,
+            mirror_ms: job.mirror_ms(env),
             no_peers: self.peers.is_empty(),
             connecting: !self.connecting.is_empty(),
             lookup_fresh,
