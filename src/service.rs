@@ -1150,6 +1150,7 @@ async fn register_saved(
     if !is_index_candidate(rel) {
         return;
     }
+    let name = rel.rsplit('/').next().unwrap_or("");
     let Some((suite_dir, rel_release)) =
         registry.release_for(&archive, rel, |d| cached_release(store, u, d))
     else {
@@ -1160,7 +1161,7 @@ async fn register_saved(
         match registry::classify_index(&suite_dir, rel, &rel_release, &sha256, sha512) {
             Ok(x) => x,
             Err(why) => {
-                if release::index_kind(rel.rsplit('/').next().unwrap_or("")).is_some() {
+                if release::index_kind(name).is_some() {
                     tracing::warn!(index = %rel, why, "index not registered");
                 }
                 return;

@@ -1263,10 +1263,7 @@ impl Machine {
             },
         );
         self.picker.add(piece, size);
-        let holders = self
-            .peers
-            .values()
-            .any(|p| p.serves(piece) || p.wip.contains(&piece));
+        let holders = self.offered(piece);
         if !holders {
             // A lookup names members of the swarm, not holders of this
             // piece, and costs a walk over the DHT. Among many peers that
@@ -1320,12 +1317,7 @@ impl Machine {
                     && j.named_until(env, self.cfg.peer_wait_ms)
                         .is_some_and(|t| now < t)
             })
-            .filter(|(&i, _)| {
-                !self
-                    .peers
-                    .values()
-                    .any(|p| p.serves(i) || p.wip.contains(&i))
-            })
+            .filter(|(&i, _)| !self.offered(i))
             .map(|(&i, j)| (i, j.named.clone()))
             .collect();
         due.sort_unstable();
@@ -1434,14 +1426,16 @@ impl Machine {
         true
     }
 
+    /// A connected peer serves `piece` or fetches it from the mirror.
+    fn offered(&self, piece: PieceIndex) -> bool {
+        self.peers
+            .values()
+            .any(|p| p.serves(piece) || p.wip.contains(&piece))
+    }
+
     /// Whether apt waits on a piece no connected peer serves or fetches.
     fn starving(&self) -> bool {
-        self.jobs.keys().any(|&i| {
-            !self
-                .peers
-                .values()
-                .any(|p| p.serves(i) || p.wip.contains(&i))
-        })
+        self.jobs.keys().any(|&i| !self.offered(i))
     }
 
     /// Connections that count against `max_peers`: those up and not
@@ -2276,12 +2270,7 @@ impl Machine {
                         && j.asked_at.is_some_and(|t| now.saturating_sub(t) >= 5_000)
                 })
                 .map(|(&i, _)| i)
-                .filter(|&i| {
-                    !self
-                        .peers
-                        .values()
-                        .any(|p| p.serves(i) || p.wip.contains(&i))
-                })
+                .filter(|&i| !self.offered(i))
                 .collect();
             again.sort_unstable();
             for i in again.into_iter().take(4) {
@@ -2291,12 +2280,7 @@ impl Machine {
             // Starving with nobody at all: a fleet that starts together
             // is announcing right now, so look again within a second.
             let waiting = self.jobs.iter().any(|(&i, j)| {
-                j.mirror == MirrorState::Idle
-                    && j.state == JobState::Fetching
-                    && !self
-                        .peers
-                        .values()
-                        .any(|p| p.serves(i) || p.wip.contains(&i))
+                j.mirror == MirrorState::Idle && j.state == JobState::Fetching && !self.offered(i)
             });
             let every = match (starving, waiting && self.peers.is_empty()) {
                 (true, true) => 1_000,
