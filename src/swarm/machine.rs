@@ -75,6 +75,14 @@ pub const ROOM_BURST: usize = 4;
 pub const NAMED_MAX: usize = 8;
 /// The longest the mirror waits for a named holder to let us in.
 pub const NAMED_PATIENCE_MS: u64 = 5_000;
+/// A connection idle this long on both sides is closed, one a
+/// [`ROOM_EVERY_MS`], while the places kept for newcomers ([`Machine`]'s
+/// `spare`) are taken. Three times [`REDUNDANT_AFTER_MS`]: a peer set that
+/// is busy is left alone.
+pub const IDLE_TRIM_MS: u64 = 30_000;
+/// A peer that came up while apt waits on pieces no connected peer offers
+/// is asked who holds at most this many of them.
+pub const ASK_NEW_PEER_MAX: usize = 32;
 
 /// How long after the first `dt_who` answer the mirror waits for a named
 /// holder: as long as the mirror would take to send it (waiting costs apt
@@ -89,6 +97,12 @@ pub const RULE_B_AFTER_MS: u64 = 3_000;
 /// With two or more connected holders, rule (b) waits for peers that
 /// would need up to this long for the rest of the piece.
 pub const RULE_B_BUSY_SWARM_MS: u64 = 120_000;
+/// Peers that would finish a piece within this long keep it, however
+/// much faster the mirror would be: its tail would save apt at most this
+/// long, and cost the fleet its bytes again (the fleet's wave 4: the one
+/// holder of a 21.8 MB package sent it at 1.4 MB/s, and the mirror's tail
+/// took 11.6 MB that it would have sent in another 8 s).
+pub const RULE_B_PEERS_SOON_MS: u64 = 10_000;
 /// How often the choker runs without a reason to.
 pub const CHOKE_EVERY_MS: u64 = 10_000;
 /// Addresses remembered per torrent (for `/status.json`).
@@ -669,9 +683,10 @@ pub struct Machine {
     lookup_done_at: Option<u64>,
     last_choke: u64,
     last_pex: u64,
-    /// When an incoming connection last took an idle one's place.
     /// When the last (up to [`ROOM_BURST`]) places were made.
     room_made: VecDeque<u64>,
+    /// When an idle connection was last closed to keep places spare.
+    last_trim: u64,
     last_holding: u64,
     last_report: u64,
     last_lookup: u64,
@@ -713,6 +728,7 @@ impl Machine {
             last_choke: 0,
             last_pex: 0,
             room_made: VecDeque::new(),
+            last_trim: 0,
             last_holding: 0,
             last_report: 0,
             last_lookup: 0,
@@ -1392,9 +1408,14 @@ impl Machine {
         // connection. (Any address found while starving doing the same
         // turned the whole fleet's peer sets over: 5x the connections, a
         // load of 100 and 4.3x the mirror bytes in the N=100 fleet.)
-        if self.slots_used() >= self.cfg.max_peers
-            && !(origin == Origin::Who && self.make_room(0, now))
-        {
+        // Our own dials leave `spare` places for newcomers (their incoming
+        // connections may take them); a holder `dt_who` named may take any.
+        let used = self.slots_used();
+        if origin == Origin::Who {
+            if used >= self.cfg.max_peers && !self.make_room(0, now) {
+                return false;
+            }
+        } else if used + self.spare() >= self.cfg.max_peers {
             return false;
         }
         self.connecting.insert(addr, Dial::Outgoing);
@@ -1421,7 +1442,7 @@ impl Machine {
         let Some(k) = idle else {
             return false;
         };
-        tracing::debug!(peer = ?k, "closing an idle peer for a holder of a wanted piece");
+        tracing::debug!(peer = ?k, "closing an idle peer to make room");
         self.close(k);
         true
     }
@@ -1436,6 +1457,33 @@ impl Machine {
     /// Whether apt waits on a piece no connected peer serves or fetches.
     fn starving(&self) -> bool {
         self.jobs.keys().any(|&i| !self.offered(i))
+    }
+
+    /// Places our own dials leave free for newcomers' incoming
+    /// connections: a fifth of `max_peers`. In a swarm of hundreds the
+    /// daemons that hold most are the old ones, and they filled their
+    /// peer sets with each other by dialling; a newcomer they refuse
+    /// cannot ask them who holds what it wants (the fleet's waves 3-5:
+    /// holders of 40 files, up to 8 named per file, refused every
+    /// newcomer, and the mirror sent each file again).
+    fn spare(&self) -> usize {
+        self.cfg.max_peers / 5
+    }
+
+    /// Keeps the spare places free: while they are taken, a connection
+    /// idle on both sides for [`IDLE_TRIM_MS`] is closed, at most one each
+    /// [`ROOM_EVERY_MS`]. Our own dials do not fill them again (`dial`).
+    fn trim_idle(&mut self, now: u64) {
+        let spare = self.spare();
+        if spare == 0
+            || self.slots_used() + spare <= self.cfg.max_peers
+            || now.saturating_sub(self.last_trim) < ROOM_EVERY_MS
+        {
+            return;
+        }
+        if self.make_room(IDLE_TRIM_MS, now) {
+            self.last_trim = now;
+        }
     }
 
     /// Connections that count against `max_peers`: those up and not
@@ -1532,7 +1580,40 @@ impl Machine {
                 );
             }
         }
+        let who_id = peer.who_id;
         self.peers.insert(key, peer);
+        // A peer that answers `dt_who` and came up while apt waits on pieces
+        // no connected peer offers is asked who holds them too. The peers
+        // asked when a job began are often newcomers like us, that know no
+        // holder; the old peers that do came up a moment later (the
+        // fleet's wave 4: libllvm14 went to the mirror again, asked only
+        // of 19 newcomers, while six old peers came up 300 ms after the
+        // question).
+        if let Some(id) = who_id {
+            let mut ask: Vec<PieceIndex> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.state == JobState::Fetching && j.mirror == MirrorState::Idle)
+                .map(|(&i, _)| i)
+                .filter(|&i| !self.offered(i))
+                .collect();
+            ask.sort_unstable();
+            ask.truncate(ASK_NEW_PEER_MAX);
+            let wait = self.cfg.peer_wait_ms;
+            for piece in ask {
+                // Rule (a) waits for its answer as for the first ones, while
+                // apt has waited less than `--peer-wait`.
+                if let Some(j) = self.jobs.get_mut(&piece) {
+                    if j.asked_at.is_none() || now < j.wanted_at + wait {
+                        j.asked_at = Some(now);
+                    }
+                }
+                self.emit(Effect::AskWho {
+                    piece,
+                    to: vec![(key, id)],
+                });
+            }
+        }
         self.pex_on_connect(key);
         self.update_interest(key);
         self.choke_round(now);
@@ -2220,7 +2301,9 @@ impl Machine {
             // a few seconds (a loaded peer) does not hand the tail to the
             // mirror while a slow start that picks up still counts.
             let peer_rate = j.peer_rate.estimate(now).max(j.peer_rate.average(now));
-            if holding >= 2 && rest.saturating_mul(1000) / peer_rate.max(1) <= RULE_B_BUSY_SWARM_MS
+            let peers_need_ms = rest.saturating_mul(1000) / peer_rate.max(1);
+            if peers_need_ms <= RULE_B_PEERS_SOON_MS
+                || (holding >= 2 && peers_need_ms <= RULE_B_BUSY_SWARM_MS)
             {
                 continue;
             }
@@ -2252,6 +2335,7 @@ impl Machine {
             self.choke_round(now);
         }
         self.redial_named(now, env);
+        self.trim_idle(now);
         // Look for more peers while we have few: every 5 s while apt waits
         // on a piece nobody connected holds, every minute otherwise.
         if env.discovery_ready {

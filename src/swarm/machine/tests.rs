@@ -628,6 +628,53 @@ fn rule_b_the_mirror_takes_the_tail_of_a_slow_piece() {
     );
 }
 
+/// Rule (b): a peer that would finish the piece within
+/// [`RULE_B_PEERS_SOON_MS`] keeps it, although the mirror would be far
+/// faster; the same peer, slower, loses the tail.
+#[test]
+fn rule_b_leaves_a_piece_the_peers_finish_soon() {
+    let env = no_discovery();
+    let size = 64 * K;
+    // (what, blocks the peer sends before the judgment, the mirror takes
+    // the tail); the mirror is estimated at 10 MB/s.
+    let cases = [
+        ("24 blocks in 3 s, 40 left: about 5 s", 24u64, false),
+        ("4 blocks in 3 s, 60 left: about 45 s", 4, true),
+    ];
+    for (what, n, tail) in cases {
+        let mut m = Machine::new(cfg());
+        // Four requests at a time: the tail stays free for the mirror.
+        let mut hello2 = hello(2, None);
+        if let Input::Up(h) = &mut hello2 {
+            h.reqq = Some(4);
+        }
+        run(
+            &mut m,
+            &env,
+            vec![(0, hello2, vec![attach(1, 2)]), (0, unchoked(1), vec![])],
+        );
+        let _ = m.handle(
+            0,
+            &env,
+            Input::Want {
+                piece: P,
+                size,
+                tag: 7,
+            },
+        );
+        // Evenly over the time rule (b) gives them, the last one just
+        // before the judgment (no stall).
+        for b in 0..n {
+            let _ = m.handle((b + 1) * 2900 / n, &env, block(1, P, b * K, K));
+            m.check_invariants();
+        }
+        let fx = m.handle(RULE_B_AFTER_MS + 100, &env, tick(&[(P, n * K)]));
+        m.check_invariants();
+        let took = fx.iter().any(|e| matches!(e, Effect::StartMirror { .. }));
+        assert_eq!(took, tail, "{what}: {fx:?}");
+    }
+}
+
 /// A mirror failure: peers that hold the piece go on (with a back-off
 /// before the mirror is asked again); with no holder, apt gets the failure.
 #[test]
@@ -945,7 +992,8 @@ fn a_double_connection_keeps_the_one_the_lower_id_dialled() {
     );
 }
 
-/// Discovery results: ourselves, duplicates and the connection limit.
+/// Discovery results: ourselves, duplicates, the connection limit and the
+/// place our own dials leave for a newcomer.
 #[test]
 fn found_addresses_are_dialled_once_within_the_limit() {
     let mut m = Machine::new(cfg());
@@ -960,15 +1008,21 @@ fn found_addresses_are_dialled_once_within_the_limit() {
         (0, Input::NoSlot { addr: addr(2) }, vec![]),
         (0, found(2), vec![Effect::Dial { addr: addr(2) }]),
     ];
-    for n in 3..=9 {
+    for n in 3..=8 {
         steps.push((0, found(n), vec![Effect::Dial { addr: addr(n) }]));
     }
-    // Eight dials out: the limit.
-    steps.push((0, found(10), vec![]));
+    // Seven dials out: the limit less the place kept for a newcomer.
+    steps.push((0, found(9), vec![]));
     steps.push((
         0,
         Input::Incoming { addr: addr(11) },
-        vec![Effect::ReleaseSlot { ip: addr(11).ip() }],
+        vec![Effect::Accept { addr: addr(11) }],
+    ));
+    // Full now.
+    steps.push((
+        0,
+        Input::Incoming { addr: addr(12) },
+        vec![Effect::ReleaseSlot { ip: addr(12).ip() }],
     ));
     steps.push((
         0,
@@ -977,11 +1031,11 @@ fn found_addresses_are_dialled_once_within_the_limit() {
     ));
     steps.push((
         0,
-        Input::Incoming { addr: addr(11) },
-        vec![Effect::Accept { addr: addr(11) }],
+        Input::Incoming { addr: addr(12) },
+        vec![Effect::Accept { addr: addr(12) }],
     ));
     run(&mut m, &no_discovery(), steps);
-    assert_eq!(m.discovered().get(&Origin::Dht).map(Vec::len), Some(10));
+    assert_eq!(m.discovered().get(&Origin::Dht).map(Vec::len), Some(9));
 }
 
 /// Stop: every peer is told and its slot given back (its `Down` will not
@@ -1777,6 +1831,105 @@ fn who_holds_it_finds_a_holder_we_are_not_connected_to() {
         ],
     );
     assert_eq!(m.found_by().get(&Origin::Who), Some(&1));
+}
+
+/// A peer that comes up while apt waits on a piece no connected peer
+/// offers is asked who holds it too: the peers asked first may all be
+/// newcomers that know no holder. One that serves it is not asked, nor
+/// one that does not speak `dt_who`.
+#[test]
+fn a_peer_that_comes_up_is_asked_who_holds_what_starves() {
+    let mut m = Machine::new(cfg());
+    let ask = |k: u32| Effect::AskWho {
+        piece: P,
+        to: vec![(key(k), 4)],
+    };
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
+            (0, want_p(), vec![ask(1)]),
+            (300, hello(3, Some(&[])), vec![attach(2, 3)]),
+            (
+                400,
+                hello_dt(4, [4; 20], Some(&[])),
+                vec![attach(3, 4), ask(3)],
+            ),
+            (
+                500,
+                hello_dt(5, [5; 20], Some(&[P])),
+                vec![attach(4, 5), send(4, PeerMsg::Interested)],
+            ),
+            (600, hello_dt(6, [6; 20], Some(&[])), vec![attach(5, 6)]),
+        ],
+    );
+}
+
+/// Full of peers that do nothing for either side: a connection idle for
+/// [`IDLE_TRIM_MS`] is closed, at most one each [`ROOM_EVERY_MS`], until
+/// the places kept for newcomers (a fifth) are free; our own dials leave
+/// them free, and a newcomer dialling in takes one.
+#[test]
+fn idle_connections_give_places_back_for_newcomers() {
+    let mut m = Machine::new(Config {
+        max_peers: 10,
+        ..cfg()
+    });
+    let env = no_discovery();
+    let mut steps: Vec<Step> = (0..10u8)
+        .map(|i| {
+            (
+                0,
+                hello(2 + i, Some(&[])),
+                vec![attach(u32::from(i) + 1, 2 + i)],
+            )
+        })
+        .collect();
+    steps.extend([
+        (IDLE_TRIM_MS - 100, tick(&[]), vec![]),
+        (IDLE_TRIM_MS, tick(&[]), vec![send(1, PeerMsg::Close)]),
+        (IDLE_TRIM_MS + 100, tick(&[]), vec![]),
+        (
+            IDLE_TRIM_MS + ROOM_EVERY_MS,
+            tick(&[]),
+            vec![send(2, PeerMsg::Close)],
+        ),
+        // Two places spare: nothing more is closed.
+        (IDLE_TRIM_MS + 2 * ROOM_EVERY_MS, tick(&[]), vec![]),
+        (
+            IDLE_TRIM_MS + 2 * ROOM_EVERY_MS,
+            Input::Down {
+                key: key(1),
+                violation: false,
+            },
+            vec![Effect::ReleaseSlot { ip: addr(2).ip() }],
+        ),
+        (
+            IDLE_TRIM_MS + 2 * ROOM_EVERY_MS,
+            Input::Down {
+                key: key(2),
+                violation: false,
+            },
+            vec![Effect::ReleaseSlot { ip: addr(3).ip() }],
+        ),
+        // A lookup's address is not dialled into them.
+        (
+            IDLE_TRIM_MS + 2 * ROOM_EVERY_MS,
+            Input::Found {
+                addr: addr(40),
+                origin: Origin::Dht,
+            },
+            vec![],
+        ),
+        // A newcomer dialling in gets one.
+        (
+            IDLE_TRIM_MS + 2 * ROOM_EVERY_MS,
+            Input::Incoming { addr: addr(41) },
+            vec![Effect::Accept { addr: addr(41) }],
+        ),
+    ]);
+    run(&mut m, &env, steps);
 }
 
 /// Every connection taken: a holder named by `dt_who` gets the slot of
