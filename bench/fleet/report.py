@@ -240,6 +240,7 @@ try:
 except OSError:
     pass
 hwm, rss, cpu, dead = [], [], [], []
+hwm_by = []  # (peak RSS MB, daemon number): which daemons are the largest
 try:
     with open(f"{WORK}/fleet/final.jsonl") as fh:
         for ln in fh:
@@ -249,6 +250,7 @@ try:
                 dead.append(s["k"])
                 continue
             hwm.append(p["hwm_kb"] / 1024)
+            hwm_by.append((p["hwm_kb"] / 1024, s["k"]))
             rss.append(p["rss_kb"] / 1024)
             cpu.append(p["cpu"])
 except OSError:
@@ -259,6 +261,7 @@ rep["daemons"] = {
     "conns_max_p50": pct(mc, 50), "conns_max_max": max(mc) if mc else None,
     "conns_end_mean": sum(ec) / len(ec) if ec else None,
     "peak_rss_mb_p50": pct(hwm, 50), "peak_rss_mb_p95": pct(hwm, 95), "peak_rss_mb_max": max(hwm) if hwm else None,
+    "peak_rss_top": [[k, round(mb, 1)] for mb, k in sorted(hwm_by, reverse=True)[:3]],
     "rss_end_mb_p50": pct(rss, 50), "cpu_s_p50": pct(cpu, 50), "cpu_s_max": max(cpu) if cpu else None,
     "cpu_s_total": sum(cpu), "not_running_at_end": dead,
     "load1_max": max(loads) if loads else None,
@@ -325,6 +328,7 @@ rows = [
     ("DHT packets/s per node, run / tail", f"{f(dht.get('run_packets_per_node_s_mean'), 2)} / {f(dht.get('tail_packets_per_node_s_mean'), 2)}", ""),
     ("peer connections per daemon", f"max over run p50 {f(d['conns_max_p50'], 0)}, max {f(d['conns_max_max'], 0)}; at end mean {f(d['conns_end_mean'], 1)}", ""),
     ("peak RSS per daemon MB p50/p95/max", f"{f(d['peak_rss_mb_p50'])} / {f(d['peak_rss_mb_p95'])} / {f(d['peak_rss_mb_max'])}", "<= 40"),
+    ("largest daemons (number: peak MB)", ", ".join(f"{k}: {mb}" for k, mb in d.get("peak_rss_top") or []), ""),
     ("CPU s per daemon p50/max (all)", f"{f(d['cpu_s_p50'])} / {f(d['cpu_s_max'])} ({f(d['cpu_s_total'], 0)})", ""),
     ("load average (1 min)", f"max {f(d['load1_max'], 2)}; start {meta.get('load_fleet_start')}, end {meta.get('load_fleet_end')}", ""),
 ]
