@@ -83,6 +83,14 @@ pub const IDLE_TRIM_MS: u64 = 30_000;
 /// A peer that came up while apt waits on pieces no connected peer offers
 /// is asked who holds at most this many of them.
 pub const ASK_NEW_PEER_MAX: usize = 32;
+/// A `dt_who` question none of our peers could answer is kept this long:
+/// when one of them starts to hold or fetch that piece meanwhile, the asker
+/// is told then. Two newcomers that want the same new file at once and are
+/// not connected to each other reach it through a common neighbour, and
+/// one of them stops its mirror run ([`Machine`]'s `settle_fetcher`).
+pub const WHO_LATER_MS: u64 = 5_000;
+/// Most such questions kept (the oldest goes first).
+pub const WHO_LATER_MAX: usize = 512;
 
 /// How long after the first `dt_who` answer the mirror waits for a named
 /// holder: as long as the mirror would take to send it (waiting costs apt
@@ -293,6 +301,12 @@ pub enum Input {
         piece: PieceIndex,
         size: u64,
     },
+    /// A peer asks who of our peers holds these (its `dt_who` query, in
+    /// our numbers).
+    WhoQuery {
+        key: PeerKey,
+        pieces: Vec<PieceIndex>,
+    },
     /// A peer holds these pieces now (its `dt_hold`, in our numbers).
     Holds {
         key: PeerKey,
@@ -485,6 +499,14 @@ pub enum Effect {
     AskWho {
         piece: PieceIndex,
         to: Vec<(PeerKey, u8)>,
+    },
+    /// Tell peer `key` (its `dt_who` id `ext`) that these peers of ours
+    /// hold or fetch `piece`.
+    WhoAnswer {
+        key: PeerKey,
+        ext: u8,
+        piece: PieceIndex,
+        peers: Vec<SocketAddr>,
     },
 }
 
@@ -701,6 +723,9 @@ pub struct Machine {
     stored_since_scan: HashMap<PieceIndex, u64>,
     /// The latest scan asked for.
     scan_gen: u64,
+    /// `dt_who` questions nobody could answer yet: (asker, piece, when),
+    /// oldest first; see [`WHO_LATER_MS`].
+    who_later: VecDeque<(PeerKey, PieceIndex, u64)>,
 }
 
 fn count_bits(b: &[u8]) -> u32 {
@@ -738,6 +763,7 @@ impl Machine {
             mirror_gen: 0,
             stored_since_scan: HashMap::new(),
             scan_gen: 0,
+            who_later: VecDeque::new(),
             cfg,
         }
     }
@@ -805,7 +831,7 @@ impl Machine {
 
     /// Where the connected peers other than `asker` that hold or relay
     /// `piece` listen: the answer to a `dt_who` (in key order).
-    pub fn holders(&self, piece: PieceIndex, asker: PeerKey) -> Vec<SocketAddr> {
+    fn holders(&self, piece: PieceIndex, asker: PeerKey) -> Vec<SocketAddr> {
         let mut v: Vec<(PeerKey, SocketAddr)> = self
             .peers
             .iter()
@@ -816,6 +842,60 @@ impl Machine {
             .collect();
         v.sort_unstable();
         v.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// A peer's `dt_who` question: the peers of ours that hold or fetch
+    /// each piece, in a random order (different askers get different
+    /// holders first), at most [`wire::MAX_WHO_PEERS`]. A piece nobody
+    /// serves yet is kept for [`WHO_LATER_MS`] and answered when somebody
+    /// does.
+    fn who_query(&mut self, key: PeerKey, pieces: Vec<PieceIndex>, now: u64) {
+        let Some(ext) = self.who_id(key) else {
+            return;
+        };
+        for piece in pieces {
+            if !self.answer_who(key, ext, piece) {
+                self.who_later.retain(|&(k, p, _)| (k, p) != (key, piece));
+                if self.who_later.len() >= WHO_LATER_MAX {
+                    self.who_later.pop_front();
+                }
+                self.who_later.push_back((key, piece, now));
+            }
+        }
+    }
+
+    /// Answers `key`'s question about `piece` if a peer of ours serves it.
+    fn answer_who(&mut self, key: PeerKey, ext: u8, piece: PieceIndex) -> bool {
+        let mut peers = self.holders(piece, key);
+        if peers.is_empty() {
+            return false;
+        }
+        self.rng.shuffle(&mut peers);
+        peers.truncate(wire::MAX_WHO_PEERS);
+        self.emit(Effect::WhoAnswer {
+            key,
+            ext,
+            piece,
+            peers,
+        });
+        true
+    }
+
+    /// The questions kept by [`Self::who_query`] that a peer of ours can
+    /// answer now (it started to fetch or came to hold the piece).
+    fn tell_who_later(&mut self, now: u64) {
+        let waiting = std::mem::take(&mut self.who_later);
+        for (key, piece, at) in waiting {
+            if now.saturating_sub(at) >= WHO_LATER_MS {
+                continue;
+            }
+            let Some(ext) = self.who_id(key) else {
+                continue;
+            };
+            if !self.answer_who(key, ext, piece) {
+                self.who_later.push_back((key, piece, at));
+            }
+        }
     }
 
     /// A connected peer's id for `dt_who`.
@@ -888,6 +968,7 @@ impl Machine {
             Input::Found { addr, origin } => {
                 self.found(addr, origin, now);
             }
+            Input::WhoQuery { key, pieces } => self.who_query(key, pieces, now),
             Input::Holders { piece, addrs } => {
                 let mut dialled = false;
                 for addr in addrs {
@@ -2335,6 +2416,7 @@ impl Machine {
             self.choke_round(now);
         }
         self.redial_named(now, env);
+        self.tell_who_later(now);
         self.trim_idle(now);
         // Look for more peers while we have few: every 5 s while apt waits
         // on a piece nobody connected holds, every minute otherwise.
@@ -2470,6 +2552,11 @@ impl Machine {
     #[cfg(test)]
     pub fn check_invariants(&self) {
         self.picker.check_invariants();
+        assert!(
+            self.who_later.len() <= WHO_LATER_MAX,
+            "{} dt_who questions kept",
+            self.who_later.len()
+        );
         // Jobs and the picker: a piece being fetched (or reset) is in the
         // picker, a committing one is not, and nothing else is.
         for piece in self.picker.wanted() {

@@ -693,28 +693,11 @@ impl Task {
                 if *n > WHO_PER_SEC {
                     return;
                 }
-                let Some(ext) = self.m.who_id(key) else {
-                    return;
+                let pieces: Vec<PieceIndex> = {
+                    let cat = self.cat_read();
+                    shas.iter().filter_map(|sha| cat.id(sha)).collect()
                 };
-                let cat = self.cat.read().unwrap_or_else(|e| e.into_inner());
-                let mut answers = Vec::new();
-                for sha in shas {
-                    let Some(id) = cat.id(&sha) else { continue };
-                    let mut peers = self.m.holders(id, key);
-                    if peers.is_empty() {
-                        continue;
-                    }
-                    // Different askers get different holders first.
-                    fastrand::shuffle(&mut peers);
-                    peers.truncate(wire::MAX_WHO_PEERS);
-                    answers.push(wire::Who::Answer { sha256: sha, peers });
-                }
-                drop(cat);
-                if let Some(l) = self.links.get(&key) {
-                    for a in answers {
-                        let _ = l.tx.try_send(Out::Extended(ext, a.encode()));
-                    }
-                }
+                self.feed(Input::WhoQuery { key, pieces });
                 self.ctx.stats.who_answered();
             }
             wire::Who::Answer { sha256, peers } => {
@@ -901,6 +884,17 @@ impl Task {
                         }
                     }
                     self.ctx.stats.who_asked();
+                }
+            }
+            Effect::WhoAnswer {
+                key,
+                ext,
+                piece,
+                peers,
+            } => {
+                if let (Some(sha256), Some(l)) = (self.sha(piece), self.links.get(&key)) {
+                    let a = wire::Who::Answer { sha256, peers };
+                    let _ = l.tx.try_send(Out::Extended(ext, a.encode()));
                 }
             }
             Effect::ScanHolding { gen } => {

@@ -123,6 +123,8 @@ struct RawPeer {
     buf: Vec<u8>,
     /// The daemon's id for `dt_hold` (from its extended handshake).
     hold_id: u8,
+    /// The daemon's id for `dt_who` (0: it offers none).
+    who_id: u8,
 }
 
 /// How a read ended when no frame came.
@@ -147,6 +149,7 @@ impl RawPeer {
             s,
             buf: Vec::new(),
             hold_id: 0,
+            who_id: 0,
         })
     }
 
@@ -245,14 +248,20 @@ fn decode_frame(frame: &[u8]) -> Msg<'_> {
 
 /// Our test peer's id for `dt_hold` (what the daemon's holdings come as).
 const TEST_HOLD_ID: u8 = 3;
+/// Our test peer's id for `dt_who` (only peers built with `who`).
+const TEST_WHO_ID: u8 = 4;
 
-fn ext_handshake(client: &str) -> Vec<u8> {
+fn ext_handshake(client: &str, who: bool) -> Vec<u8> {
+    let mut m = vec![
+        (wire::EXT_PEX.to_string(), 1),
+        (wire::EXT_WIP.to_string(), 2),
+        (wire::EXT_HOLD.to_string(), TEST_HOLD_ID),
+    ];
+    if who {
+        m.push((wire::EXT_WHO.to_string(), TEST_WHO_ID));
+    }
     ExtHandshake {
-        m: vec![
-            (wire::EXT_PEX.to_string(), 1),
-            (wire::EXT_WIP.to_string(), 2),
-            (wire::EXT_HOLD.to_string(), TEST_HOLD_ID),
-        ],
+        m,
         p: Some(6999),
         v: Some(client.to_string()),
         reqq: Some(250),
@@ -273,6 +282,18 @@ async fn join_swarm(
     tag: u8,
     hold: Vec<(u32, [u8; 32])>,
 ) -> Result<RawPeer, String> {
+    join_swarm_as(src, to, ih, tag, hold, false).await
+}
+
+/// [`join_swarm`], speaking `dt_who` too when `who` is set.
+async fn join_swarm_as(
+    src: &str,
+    to: SocketAddr,
+    ih: debtorrent_gen::InfoHash,
+    tag: u8,
+    hold: Vec<(u32, [u8; 32])>,
+    who: bool,
+) -> Result<RawPeer, String> {
     let mut p = RawPeer::connect(src, to)
         .await
         .map_err(|e| format!("connect {src} -> {to}: {e}"))?;
@@ -286,7 +307,7 @@ async fn join_swarm(
     if hs.info_hash != ih {
         return Err(format!("the daemon answered for {}", hs.info_hash));
     }
-    let ext = ext_handshake(&format!("hx-test {tag}"));
+    let ext = ext_handshake(&format!("hx-test {tag}"), who);
     p.send_msgs(&[
         Msg::HaveNone,
         Msg::Extended {
@@ -313,6 +334,7 @@ async fn join_swarm(
                 .ext_id(wire::EXT_HOLD)
                 .ok_or_else(|| format!("the daemon offers no dt_hold: {theirs:?}"))?;
             p.hold_id = id;
+            p.who_id = theirs.ext_id(wire::EXT_WHO).unwrap_or(0);
             for chunk in hold.chunks(wire::MAX_HOLD) {
                 let h = wire::Hold {
                     add: chunk.to_vec(),
@@ -838,6 +860,82 @@ fn swarm_mirror_gone_peers_alone_serve() {
         "B got the packages from A: {v:#}"
     );
     eprintln!("B's client with the mirror down: {:.1?}", out.elapsed);
+}
+
+/// Reads frames for `within`: the first `dt_who` answer that comes (its
+/// SHA-256 and peers), or None.
+async fn who_answer(
+    p: &mut RawPeer,
+    within: Duration,
+) -> Result<Option<([u8; 32], Vec<SocketAddr>)>, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let f = match p.frame(left).await {
+            Ok(f) => f,
+            Err(End::Timeout) => return Ok(None),
+            Err(End::Closed(e)) => return Err(format!("the daemon closed the connection: {e}")),
+        };
+        if let Msg::Extended {
+            id: TEST_WHO_ID,
+            payload,
+        } = decode_frame(&f)
+        {
+            match wire::Who::decode(payload) {
+                Ok(wire::Who::Answer { sha256, peers }) => return Ok(Some((sha256, peers))),
+                Ok(q) => return Err(format!("the daemon asked us instead: {q:?}")),
+                Err(e) => return Err(format!("the daemon's dt_who: {e}")),
+            }
+        }
+    }
+}
+
+/// `docs/torrent-format.md` §7.6: a `dt_who` question that none of the
+/// daemon's peers can answer yet is kept, and answered unasked as soon as
+/// a peer that holds the content connects. (Two newcomers that want a new
+/// file at once and are not connected to each other learn of each other's
+/// mirror run this way, through a common neighbour.)
+#[test]
+fn swarm_who_question_is_answered_once_a_holder_comes() {
+    let repo = repo();
+    let mirror = Mirror::start(&repo.root);
+    let d = Daemon::start_peer("127.0.0.161", &[mirror.port()], None, &[]);
+    let apt = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
+    let out = apt.update();
+    apt.assert_update_verified(&out, "the daemon's client");
+    let ih = info_hash(&d);
+    let to = d.peer_addr();
+    let (n, sha) = hold_all(repo)[0];
+    let res: Result<Vec<SocketAddr>, String> = rt().block_on(async move {
+        let mut asker = join_swarm_as("127.0.0.162", to, ih, 162, Vec::new(), true).await?;
+        if asker.who_id == 0 {
+            return Err("the daemon offers no dt_who".to_string());
+        }
+        let q = wire::Who::Query(vec![sha]).encode();
+        let id = asker.who_id;
+        asker
+            .send_msgs(&[Msg::Extended { id, payload: &q }])
+            .await
+            .map_err(|e| format!("send dt_who: {e}"))?;
+        // Nobody holds it yet: no answer.
+        if let Some(a) = who_answer(&mut asker, Duration::from_millis(700)).await? {
+            return Err(format!("answered before any holder came: {a:?}"));
+        }
+        let _holder = join_swarm("127.0.0.163", to, ih, 163, vec![(n, sha)]).await?;
+        match who_answer(&mut asker, Duration::from_secs(4)).await? {
+            Some((h, peers)) if h == sha => Ok(peers),
+            other => Err(format!(
+                "no answer for the content within 4 s of its holder coming: {other:?}"
+            )),
+        }
+    });
+    let peers = res.unwrap_or_else(|e| panic!("{e}\n{:#}", d.status_json()));
+    let holder = SocketAddr::from(([127, 0, 0, 163], 6999));
+    assert_eq!(
+        peers,
+        vec![holder],
+        "the answer names the holder where it listens"
+    );
 }
 
 /// §9/§14 limits, with raw peers each from its own loopback address: an

@@ -2413,3 +2413,50 @@ fn rule_b_judges_a_relay_that_became_a_holder_afresh() {
         "the mirror took the tail at {started}: expected RULE_B_AFTER_MS after the relay held it"
     );
 }
+
+/// A `dt_who` question nobody can answer yet is kept: when a peer of ours
+/// starts to fetch the piece (`dt_wip`), the asker is told at the next
+/// tick, once; a question older than [`WHO_LATER_MS`] is not answered,
+/// and one we can answer at once is answered at once.
+#[test]
+fn a_who_question_is_answered_later_when_a_peer_starts_to_fetch_it() {
+    const Q: u32 = 5;
+    let mut m = Machine::new(cfg());
+    let answer = |k: u32, piece: u32, peers: Vec<SocketAddr>| Effect::WhoAnswer {
+        key: key(k),
+        ext: 4,
+        piece,
+        peers,
+    };
+    let wip = |k: u32, add: &[u32]| Input::Wip {
+        key: key(k),
+        add: add.to_vec(),
+        done: vec![],
+    };
+    let ask = |k: u32, pieces: &[u32]| Input::WhoQuery {
+        key: key(k),
+        pieces: pieces.to_vec(),
+    };
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
+            (0, ask(1, &[P, Q]), vec![]),
+            (100, hello_dt(3, [3; 20], Some(&[])), vec![attach(2, 3)]),
+            (100, tick(&[]), vec![]),
+            (200, wip(2, &[P]), vec![]),
+            (300, tick(&[]), vec![answer(1, P, vec![addr(3)])]),
+            (400, tick(&[]), vec![]),
+            // Asked at once: answered at once, and the relay itself is
+            // not named to itself.
+            (500, ask(2, &[P]), vec![]),
+            (600, hello_dt(4, [4; 20], Some(&[])), vec![attach(3, 4)]),
+            (600, ask(3, &[P]), vec![answer(3, P, vec![addr(3)])]),
+            // Q: a holder comes only after the question expired.
+            (WHO_LATER_MS, tick(&[]), vec![]),
+            (WHO_LATER_MS, wip(2, &[Q]), vec![]),
+            (WHO_LATER_MS + 100, tick(&[]), vec![]),
+        ],
+    );
+}
