@@ -91,6 +91,18 @@ pub const ASK_NEW_PEER_MAX: usize = 32;
 pub const WHO_LATER_MS: u64 = 5_000;
 /// Most such questions kept (the oldest goes first).
 pub const WHO_LATER_MAX: usize = 512;
+/// Most contents a peer is known to hold or fetch that our catalogue does
+/// not list (`Peer::foreign`); more are not recorded.
+pub const FOREIGN_MAX: usize = 4096;
+
+/// What a `dt_who` question asks about: content our catalogue lists (by
+/// our number), or content it does not (by SHA-256: a newer index
+/// version's files, which peers on that version hold or fetch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    Piece(PieceIndex),
+    Foreign([u8; 32]),
+}
 
 /// How long after the first `dt_who` answer the mirror waits for a named
 /// holder: as long as the mirror would take to send it (waiting costs apt
@@ -305,7 +317,14 @@ pub enum Input {
     /// our numbers).
     WhoQuery {
         key: PeerKey,
-        pieces: Vec<PieceIndex>,
+        asked: Vec<Content>,
+    },
+    /// A peer holds or fetches (`add`), or no longer (`drop`), content our
+    /// catalogue does not list (its `dt_hold` and `dt_wip`, by SHA-256).
+    Foreign {
+        key: PeerKey,
+        add: Vec<[u8; 32]>,
+        drop: Vec<[u8; 32]>,
     },
     /// A peer holds these pieces now (its `dt_hold`, in our numbers).
     Holds {
@@ -505,7 +524,7 @@ pub enum Effect {
     WhoAnswer {
         key: PeerKey,
         ext: u8,
-        piece: PieceIndex,
+        content: Content,
         peers: Vec<SocketAddr>,
     },
 }
@@ -558,6 +577,10 @@ struct Peer {
     pex_id: Option<u8>,
     wip_id: Option<u8>,
     who_id: Option<u8>,
+    /// Content it holds or fetches that our catalogue does not list (by
+    /// SHA-256; at most [`FOREIGN_MAX`]): a daemon on an older index
+    /// version still tells askers who has the newer one's files.
+    foreign: HashSet<[u8; 32]>,
     /// It serves what its `dt_wip` names as the mirror's bytes arrive.
     relay: bool,
     /// Where we learnt of it (`None`: it dialled us).
@@ -725,7 +748,7 @@ pub struct Machine {
     scan_gen: u64,
     /// `dt_who` questions nobody could answer yet: (asker, piece, when),
     /// oldest first; see [`WHO_LATER_MS`].
-    who_later: VecDeque<(PeerKey, PieceIndex, u64)>,
+    who_later: VecDeque<(PeerKey, Content, u64)>,
 }
 
 fn count_bits(b: &[u8]) -> u32 {
@@ -830,13 +853,21 @@ impl Machine {
     }
 
     /// Where the connected peers other than `asker` that hold or relay
-    /// `piece` listen: the answer to a `dt_who` (in key order).
-    fn holders(&self, piece: PieceIndex, asker: PeerKey) -> Vec<SocketAddr> {
+    /// `content` listen: the answer to a `dt_who` (in key order). Content
+    /// our catalogue does not list counts as served when a peer named it in
+    /// its `dt_hold` or `dt_wip` (whether it relays it or not).
+    fn holders(&self, content: Content, asker: PeerKey) -> Vec<SocketAddr> {
         let mut v: Vec<(PeerKey, SocketAddr)> = self
             .peers
             .iter()
             .filter(|(&k, p)| {
-                k != asker && p.phase == Phase::Active && p.dialable && p.serves(piece)
+                k != asker
+                    && p.phase == Phase::Active
+                    && p.dialable
+                    && match content {
+                        Content::Piece(piece) => p.serves(piece),
+                        Content::Foreign(sha) => p.foreign.contains(&sha),
+                    }
             })
             .map(|(&k, p)| (k, p.listen))
             .collect();
@@ -845,28 +876,28 @@ impl Machine {
     }
 
     /// A peer's `dt_who` question: the peers of ours that hold or fetch
-    /// each piece, in a random order (different askers get different
-    /// holders first), at most [`wire::MAX_WHO_PEERS`]. A piece nobody
+    /// each content, in a random order (different askers get different
+    /// holders first), at most [`wire::MAX_WHO_PEERS`]. Content nobody
     /// serves yet is kept for [`WHO_LATER_MS`] and answered when somebody
     /// does.
-    fn who_query(&mut self, key: PeerKey, pieces: Vec<PieceIndex>, now: u64) {
+    fn who_query(&mut self, key: PeerKey, asked: Vec<Content>, now: u64) {
         let Some(ext) = self.who_id(key) else {
             return;
         };
-        for piece in pieces {
-            if !self.answer_who(key, ext, piece) {
-                self.who_later.retain(|&(k, p, _)| (k, p) != (key, piece));
+        for content in asked {
+            if !self.answer_who(key, ext, content) {
+                self.who_later.retain(|&(k, c, _)| (k, c) != (key, content));
                 if self.who_later.len() >= WHO_LATER_MAX {
                     self.who_later.pop_front();
                 }
-                self.who_later.push_back((key, piece, now));
+                self.who_later.push_back((key, content, now));
             }
         }
     }
 
-    /// Answers `key`'s question about `piece` if a peer of ours serves it.
-    fn answer_who(&mut self, key: PeerKey, ext: u8, piece: PieceIndex) -> bool {
-        let mut peers = self.holders(piece, key);
+    /// Answers `key`'s question about `content` if a peer of ours serves it.
+    fn answer_who(&mut self, key: PeerKey, ext: u8, content: Content) -> bool {
+        let mut peers = self.holders(content, key);
         if peers.is_empty() {
             return false;
         }
@@ -875,25 +906,25 @@ impl Machine {
         self.emit(Effect::WhoAnswer {
             key,
             ext,
-            piece,
+            content,
             peers,
         });
         true
     }
 
     /// The questions kept by [`Self::who_query`] that a peer of ours can
-    /// answer now (it started to fetch or came to hold the piece).
+    /// answer now (it started to fetch or came to hold the content).
     fn tell_who_later(&mut self, now: u64) {
         let waiting = std::mem::take(&mut self.who_later);
-        for (key, piece, at) in waiting {
+        for (key, content, at) in waiting {
             if now.saturating_sub(at) >= WHO_LATER_MS {
                 continue;
             }
             let Some(ext) = self.who_id(key) else {
                 continue;
             };
-            if !self.answer_who(key, ext, piece) {
-                self.who_later.push_back((key, piece, at));
+            if !self.answer_who(key, ext, content) {
+                self.who_later.push_back((key, content, at));
             }
         }
     }
@@ -968,7 +999,19 @@ impl Machine {
             Input::Found { addr, origin } => {
                 self.found(addr, origin, now);
             }
-            Input::WhoQuery { key, pieces } => self.who_query(key, pieces, now),
+            Input::WhoQuery { key, asked } => self.who_query(key, asked, now),
+            Input::Foreign { key, add, drop } => {
+                if let Some(p) = self.peers.get_mut(&key) {
+                    for sha in drop {
+                        p.foreign.remove(&sha);
+                    }
+                    for sha in add {
+                        if p.foreign.len() < FOREIGN_MAX {
+                            p.foreign.insert(sha);
+                        }
+                    }
+                }
+            }
             Input::Holders { piece, addrs } => {
                 let mut dialled = false;
                 for addr in addrs {
@@ -1629,6 +1672,7 @@ impl Machine {
             pex_id: h.pex_id,
             wip_id: h.wip_id,
             who_id: h.who_id,
+            foreign: HashSet::new(),
             relay: h.relay,
             origin: self.known.get(&listen).copied().filter(|_| h.outgoing),
             dialable: h.outgoing || h.port.is_some_and(|p| p != 0),
@@ -2552,6 +2596,13 @@ impl Machine {
     #[cfg(test)]
     pub fn check_invariants(&self) {
         self.picker.check_invariants();
+        for p in self.peers.values() {
+            assert!(
+                p.foreign.len() <= FOREIGN_MAX,
+                "{} foreign",
+                p.foreign.len()
+            );
+        }
         assert!(
             self.who_later.len() <= WHO_LATER_MAX,
             "{} dt_who questions kept",

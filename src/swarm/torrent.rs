@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use super::catalogue::Catalogue;
 use super::conn::{self, Established, Out, PeerShared};
-use super::machine::{self, Effect, Env, Hello, Input, Machine, PeerMsg, Received};
+use super::machine::{self, Content, Effect, Env, Hello, Input, Machine, PeerMsg, Received};
 use super::shared::Ctx;
 use super::wire::{self, Handshake};
 use crate::assembly::{Download, Failure, State};
@@ -199,10 +199,21 @@ struct Link {
     pending: HashMap<u32, [u8; 32]>,
     /// Its `dt_wip` numbers that name content our catalogue lists.
     wip: HashMap<u32, PieceIndex>,
+    /// Its `dt_wip` numbers that name content our catalogue does not list;
+    /// at most [`MAX_PENDING`]. With `pending`, what we can still name to
+    /// askers (`Input::Foreign`).
+    wip_foreign: HashMap<u32, [u8; 32]>,
     /// The index versions it is on (its `dt_idx`).
     versions: Vec<InfoHash>,
     /// Its `dt_who` queries in the current second (more are dropped).
     who_window: (Instant, u32),
+}
+
+impl Link {
+    /// It still holds or fetches `sha`, content our catalogue does not list.
+    fn offers_foreign(&self, sha: &[u8; 32]) -> bool {
+        self.pending.values().any(|s| s == sha) || self.wip_foreign.values().any(|s| s == sha)
+    }
 }
 
 /// `dt_who` queries answered per peer and second; more are dropped.
@@ -693,11 +704,13 @@ impl Task {
                 if *n > WHO_PER_SEC {
                     return;
                 }
-                let pieces: Vec<PieceIndex> = {
+                let asked: Vec<Content> = {
                     let cat = self.cat_read();
-                    shas.iter().filter_map(|sha| cat.id(sha)).collect()
+                    shas.into_iter()
+                        .map(|sha| cat.id(&sha).map_or(Content::Foreign(sha), Content::Piece))
+                        .collect()
                 };
-                self.feed(Input::WhoQuery { key, pieces });
+                self.feed(Input::WhoQuery { key, asked });
                 self.ctx.stats.who_answered();
             }
             wire::Who::Answer { sha256, peers } => {
@@ -779,6 +792,7 @@ impl Task {
                         theirs: HashMap::new(),
                         ours: HashMap::new(),
                         pending: HashMap::new(),
+                        wip_foreign: HashMap::new(),
                         wip: HashMap::new(),
                         versions: est.hello.ext.versions.clone(),
                         who_window: (Instant::now(), 0),
@@ -889,10 +903,14 @@ impl Task {
             Effect::WhoAnswer {
                 key,
                 ext,
-                piece,
+                content,
                 peers,
             } => {
-                if let (Some(sha256), Some(l)) = (self.sha(piece), self.links.get(&key)) {
+                let sha = match content {
+                    Content::Piece(piece) => self.sha(piece),
+                    Content::Foreign(sha) => Some(sha),
+                };
+                if let (Some(sha256), Some(l)) = (sha, self.links.get(&key)) {
                     let a = wire::Who::Answer { sha256, peers };
                     let _ = l.tx.try_send(Out::Extended(ext, a.encode()));
                 }
@@ -998,13 +1016,16 @@ impl Task {
     fn on_hold(&mut self, key: PeerKey, hold: wire::Hold) {
         let mut lost = Vec::new();
         let mut held = Vec::new();
+        let (mut foreign_add, mut foreign_drop) = (Vec::new(), Vec::new());
         {
             let cat = self.cat.read().unwrap_or_else(|e| e.into_inner());
             let Some(l) = self.links.get_mut(&key) else {
                 return;
             };
-            let forget = |l: &mut Link, n: u32, lost: &mut Vec<PieceIndex>| {
-                l.pending.remove(&n);
+            let mut forget = |l: &mut Link, n: u32, lost: &mut Vec<PieceIndex>| {
+                if let Some(sha) = l.pending.remove(&n) {
+                    foreign_drop.push(sha);
+                }
                 if let Some(id) = l.ours.remove(&n) {
                     if l.theirs.get(&id) == Some(&n) {
                         l.theirs.remove(&id);
@@ -1027,10 +1048,12 @@ impl Task {
                     }
                     None if l.pending.len() < MAX_PENDING => {
                         l.pending.insert(n, sha);
+                        foreign_add.push(sha);
                     }
                     None => {}
                 }
             }
+            foreign_drop.retain(|sha| !l.offers_foreign(sha));
             // Only the final state counts: a piece dropped and given again
             // in one message is held; one given and replaced is not.
             lost.retain(|id| !l.theirs.contains_key(id));
@@ -1046,12 +1069,20 @@ impl Task {
         if !held.is_empty() {
             self.feed(Input::Holds { key, pieces: held });
         }
+        if !foreign_add.is_empty() || !foreign_drop.is_empty() {
+            self.feed(Input::Foreign {
+                key,
+                add: foreign_add,
+                drop: foreign_drop,
+            });
+        }
     }
 
     /// A peer's `dt_wip`, in our numbers (content we do not list is none
     /// of our business).
     fn on_wip(&mut self, key: PeerKey, wip: wire::Wip) {
         let (mut add, mut done) = (Vec::new(), Vec::new());
+        let (mut foreign_add, mut foreign_drop) = (Vec::new(), Vec::new());
         {
             let cat = self.cat.read().unwrap_or_else(|e| e.into_inner());
             let Some(l) = self.links.get_mut(&key) else {
@@ -1059,6 +1090,7 @@ impl Task {
             };
             for n in wip.done {
                 done.extend(l.wip.remove(&n));
+                foreign_drop.extend(l.wip_foreign.remove(&n));
             }
             for (n, sha) in wip.add {
                 if let Some(id) = cat.id(&sha) {
@@ -1070,11 +1102,24 @@ impl Task {
                         }
                         add.push(id);
                     }
+                } else if l.wip_foreign.len() < MAX_PENDING || l.wip_foreign.contains_key(&n) {
+                    // Content of an index version we are not on: we cannot
+                    // fetch it, but can tell askers who does.
+                    foreign_drop.extend(l.wip_foreign.insert(n, sha).filter(|old| *old != sha));
+                    foreign_add.push(sha);
                 }
             }
+            foreign_drop.retain(|sha| !l.offers_foreign(sha));
         }
         tracing::debug!(%key, ?add, ?done, "a peer fetches from the mirror (dt_wip)");
         self.feed(Input::Wip { key, add, done });
+        if !foreign_add.is_empty() || !foreign_drop.is_empty() {
+            self.feed(Input::Foreign {
+                key,
+                add: foreign_add,
+                drop: foreign_drop,
+            });
+        }
     }
 
     fn send(&mut self, key: PeerKey, msg: PeerMsg) {

@@ -894,7 +894,9 @@ async fn who_answer(
 /// daemon's peers can answer yet is kept, and answered unasked as soon as
 /// a peer that holds the content connects. (Two newcomers that want a new
 /// file at once and are not connected to each other learn of each other's
-/// mirror run this way, through a common neighbour.)
+/// mirror run this way, through a common neighbour.) The same holds for
+/// content the daemon's own index does not list (a newer index version's
+/// file): a daemon on the older version still names who holds it.
 #[test]
 fn swarm_who_question_is_answered_once_a_holder_comes() {
     let repo = repo();
@@ -906,7 +908,8 @@ fn swarm_who_question_is_answered_once_a_holder_comes() {
     let ih = info_hash(&d);
     let to = d.peer_addr();
     let (n, sha) = hold_all(repo)[0];
-    let res: Result<Vec<SocketAddr>, String> = rt().block_on(async move {
+    type Answers = (Vec<SocketAddr>, Vec<SocketAddr>);
+    let res: Result<Answers, String> = rt().block_on(async move {
         let mut asker = join_swarm_as("127.0.0.162", to, ih, 162, Vec::new(), true).await?;
         if asker.who_id == 0 {
             return Err("the daemon offers no dt_who".to_string());
@@ -922,19 +925,46 @@ fn swarm_who_question_is_answered_once_a_holder_comes() {
             return Err(format!("answered before any holder came: {a:?}"));
         }
         let _holder = join_swarm("127.0.0.163", to, ih, 163, vec![(n, sha)]).await?;
+        let listed = match who_answer(&mut asker, Duration::from_secs(4)).await? {
+            Some((h, peers)) if h == sha => peers,
+            other => {
+                return Err(format!(
+                    "no answer for the content within 4 s of its holder coming: {other:?}"
+                ))
+            }
+        };
+        // A file the daemon's index does not list.
+        let newer = [0x5a; 32];
+        let q = wire::Who::Query(vec![newer]).encode();
+        asker
+            .send_msgs(&[Msg::Extended { id, payload: &q }])
+            .await
+            .map_err(|e| format!("send dt_who: {e}"))?;
+        if let Some(a) = who_answer(&mut asker, Duration::from_millis(500)).await? {
+            return Err(format!(
+                "answered before any holder of the newer file came: {a:?}"
+            ));
+        }
+        let _newer_holder = join_swarm("127.0.0.164", to, ih, 164, vec![(9, newer)]).await?;
         match who_answer(&mut asker, Duration::from_secs(4)).await? {
-            Some((h, peers)) if h == sha => Ok(peers),
+            Some((h, peers)) if h == newer => Ok((listed, peers)),
             other => Err(format!(
-                "no answer for the content within 4 s of its holder coming: {other:?}"
+                "no answer for the unlisted file within 4 s of its holder coming: {other:?}"
             )),
         }
     });
-    let peers = res.unwrap_or_else(|e| panic!("{e}\n{:#}", d.status_json()));
+    let (listed, unlisted) = res.unwrap_or_else(|e| panic!("{e}\n{:#}", d.status_json()));
     let holder = SocketAddr::from(([127, 0, 0, 163], 6999));
     assert_eq!(
-        peers,
+        listed,
         vec![holder],
         "the answer names the holder where it listens"
+    );
+    let newer_holder = SocketAddr::from(([127, 0, 0, 164], 6999));
+    assert_eq!(
+        unlisted,
+        vec![newer_holder],
+        "the answer for the unlisted file names its holder"
     );
 }
 

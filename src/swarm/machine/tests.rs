@@ -2191,9 +2191,13 @@ fn holders_names_who_holds_or_relays_but_not_the_asker() {
         (key(3), vec![addr(2), addr(3)]),
     ];
     for (asker, want) in cases {
-        assert_eq!(m.holders(P, asker), want, "asked by {asker:?}");
+        assert_eq!(
+            m.holders(Content::Piece(P), asker),
+            want,
+            "asked by {asker:?}"
+        );
     }
-    assert!(m.holders(P + 1, key(1)).is_empty());
+    assert!(m.holders(Content::Piece(P + 1), key(1)).is_empty());
 }
 
 /// apt wants a piece no connected peer holds. With few peers we look the
@@ -2425,7 +2429,7 @@ fn a_who_question_is_answered_later_when_a_peer_starts_to_fetch_it() {
     let answer = |k: u32, piece: u32, peers: Vec<SocketAddr>| Effect::WhoAnswer {
         key: key(k),
         ext: 4,
-        piece,
+        content: Content::Piece(piece),
         peers,
     };
     let wip = |k: u32, add: &[u32]| Input::Wip {
@@ -2435,7 +2439,7 @@ fn a_who_question_is_answered_later_when_a_peer_starts_to_fetch_it() {
     };
     let ask = |k: u32, pieces: &[u32]| Input::WhoQuery {
         key: key(k),
-        pieces: pieces.to_vec(),
+        asked: pieces.iter().map(|&p| Content::Piece(p)).collect(),
     };
     run(
         &mut m,
@@ -2459,4 +2463,62 @@ fn a_who_question_is_answered_later_when_a_peer_starts_to_fetch_it() {
             (WHO_LATER_MS + 100, tick(&[]), vec![]),
         ],
     );
+}
+
+/// Content our catalogue does not list (a newer index version's file):
+/// a peer that names it in `dt_hold` or `dt_wip` (`Input::Foreign`) is
+/// named to askers, at once or later, and no longer once it drops it; a
+/// peer gives at most [`FOREIGN_MAX`] such names.
+#[test]
+fn who_questions_about_content_we_do_not_list_are_answered_too() {
+    let new = Content::Foreign([0xab; 32]);
+    let mut m = Machine::new(cfg());
+    let answer = |k: u32, peers: Vec<SocketAddr>| Effect::WhoAnswer {
+        key: key(k),
+        ext: 4,
+        content: new,
+        peers,
+    };
+    let ask = |k: u32| Input::WhoQuery {
+        key: key(k),
+        asked: vec![new],
+    };
+    let foreign = |k: u32, add: bool| Input::Foreign {
+        key: key(k),
+        add: if add { vec![[0xab; 32]] } else { vec![] },
+        drop: if add { vec![] } else { vec![[0xab; 32]] },
+    };
+    run(
+        &mut m,
+        &no_discovery(),
+        vec![
+            (0, hello_dt(2, [2; 20], Some(&[])), vec![attach(1, 2)]),
+            (0, hello_dt(3, [3; 20], Some(&[])), vec![attach(2, 3)]),
+            (0, ask(1), vec![]),
+            (100, tick(&[]), vec![]),
+            // Peer 2, on the newer version, starts to fetch it.
+            (150, foreign(2, true), vec![]),
+            (200, tick(&[]), vec![answer(1, vec![addr(3)])]),
+            (300, tick(&[]), vec![]),
+            (400, hello_dt(4, [4; 20], Some(&[])), vec![attach(3, 4)]),
+            (400, ask(3), vec![answer(3, vec![addr(3)])]),
+            // Dropped: nobody to name any more.
+            (500, foreign(2, false), vec![]),
+            (500, ask(3), vec![]),
+        ],
+    );
+    // The bound.
+    let many = Input::Foreign {
+        key: key(1),
+        add: (0..FOREIGN_MAX as u32 + 10)
+            .map(|i| {
+                let mut sha = [0u8; 32];
+                sha[..4].copy_from_slice(&i.to_be_bytes());
+                sha
+            })
+            .collect(),
+        drop: vec![],
+    };
+    assert!(m.handle(600, &no_discovery(), many).is_empty());
+    m.check_invariants();
 }
