@@ -14,7 +14,7 @@
 //! back, in order. Every decision is the machine's; every task spawned for
 //! this torrent is spawned here or in `conn.rs`. See `STATE.md`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -210,9 +210,18 @@ struct Link {
 }
 
 impl Link {
-    /// It still holds or fetches `sha`, content our catalogue does not list.
-    fn offers_foreign(&self, sha: &[u8; 32]) -> bool {
-        self.pending.values().any(|s| s == sha) || self.wip_foreign.values().any(|s| s == sha)
+    /// Keeps in `dropped` only the contents our catalogue does not list
+    /// that it neither holds nor fetches any more (under another number).
+    fn no_longer_offered(&self, dropped: &mut Vec<[u8; 32]>) {
+        if dropped.is_empty() {
+            return;
+        }
+        let offered: HashSet<&[u8; 32]> = self
+            .pending
+            .values()
+            .chain(self.wip_foreign.values())
+            .collect();
+        dropped.retain(|sha| !offered.contains(sha));
     }
 }
 
@@ -1053,7 +1062,7 @@ impl Task {
                     None => {}
                 }
             }
-            foreign_drop.retain(|sha| !l.offers_foreign(sha));
+            l.no_longer_offered(&mut foreign_drop);
             // Only the final state counts: a piece dropped and given again
             // in one message is held; one given and replaced is not.
             lost.retain(|id| !l.theirs.contains_key(id));
@@ -1078,8 +1087,8 @@ impl Task {
         }
     }
 
-    /// A peer's `dt_wip`, in our numbers (content we do not list is none
-    /// of our business).
+    /// A peer's `dt_wip`, in our numbers; content we do not list is kept
+    /// by its SHA-256 only to tell `dt_who` askers who fetches it.
     fn on_wip(&mut self, key: PeerKey, wip: wire::Wip) {
         let (mut add, mut done) = (Vec::new(), Vec::new());
         let (mut foreign_add, mut foreign_drop) = (Vec::new(), Vec::new());
@@ -1109,7 +1118,7 @@ impl Task {
                     foreign_add.push(sha);
                 }
             }
-            foreign_drop.retain(|sha| !l.offers_foreign(sha));
+            l.no_longer_offered(&mut foreign_drop);
         }
         tracing::debug!(%key, ?add, ?done, "a peer fetches from the mirror (dt_wip)");
         self.feed(Input::Wip { key, add, done });
