@@ -520,7 +520,7 @@ pub enum Effect {
         to: Vec<(PeerKey, u8)>,
     },
     /// Tell peer `key` (its `dt_who` id `ext`) that these peers of ours
-    /// hold or fetch `piece`.
+    /// hold or fetch `content`.
     WhoAnswer {
         key: PeerKey,
         ext: u8,
@@ -746,7 +746,7 @@ pub struct Machine {
     stored_since_scan: HashMap<PieceIndex, u64>,
     /// The latest scan asked for.
     scan_gen: u64,
-    /// `dt_who` questions nobody could answer yet: (asker, piece, when),
+    /// `dt_who` questions nobody could answer yet: (asker, content, when),
     /// oldest first; see [`WHO_LATER_MS`].
     who_later: VecDeque<(PeerKey, Content, u64)>,
 }
