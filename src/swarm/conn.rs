@@ -366,8 +366,6 @@ pub enum Out {
     Upload(BlockRef),
     /// The peer cancelled a request.
     CancelUpload(BlockRef),
-    /// Reject a request (BEP 6).
-    Reject(BlockRef),
     /// Our `dt_wip` (with the peer's id for it): what it names may be
     /// requested (relayed as it arrives).
     Wip(u8, wire::Wip),
@@ -911,22 +909,13 @@ async fn handle(
             if !sh.valid_block(r) {
                 return Err(ConnError::Protocol("request outside the piece"));
             }
-            if shared.am_choking.load(Ordering::Relaxed) {
-                if fast {
-                    let _ = tx.send(Out::Reject(r)).await;
-                }
-                return Ok(());
-            }
+            // Whether it is served (we choke it, its queue is full) is
+            // decided by the writer, in order with our CHOKE and UNCHOKE
+            // and the peer's CANCELs (`apply`); here only a flood ends
+            // the connection.
             let q = shared.queued.fetch_add(1, Ordering::Relaxed) as usize + 1;
             if q > REQQ_DROP {
                 return Err(ConnError::Protocol("request flood"));
-            }
-            if q > REQQ {
-                shared.queued.fetch_sub(1, Ordering::Relaxed);
-                if fast {
-                    let _ = tx.send(Out::Reject(r)).await;
-                }
-                return Ok(());
             }
             let _ = tx.send(Out::Upload(r)).await;
         }
@@ -1207,7 +1196,20 @@ fn apply(
             },
             out,
         ),
-        Out::Upload(r) => uploads.push_back((r, None)),
+        Out::Upload(r) => {
+            // Decided here rather than in the reader: a request the reader
+            // saw while an UNCHOKE, or the CANCEL sent just before it,
+            // still waited in this queue was rejected after that UNCHOKE,
+            // and a leecher takes such a reject for "cannot serve it".
+            if shared.am_choking.load(Ordering::Relaxed) || uploads.len() >= REQQ {
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                if fast {
+                    wire::encode(&Msg::Reject(r), out);
+                }
+            } else {
+                uploads.push_back((r, None));
+            }
+        }
         Out::CancelUpload(r) => {
             let before = uploads.len();
             uploads.retain(|(x, _)| *x != r);
@@ -1225,7 +1227,6 @@ fn apply(
                 out,
             );
         }
-        Out::Reject(r) => wire::encode(&Msg::Reject(r), out),
         Out::Close => return false,
     }
     true
@@ -1322,5 +1323,120 @@ mod tests {
             assert!(up.is_empty());
         }
         uploads.clear();
+    }
+
+    /// A request is admitted by the writer, in order with the messages
+    /// before it: a CANCEL that frees a place in a full queue lets the
+    /// request after it in, and a request after our UNCHOKE is served, not
+    /// rejected. Rejected: a request while we choke, and one beyond `REQQ`.
+    #[test]
+    fn requests_are_admitted_in_order_with_cancels_and_unchokes() {
+        let shared = PeerShared::default();
+        let r = |begin: u32| BlockRef {
+            index: 3,
+            begin,
+            length: BLOCK,
+        };
+        let msgs = |out: &BytesMut| {
+            let mut got = Vec::new();
+            let mut at = 0;
+            while let Ok(Some((msg, used))) = wire::decode(&out[at..], &DT2_LIMITS) {
+                got.push(match msg {
+                    Msg::Choke => "choke".to_string(),
+                    Msg::Unchoke => "unchoke".to_string(),
+                    Msg::Reject(b) => format!("reject {}", b.begin),
+                    other => format!("{other:?}"),
+                });
+                at += used;
+            }
+            got
+        };
+        let mut uploads: VecDeque<(BlockRef, Option<Instant>)> = VecDeque::new();
+        let mut out = BytesMut::new();
+        // Choking (as every connection starts): rejected.
+        shared.am_choking.store(true, Ordering::Relaxed);
+        shared.queued.store(1, Ordering::Relaxed);
+        assert!(apply(
+            Out::Upload(r(0)),
+            &mut out,
+            &mut uploads,
+            &shared,
+            true,
+            3
+        ));
+        assert_eq!(msgs(&out), ["reject 0"]);
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
+        // The reader counted it while the UNCHOKE was still queued here:
+        // it is served.
+        out.clear();
+        shared.queued.store(1, Ordering::Relaxed);
+        assert!(apply(
+            Out::Unchoke,
+            &mut out,
+            &mut uploads,
+            &shared,
+            true,
+            3
+        ));
+        assert!(apply(
+            Out::Upload(r(0)),
+            &mut out,
+            &mut uploads,
+            &shared,
+            true,
+            3
+        ));
+        assert_eq!(msgs(&out), ["unchoke"]);
+        assert_eq!(uploads.len(), 1);
+        // A full queue: a CANCEL, then the request that takes its place.
+        let b = BLOCK;
+        uploads.clear();
+        uploads.extend((0..REQQ as u32).map(|i| (r(i * b), None)));
+        shared.queued.store(REQQ as u64 + 1, Ordering::Relaxed);
+        out.clear();
+        assert!(apply(
+            Out::CancelUpload(r(0)),
+            &mut out,
+            &mut uploads,
+            &shared,
+            true,
+            3
+        ));
+        assert!(apply(
+            Out::Upload(r(REQQ as u32 * b)),
+            &mut out,
+            &mut uploads,
+            &shared,
+            true,
+            3
+        ));
+        assert!(msgs(&out).is_empty(), "{:?}", msgs(&out));
+        assert_eq!(uploads.len(), REQQ);
+        // One more, with no CANCEL before it: rejected.
+        shared.queued.fetch_add(1, Ordering::Relaxed);
+        assert!(apply(
+            Out::Upload(r(7)),
+            &mut out,
+            &mut uploads,
+            &shared,
+            true,
+            3
+        ));
+        assert_eq!(msgs(&out), ["reject 7"]);
+        assert_eq!(shared.queued.load(Ordering::Relaxed), REQQ as u64);
+        // A BEP 3 peer is not told.
+        out.clear();
+        assert!(apply(Out::Choke, &mut out, &mut uploads, &shared, false, 3));
+        shared.queued.fetch_add(1, Ordering::Relaxed);
+        assert!(apply(
+            Out::Upload(r(0)),
+            &mut out,
+            &mut uploads,
+            &shared,
+            false,
+            3
+        ));
+        assert_eq!(msgs(&out), ["choke"]);
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
     }
 }

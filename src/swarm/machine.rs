@@ -47,6 +47,15 @@ pub const FINISH_GRACE_MS: u64 = 3_000;
 /// costs us at most this many stall timeouts). Not a violation: an honest
 /// peer on a saturated uplink can stall too, and may come back.
 pub const MAX_STALLS: u8 = 3;
+/// A peer that holds a piece and rejects our request for it while it
+/// unchokes us is asked again after this pause. Such a reject is flow
+/// control (its request queue was full, as libtorrent rejects beyond its
+/// `reqq`), not "I cannot serve it".
+pub const REFUSED_BACKOFF_MS: u64 = 500;
+/// ... unless it keeps rejecting: after this many pauses in a row with no
+/// block of it, it is taken at its word and not asked for it again until
+/// its `dt_hold` says so anew.
+pub const REFUSED_LIMIT: u8 = 3;
 /// A relay (a peer that serves what it fetches from the mirror as it
 /// arrives) stalls after this long without a block, whatever
 /// `--stall-timeout` says.
@@ -583,6 +592,10 @@ struct Peer {
     foreign: HashSet<[u8; 32]>,
     /// It serves what its `dt_wip` names as the mirror's bytes arrive.
     relay: bool,
+    /// Pieces it holds and rejected while it unchoked us: how many pauses
+    /// in a row, and until when it is not asked for them
+    /// ([`REFUSED_BACKOFF_MS`]).
+    refused: HashMap<PieceIndex, (u8, u64)>,
     /// Where we learnt of it (`None`: it dialled us).
     origin: Option<Origin>,
     /// Others can dial `listen`: we dialled it, or it gave its port.
@@ -599,6 +612,14 @@ impl Peer {
     /// It can serve `piece`: it holds it, or relays it from the mirror.
     fn serves(&self, piece: PieceIndex) -> bool {
         self.has(piece) || self.relays(piece)
+    }
+
+    /// It rejected `piece` a moment ago: not asked for it until the pause
+    /// is over.
+    fn refusing(&self, piece: PieceIndex, now: u64) -> bool {
+        self.refused
+            .get(&piece)
+            .is_some_and(|&(_, until)| until > now)
     }
 
     /// It relays `piece` (fetches it from the mirror, and passes it on).
@@ -1122,14 +1143,31 @@ impl Machine {
                     },
                     Source::Peer(key),
                 );
-                // A peer that unchoked us and still rejects a request
-                // cannot serve that content (pruned since, or it lied):
-                // it is not asked for it again until its dt_hold says so
-                // anew. (A choke's rejects are the BEP 6 norm.)
+                // A choke's rejects are the BEP 6 norm. A holder that
+                // rejects while it unchokes us is paused for that piece
+                // (its queue was full, or a cancel crossed our request):
+                // it still counts as a holder, so the mirror does not
+                // start for it. One that keeps rejecting cannot serve it
+                // (pruned since, or it lied): it is not asked for it
+                // again until its dt_hold says so anew. Forgetting at the
+                // first reject sent a leecher to the mirror for the last
+                // block of a file four connected seeds held
+                // (bench/install).
                 if let Some(p) = self.peers.get_mut(&key) {
                     if !p.choked_us {
-                        if let Some(b) = p.bits.as_mut() {
-                            wire::bitfield_clear(b, req.index);
+                        if p.has(req.index) {
+                            let r = p.refused.entry(req.index).or_insert((0, 0));
+                            // The rejects of one batch count once.
+                            if r.1 <= now {
+                                r.0 += 1;
+                            }
+                            r.1 = now + REFUSED_BACKOFF_MS;
+                            if r.0 >= REFUSED_LIMIT {
+                                p.refused.remove(&req.index);
+                                if let Some(b) = p.bits.as_mut() {
+                                    wire::bitfield_clear(b, req.index);
+                                }
+                            }
                         }
                         // A relay that rejects lost its mirror run (or
                         // let the request wait too long): not a relay of
@@ -1673,6 +1711,7 @@ impl Machine {
             wip_id: h.wip_id,
             who_id: h.who_id,
             foreign: HashSet::new(),
+            refused: HashMap::new(),
             relay: h.relay,
             origin: self.known.get(&listen).copied().filter(|_| h.outgoing),
             dialable: h.outgoing || h.port.is_some_and(|p| p != 0),
@@ -1805,8 +1844,12 @@ impl Machine {
         let room = depth - inflight;
         let reqs = {
             let p = &*p;
-            self.picker
-                .pick(Source::Peer(key), |i| p.serves(i), room, now)
+            self.picker.pick(
+                Source::Peer(key),
+                |i| p.serves(i) && !p.refusing(i, now),
+                room,
+                now,
+            )
         };
         if reqs.is_empty() {
             return;
@@ -1852,6 +1895,7 @@ impl Machine {
             p.last_progress = now;
             p.snub_until = 0;
             p.stalls = 0;
+            p.refused.remove(&piece);
             p.rate.add(u64::from(len), now);
             p.listen.ip()
         });
@@ -2660,6 +2704,12 @@ impl Machine {
                 "{k:?}: finishing set too large"
             );
             assert!((1..=1000).contains(&p.reqq), "{k:?}: reqq out of range");
+            assert!(
+                p.refused
+                    .values()
+                    .all(|&(n, _)| (1..REFUSED_LIMIT).contains(&n)),
+                "{k:?}: a refusal count out of range"
+            );
         }
         assert!(
             self.room_made.len() <= ROOM_BURST

@@ -289,15 +289,17 @@ fn choke_and_unchoke() {
             (500, tick(&[(P, K)]), vec![]),
             // Unchoked again: the three blocks it dropped, asked again.
             (600, unchoke(false), vec![req(1, P, &BLOCKS[1..])]),
-            // A fast peer's reject frees one block, asked again at once.
+            // A fast peer's reject while it unchokes us frees one block,
+            // asked again after a pause (its queue may have been full).
             (
                 700,
                 Input::Rejected {
                     key: key(1),
                     req: br(P, K, K),
                 },
-                vec![req(1, P, &[(K, K)])],
+                vec![],
             ),
+            (1300, tick(&[(P, K)]), vec![req(1, P, &[(K, K)])]),
         ],
     );
     // A choke that keeps the requests (BEP 6) frees nothing: the peer
@@ -1483,52 +1485,119 @@ fn a_peer_that_announces_what_it_never_serves_is_dropped() {
     }
 }
 
-/// A peer that unchoked us and rejects a request cannot serve that
-/// content: it is not asked for it again (no loop of requests and
-/// rejects), and rule (a) gives the piece to the mirror.
+/// A holder that rejects a request while it unchokes us is paused for
+/// that piece, not forgotten: its queue may have been full, or a cancel
+/// crossed our request. It is asked again after the pause, and the mirror
+/// does not start meanwhile. One that keeps rejecting is taken at its word:
+/// after [`REFUSED_LIMIT`] pauses it is not asked again, and rule (a) gives
+/// the piece to the mirror.
 #[test]
-fn a_reject_while_unchoked_means_the_peer_lacks_it() {
+fn a_holder_that_rejects_while_unchoking_is_paused_then_taken_at_its_word() {
     let env = no_discovery();
     let mut m = Machine::new(cfg());
     m.handle(0, &env, hello(2, Some(&[P])));
     m.handle(0, &env, unchoked(1));
-    let first = m.handle(0, &env, want_p());
-    assert!(
-        first.iter().any(|e| matches!(
-            e,
-            Effect::Send {
-                msg: PeerMsg::Request { .. },
-                ..
-            }
-        )),
-        "{first:?}"
-    );
-    let mut requests = 0;
-    let mut mirror = false;
-    for (t, r) in [(10, br(P, 0, K)), (20, br(P, K, K)), (30, br(P, 2 * K, K))] {
-        let rej = Input::Rejected {
-            key: key(1),
-            req: r,
-        };
-        for e in m.handle(t, &env, rej) {
-            match e {
+    let requested = |out: &[Effect]| -> Vec<BlockRef> {
+        out.iter()
+            .filter_map(|e| match e {
                 Effect::Send {
-                    msg: PeerMsg::Request { .. },
+                    msg: PeerMsg::Request { blocks, .. },
                     ..
-                } => requests += 1,
-                Effect::StartMirror { .. } => mirror = true,
-                _ => {}
-            }
+                } => Some(blocks.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    let mirror = |out: &[Effect]| out.iter().any(|e| matches!(e, Effect::StartMirror { .. }));
+    let mut asked = requested(&m.handle(0, &env, want_p()));
+    let mut t = 0;
+    for round in 1..=REFUSED_LIMIT {
+        assert!(!asked.is_empty(), "round {round}: the holder was not asked");
+        // It rejects everything asked, one message per block.
+        t += 10;
+        let mut started = false;
+        for r in std::mem::take(&mut asked) {
+            let out = m.handle(
+                t,
+                &env,
+                Input::Rejected {
+                    key: key(1),
+                    req: r,
+                },
+            );
+            m.check_invariants();
+            assert!(
+                requested(&out).is_empty(),
+                "round {round}: asked again at once"
+            );
+            started |= mirror(&out);
         }
+        if round == REFUSED_LIMIT {
+            // The last straw: nobody else holds it, and --peer-wait is long
+            // over.
+            assert!(started, "the mirror did not take the piece");
+            let out = ticks(&mut m, &env, t, t + 3000, &[(P, 0)]);
+            assert!(
+                requested(&out).is_empty(),
+                "the peer that kept rejecting was asked again"
+            );
+            break;
+        }
+        assert!(!started, "round {round}: the mirror started on a reject");
+        // During the pause: neither asked again, nor the mirror.
+        let out = ticks(
+            &mut m,
+            &env,
+            t + 100,
+            t + REFUSED_BACKOFF_MS - 100,
+            &[(P, 0)],
+        );
+        assert!(
+            requested(&out).is_empty(),
+            "round {round}: asked during the pause"
+        );
+        assert!(
+            !mirror(&out),
+            "round {round}: the mirror started during the pause"
+        );
+        // After it: asked again at the next tick.
+        t += REFUSED_BACKOFF_MS;
+        let out = m.handle(t, &env, tick(&[(P, 0)]));
+        m.check_invariants();
+        asked = requested(&out);
+        assert!(!mirror(&out), "round {round}: the mirror started");
+    }
+    // A block from it ends the pauses: the count starts again.
+    let mut m = Machine::new(cfg());
+    m.handle(0, &env, hello(2, Some(&[P])));
+    m.handle(0, &env, unchoked(1));
+    m.handle(0, &env, want_p());
+    for (t, begin) in [(10, 0), (600, K)] {
+        m.handle(
+            t,
+            &env,
+            Input::Rejected {
+                key: key(1),
+                req: br(P, begin, K),
+            },
+        );
         m.check_invariants();
     }
-    for e in m.handle(2000, &env, tick(&[(P, 0)])) {
-        if matches!(e, Effect::StartMirror { .. }) {
-            mirror = true;
-        }
-    }
-    assert_eq!(requests, 0, "the rejecting peer was asked again");
-    assert!(mirror, "the mirror did not take the piece");
+    // Two pauses so far; a block, then a third reject: still a holder.
+    m.handle(1300, &env, block(1, P, 3 * K, K));
+    m.handle(
+        1800,
+        &env,
+        Input::Rejected {
+            key: key(1),
+            req: br(P, 0, K),
+        },
+    );
+    m.check_invariants();
+    let out = ticks(&mut m, &env, 2400, 3000, &[(P, 0)]);
+    assert!(!requested(&out).is_empty(), "the holder was forgotten");
+    assert!(!mirror(&out), "{out:?}");
     // Requests that could not be sent for want of the peer's number: the
     // same, at once, without a loop.
     let mut m = Machine::new(cfg());
