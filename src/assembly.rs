@@ -941,6 +941,68 @@ mod tests {
         assert_eq!(dl.put(0, &d[..10], p(1)).expect("put"), Put::Duplicate);
     }
 
+    /// apt gets the last byte once the hash matches, not once the file is
+    /// in the store: a slow disk (here, a commit held back) delays only
+    /// the store. A second request meanwhile joins the same assembly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_byte_goes_out_before_the_store_has_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) =
+            Store::open(dir.path(), u64::MAX, Box::new(|_: &str| true)).expect("store");
+        let downloads = Arc::new(Downloads::new(store.clone(), 0));
+        let d = data(3 * BLOCK as usize + 77);
+        let sha: [u8; 32] = Sha256::digest(&d).into();
+        let (dl, created) = downloads
+            .get_or_create("pool/x.deb", sha, d.len() as u64)
+            .expect("an assembly");
+        assert!(created);
+        let (tx, mut verdicts) = tokio::sync::mpsc::unbounded_channel();
+        dl.on_verdict(Box::new(move |_, ok| {
+            let _ = tx.send(ok);
+        }));
+        dl.put(0, &d, Source::Mirror).expect("put");
+        let ok = tokio::time::timeout(Duration::from_secs(10), verdicts.recv()).await;
+        assert_eq!(ok.ok().flatten(), Some(true));
+        let mut ranges = dl.ranges(0, dl.size);
+        // A thread holds the commit lock until told to let go.
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                let _held = store.hold_commits();
+                let _ = locked_tx.send(());
+                let _ = release_rx.recv();
+            }
+        });
+        locked_rx.recv().expect("the commit lock is held");
+        let committing = tokio::spawn({
+            let (dl, store) = (dl.clone(), store.clone());
+            async move { dl.commit(&store).await }
+        });
+        // Every byte, the last one included, while the commit waits.
+        let mut upto = 0;
+        while upto < dl.size {
+            let r = tokio::time::timeout(Duration::from_secs(10), ranges.recv()).await;
+            match r.ok().flatten() {
+                Some(Ok((_, e))) => upto = e,
+                other => panic!("the reader got {other:?} at {upto}"),
+            }
+        }
+        assert_eq!(dl.state(), State::Verified);
+        assert!(store.get("pool/x.deb", &sha).is_none(), "stored already");
+        let (again, created) = downloads
+            .get_or_create("pool/x.deb", sha, d.len() as u64)
+            .expect("the same assembly");
+        assert!(!created && Arc::ptr_eq(&again, &dl));
+        drop(release);
+        holder.join().expect("the holder thread");
+        let stored = tokio::time::timeout(Duration::from_secs(10), committing).await;
+        assert!(matches!(stored, Ok(Ok(true))), "{stored:?}");
+        assert_eq!(dl.state(), State::Done);
+        assert!(store.get("pool/x.deb", &sha).is_some(), "not stored");
+    }
+
     #[tokio::test]
     async fn a_corrupt_block_fails_the_hash_and_a_retry_starts_clean() {
         let d = data(3 * BLOCK as usize);

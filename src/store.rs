@@ -322,6 +322,13 @@ impl Store {
         Ok((path, f))
     }
 
+    /// Holds the lock a commit takes to move a file into the store: a
+    /// test stands for a slow disk with it.
+    #[cfg(test)]
+    pub(crate) fn hold_commits(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Moves a verified, fsynced temporary file into the store (blocking).
     pub fn commit_piece(
         &self,
