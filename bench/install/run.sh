@@ -188,24 +188,40 @@ run_apt() {
         { echo "bench: apt-get update failed: $(tail -n 3 "$r/update.log")" >&2; echo "nan 0"; return 0; }
     mkdir -p "$r/dl"
     t0=$(date +%s.%N)
-    (cd "$r/dl" && APT_CONFIG="$r/apt.conf" timeout 600 apt-get -q download "${NAMES[@]}" >"$r/download.log" 2>&1) ||
+    # apt's own CPU (the http method's hashing is most of it): bash's
+    # `time` adds up the user and system time of apt and its children.
+    { TIMEFORMAT='%U %S'; time (cd "$r/dl" && APT_CONFIG="$r/apt.conf" timeout 600 apt-get -q download "${NAMES[@]}" >"$r/download.log" 2>&1); } 2>"$r/cpu" ||
         echo "bench: apt-get download failed: $(tail -n 3 "$r/download.log")" >&2
     t1=$(date +%s.%N)
     n=$(find "$r/dl" -name '*.deb' | wc -l)
-    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b-a }') $n"
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b-a }') $n $(awk '{ printf "%.2f", $1 + $2 }' "$r/cpu")"
+}
+# cpu_of NAME...: user+system seconds the named daemons have spent so far.
+cpu_of() {
+    local n t=0
+    for n in "$@"; do
+        t=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", t + ($12 + $13) / hz }' "/proc/${DPID[$n]}/stat")
+    done
+    echo "$t"
 }
 : >"$WORK/t-nginx"
 : >"$WORK/t-dt"
+: >"$WORK/t-held"
 CHECKS=""
 CPU=""
+APT_CPU_NGINX=""
+APT_CPU_DT=""
+SEED_CPU=""
 for i in $(seq 1 "$RUNS"); do
-    read -r t n < <(run_apt "$WORK/apt-nginx" "http://$NGINX/full")
+    read -r t n ac < <(run_apt "$WORK/apt-nginx" "http://$NGINX/full")
     [ "$n" = "$NFILES" ] || CHECKS+="run $i nginx: $n of $NFILES files; "
     echo "$t" >>"$WORK/t-nginx"
+    APT_CPU_NGINX+="${ac}s "
 
     L="leech$i"
     start_daemon "$L" 127.0.3.20 --dht-bootstrap 127.0.3.11:6881,127.0.3.12:6881
-    c0=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/${DPID[$L]}/stat")
+    c0=$(cpu_of "$L")
+    s0=$(cpu_of s1 s2 s3 s4)
     # PERF_OUT=prefix: profile the leecher during the run (perf record).
     perfpid=
     if [ -n "${PERF_OUT:-}" ]; then
@@ -213,9 +229,12 @@ for i in $(seq 1 "$RUNS"); do
         perfpid=$!
         sleep 0.3
     fi
-    read -r t n < <(run_apt "$WORK/apt-dt" "http://127.0.3.20:9988/$NGINX/nopool")
+    read -r t n ac < <(run_apt "$WORK/apt-dt" "http://127.0.3.20:9988/$NGINX/nopool")
     if [ -n "$perfpid" ]; then kill -INT "$perfpid" 2>/dev/null; wait "$perfpid" 2>/dev/null || true; fi
-    c1=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/${DPID[$L]}/stat")
+    c1=$(cpu_of "$L")
+    s1=$(cpu_of s1 s2 s3 s4)
+    APT_CPU_DT+="${ac}s "
+    SEED_CPU+="$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.2f", b-a }')s "
     st=$(curl -sf --max-time 10 http://127.0.3.20:9988/status.json || echo '{}')
     from_mirror=$(jq '.bytes_from_mirror // 0' <<<"$st")
     from_peers=$(jq '.bytes_from_peers // 0' <<<"$st")
@@ -223,12 +242,18 @@ for i in $(seq 1 "$RUNS"); do
     CHECKS+="run $i: from peers $from_peers, from the mirror $from_mirror (indexes; pool/ is 404 there); "
     CPU+="$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b-a }')s "
     echo "$t" >>"$WORK/t-dt"
+    # The same leecher again, now that it holds every file, behind a fresh
+    # apt root: what serving from the store costs, without the swarm.
+    read -r th nh _ < <(run_apt "$WORK/apt-held" "http://127.0.3.20:9988/$NGINX/nopool")
+    [ "$nh" = "$NFILES" ] || CHECKS+="run $i held: $nh of $NFILES files; "
+    echo "$th" >>"$WORK/t-held"
     stop_daemon "$L"
     rm -rf "$WORK/d/$L/data"
-    log "run $i: nginx $(tail -n 1 "$WORK/t-nginx") s, debtorrent $t s"
+    log "run $i: nginx $(tail -n 1 "$WORK/t-nginx") s, debtorrent $t s, held $th s"
 done
 M_NGINX=$(median <"$WORK/t-nginx")
 M_DT=$(median <"$WORK/t-dt")
+M_HELD=$(median <"$WORK/t-held")
 cat <<EOF
 debtorrent install benchmark — $(date -u +%FT%TZ), $(nproc) cores, load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)
 binary: $DEBTORRENT_BIN; all traffic on 127.0.3.0/24; total $(($(date +%s) - T_START)) s
@@ -236,6 +261,9 @@ apt-get download of $NFILES real packages ($SET_BYTES bytes), fresh apt root eac
     straight from nginx          $M_NGINX   runs: $(tr '\n' ' ' <"$WORK/t-nginx")
     debtorrent, from 4 peers     $M_DT   runs: $(tr '\n' ' ' <"$WORK/t-dt")
     ratio debtorrent / nginx     $(awk -v a="$M_DT" -v b="$M_NGINX" 'BEGIN { if (b+0 == 0) print "n/a"; else printf "%.2f", a/b }')   (goal <= 1.2)
+    debtorrent, held in store    $M_HELD   runs: $(tr '\n' ' ' <"$WORK/t-held")  (the same leecher again: no swarm)
     leecher CPU per run          $CPU
+    seeds' CPU per run (all 4)   $SEED_CPU
+    apt CPU per run, nginx / dt  $APT_CPU_NGINX/ $APT_CPU_DT
     checks                       $CHECKS
 EOF
