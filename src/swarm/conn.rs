@@ -1309,20 +1309,26 @@ mod tests {
             let mut up = uploads.clone();
             let mut out = BytesMut::new();
             assert!(apply(Out::Choke, &mut out, &mut up, &shared, fast, 3));
-            let mut got = Vec::new();
-            let mut at = 0;
-            while let Ok(Some((msg, used))) = wire::decode(&out[at..], &DT2_LIMITS) {
-                got.push(match msg {
-                    Msg::Choke => "choke".to_string(),
-                    Msg::Reject(b) => format!("reject {}", b.begin),
-                    other => format!("{other:?}"),
-                });
-                at += used;
-            }
-            assert_eq!(got, want, "fast={fast}");
+            assert_eq!(words(&out), want, "fast={fast}");
             assert!(up.is_empty());
         }
         uploads.clear();
+    }
+
+    /// What the writer put in `out`, one word per message.
+    fn words(out: &[u8]) -> Vec<String> {
+        let mut got = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((msg, used))) = wire::decode(&out[at..], &DT2_LIMITS) {
+            got.push(match msg {
+                Msg::Choke => "choke".to_string(),
+                Msg::Unchoke => "unchoke".to_string(),
+                Msg::Reject(b) => format!("reject {}", b.begin),
+                other => format!("{other:?}"),
+            });
+            at += used;
+        }
+        got
     }
 
     /// A request is admitted by the writer, in order with the messages
@@ -1332,85 +1338,40 @@ mod tests {
     #[test]
     fn requests_are_admitted_in_order_with_cancels_and_unchokes() {
         let shared = PeerShared::default();
-        let r = |begin: u32| BlockRef {
+        let r = |i: u32| BlockRef {
             index: 3,
-            begin,
+            begin: i * BLOCK,
             length: BLOCK,
-        };
-        let msgs = |out: &BytesMut| {
-            let mut got = Vec::new();
-            let mut at = 0;
-            while let Ok(Some((msg, used))) = wire::decode(&out[at..], &DT2_LIMITS) {
-                got.push(match msg {
-                    Msg::Choke => "choke".to_string(),
-                    Msg::Unchoke => "unchoke".to_string(),
-                    Msg::Reject(b) => format!("reject {}", b.begin),
-                    other => format!("{other:?}"),
-                });
-                at += used;
-            }
-            got
         };
         let mut uploads: VecDeque<(BlockRef, Option<Instant>)> = VecDeque::new();
         let mut out = BytesMut::new();
-        // Choking (as every connection starts): rejected.
+        // Each step: what the writer is handed, whether the peer is a BEP 6
+        // one, how many requests the reader had counted, and what goes out.
+        let steps: Vec<(Out, bool, u64, Vec<String>)> = vec![
+            // Choking, as every connection starts: rejected.
+            (Out::Upload(r(0)), true, 1, vec!["reject 0".into()]),
+            // The reader counted it while our UNCHOKE still waited here:
+            // served.
+            (Out::Unchoke, true, 1, vec!["unchoke".into()]),
+            (Out::Upload(r(0)), true, 1, vec![]),
+        ];
         shared.am_choking.store(true, Ordering::Relaxed);
-        shared.queued.store(1, Ordering::Relaxed);
-        assert!(apply(
-            Out::Upload(r(0)),
-            &mut out,
-            &mut uploads,
-            &shared,
-            true,
-            3
-        ));
-        assert_eq!(msgs(&out), ["reject 0"]);
-        assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
-        // The reader counted it while the UNCHOKE was still queued here:
-        // it is served.
-        out.clear();
-        shared.queued.store(1, Ordering::Relaxed);
-        assert!(apply(
-            Out::Unchoke,
-            &mut out,
-            &mut uploads,
-            &shared,
-            true,
-            3
-        ));
-        assert!(apply(
-            Out::Upload(r(0)),
-            &mut out,
-            &mut uploads,
-            &shared,
-            true,
-            3
-        ));
-        assert_eq!(msgs(&out), ["unchoke"]);
+        for (i, (m, fast, queued, want)) in steps.into_iter().enumerate() {
+            shared.queued.store(queued, Ordering::Relaxed);
+            out.clear();
+            assert!(apply(m, &mut out, &mut uploads, &shared, fast, 3));
+            assert_eq!(words(&out), want, "step {i}");
+        }
         assert_eq!(uploads.len(), 1);
         // A full queue: a CANCEL, then the request that takes its place.
-        let b = BLOCK;
         uploads.clear();
-        uploads.extend((0..REQQ as u32).map(|i| (r(i * b), None)));
+        uploads.extend((0..REQQ as u32).map(|i| (r(i), None)));
         shared.queued.store(REQQ as u64 + 1, Ordering::Relaxed);
         out.clear();
-        assert!(apply(
-            Out::CancelUpload(r(0)),
-            &mut out,
-            &mut uploads,
-            &shared,
-            true,
-            3
-        ));
-        assert!(apply(
-            Out::Upload(r(REQQ as u32 * b)),
-            &mut out,
-            &mut uploads,
-            &shared,
-            true,
-            3
-        ));
-        assert!(msgs(&out).is_empty(), "{:?}", msgs(&out));
+        for m in [Out::CancelUpload(r(0)), Out::Upload(r(REQQ as u32))] {
+            assert!(apply(m, &mut out, &mut uploads, &shared, true, 3));
+        }
+        assert!(words(&out).is_empty(), "{:?}", words(&out));
         assert_eq!(uploads.len(), REQQ);
         // One more, with no CANCEL before it: rejected.
         shared.queued.fetch_add(1, Ordering::Relaxed);
@@ -1422,7 +1383,7 @@ mod tests {
             true,
             3
         ));
-        assert_eq!(msgs(&out), ["reject 7"]);
+        assert_eq!(words(&out), [format!("reject {}", 7 * BLOCK)]);
         assert_eq!(shared.queued.load(Ordering::Relaxed), REQQ as u64);
         // A BEP 3 peer is not told.
         out.clear();
@@ -1436,7 +1397,7 @@ mod tests {
             false,
             3
         ));
-        assert_eq!(msgs(&out), ["choke"]);
+        assert_eq!(words(&out), ["choke"]);
         assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
     }
 }
