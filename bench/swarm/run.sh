@@ -306,7 +306,7 @@ NOTES=()
 note() { NOTES+=("$*"); log "NOTE: $*"; }
 
 # ============================================================ scenario 1
-S1_CPU="" S1_LCPU=nan S1_SCPU=nan S1_OSSL=nan S1_OSSL_RUNS="" S1_IPB="" S1_OURS=nan S1_LT=nan S1_SHA=nan S1_SHASUM=nan S1_SEEDFILL=nan S1_RUNS="" S1_LT_RUNS="" S1_CHECK="" S1_WARM=""
+S1_CPU="" S1_LCPU=nan S1_SCPU=nan S1_OSSL=nan S1_OSSL_RUNS="" S1_NGX=nan S1_NGX_RUNS="" S1_IPB="" S1_OURS=nan S1_LT=nan S1_SHA=nan S1_SHASUM=nan S1_SEEDFILL=nan S1_RUNS="" S1_LT_RUNS="" S1_CHECK="" S1_WARM=""
 scenario1() {
     # A third, idle DHT node that both bootstrap from. With only the seed
     # and the leecher, the seed's first announce fails (empty table) and is
@@ -442,6 +442,27 @@ EOF
     done
     S1_OSSL=$(median <"$WORK/s1-ossl")
     S1_OSSL_RUNS=$(tr '\n' ' ' <"$WORK/s1-ossl")
+    # The other half of a leecher's floor: handing the bytes to apt. nginx
+    # sending the same file (page cache warm, sendfile) to curl over
+    # loopback, its workers' user+system time, median of 3. The loopback
+    # TCP path (the skbs, and curl's side of the receive, which runs in the
+    # sender's softirq) is charged to the sender, as it is to our leecher.
+    log "(1) nginx CPU to send the same bytes to curl"
+    : >"$WORK/s1-ngx"
+    local master workers c0 c1 w
+    master=$(cat "$WORK/nginx/nginx.pid" 2>/dev/null || true)
+    workers=$(pgrep -P "${master:-0}" 2>/dev/null | tr '\n' ' ')
+    if [ -n "$workers" ]; then
+        for r in 1 2 3; do
+            c0=0 c1=0
+            for w in $workers; do c0=$(awk -v a="$c0" -v b="$(cpu_secs "$w")" 'BEGIN { print a + b }'); done
+            curl -s --max-time 60 -o /dev/null "http://$MIRROR/full/$BIG_PATH" || true
+            for w in $workers; do c1=$(awk -v a="$c1" -v b="$(cpu_secs "$w")" 'BEGIN { print a + b }'); done
+            awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f\n", b - a }' >>"$WORK/s1-ngx"
+        done
+        S1_NGX=$(median <"$WORK/s1-ngx")
+        S1_NGX_RUNS=$(tr '\n' ' ' <"$WORK/s1-ngx")
+    fi
     # Instructions per byte, where the machine exposes the counter (VMs
     # often do not).
     if perf stat -x, -e instructions -o "$WORK/ossl-perf" openssl dgst -sha256 "$REPO/$BIG_PATH" >/dev/null 2>&1 &&
@@ -886,6 +907,8 @@ MB = 10^6 bytes
     daemon CPU during the 1 GB   ${S1_CPU:-n/a}
     CPU s per GB (medians)       leecher $(fmt "$(awk -v c="$S1_LCPU" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2), seed $(fmt "$(awk -v c="$S1_SCPU" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2) (goal <= 0.3), openssl dgst -sha256 $(fmt "$(awk -v c="$S1_OSSL" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2) (runs: ${S1_OSSL_RUNS:-n/a}s)
     leecher / openssl CPU        $(ratio "$S1_LCPU" "$S1_OSSL")   (goal <= 1.4); instructions: ${S1_IPB:-n/a}
+    nginx sending it to curl     $(fmt "$(awk -v c="$S1_NGX" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2) s per GB (runs: ${S1_NGX_RUNS:-n/a}s): the delivery to apt alone
+    leecher / (openssl + nginx)  $(ratio "$S1_LCPU" "$(awk -v a="$S1_OSSL" -v b="$S1_NGX" 'BEGIN { if (a == "nan" || b == "nan") print "nan"; else print a + b }')")   (hash once + hand over once; the rest is the socket read and the page-cache write)
 
 (2) 8 daemons, a set of $SET_N packages, $SET_SIZE bytes: mirror pool bytes / set size
     one after another            $S2_SEQ   (target ~1.0; $(fmt "$S2_SEQ_SECS" 1) s; each daemon starts, fetches the index, then the set)

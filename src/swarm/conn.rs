@@ -979,19 +979,7 @@ async fn writer(
     let mut file: Option<(u32, std::fs::File)> = None;
     let mut last_write = Instant::now();
     'outer: loop {
-        // Relayed requests go back in line first, in order, so that a
-        // CANCEL or a CHOKE below finds them; those that waited too long
-        // are rejected.
-        for (r, since) in waiting.drain(..).rev() {
-            if since.elapsed() > RELAY_WAIT {
-                shared.queued.fetch_sub(1, Ordering::Relaxed);
-                if fast {
-                    wire::encode(&Msg::Reject(r), &mut out);
-                }
-            } else {
-                uploads.push_front((r, Some(since)));
-            }
-        }
+        requeue(&mut waiting, &mut uploads, &mut out, &shared, fast);
         // Take every pending command without waiting.
         loop {
             let m = match rx.try_recv() {
@@ -1013,7 +1001,12 @@ async fn writer(
                 break;
             };
             if shared.am_choking.load(Ordering::Relaxed) {
+                // Not reached while `apply` drains the queue at a CHOKE;
+                // if it were, a BEP 6 peer is still told.
                 shared.queued.fetch_sub(1, Ordering::Relaxed);
+                if fast {
+                    wire::encode(&Msg::Reject(r), &mut out);
+                }
                 continue;
             }
             // The block is read straight into the outgoing buffer, behind
@@ -1094,6 +1087,10 @@ async fn writer(
         tokio::select! {
             m = rx.recv() => match m {
                 Some(m) => {
+                    // A CHOKE or CANCEL must find the relayed requests
+                    // that wait for the mirror's bytes, and the queue's
+                    // limit must count them.
+                    requeue(&mut waiting, &mut uploads, &mut out, &shared, fast);
                     if !apply(m, &mut out, &mut uploads, &shared, fast, hold_id) {
                         break;
                     }
@@ -1127,7 +1124,34 @@ async fn write_within(w: &mut OwnedWriteHalf, out: &[u8]) -> bool {
     }
 }
 
-/// Applies one command to the writer's state; false means close.
+/// Puts the relayed requests that wait for the mirror's bytes back at the
+/// head of the queue, in order, so that `apply` sees one queue: a CHOKE
+/// rejects them with the rest (they used to be dropped later without a
+/// REJECT, and a BEP 6 peer waited for its stall timeout), a CANCEL finds
+/// them, and the queue's limit counts them. Those that waited longer than
+/// [`RELAY_WAIT`] are rejected.
+fn requeue(
+    waiting: &mut VecDeque<(BlockRef, Instant)>,
+    uploads: &mut VecDeque<(BlockRef, Option<Instant>)>,
+    out: &mut BytesMut,
+    shared: &PeerShared,
+    fast: bool,
+) {
+    for (r, since) in waiting.drain(..).rev() {
+        if since.elapsed() > RELAY_WAIT {
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            if fast {
+                wire::encode(&Msg::Reject(r), out);
+            }
+        } else {
+            uploads.push_front((r, Some(since)));
+        }
+    }
+}
+
+/// Applies one command to the writer's state; false means close. The
+/// caller has put waiting relayed requests back in `uploads` first
+/// ([`requeue`]).
 fn apply(
     m: Out,
     out: &mut BytesMut,
@@ -1398,6 +1422,67 @@ mod tests {
             3
         ));
         assert_eq!(words(&out), ["choke"]);
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
+    }
+
+    /// Relayed requests that wait for the mirror's bytes are one queue
+    /// with the rest once `requeue` ran: a CANCEL finds them, a CHOKE
+    /// rejects them (after the CHOKE), the queue's limit counts them, and
+    /// one that waited longer than `RELAY_WAIT` is rejected.
+    #[test]
+    fn waiting_relayed_requests_are_cancelled_choked_and_counted() {
+        let shared = PeerShared::default();
+        let r = |i: u32| BlockRef {
+            index: 5,
+            begin: i * BLOCK,
+            length: BLOCK,
+        };
+        let now = Instant::now();
+        let Some(old) = now.checked_sub(RELAY_WAIT + Duration::from_secs(1)) else {
+            return; // a clock too young to hold such an instant
+        };
+        let mut uploads: VecDeque<(BlockRef, Option<Instant>)> = VecDeque::new();
+        let mut waiting: VecDeque<(BlockRef, Instant)> = [(r(0), old), (r(1), now), (r(2), now)]
+            .into_iter()
+            .collect();
+        shared.queued.store(3, Ordering::Relaxed);
+        let mut out = BytesMut::new();
+        requeue(&mut waiting, &mut uploads, &mut out, &shared, true);
+        assert!(waiting.is_empty());
+        assert_eq!(words(&out), ["reject 0"]);
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 2);
+        let queue: Vec<u32> = uploads.iter().map(|(b, _)| b.begin / BLOCK).collect();
+        assert_eq!(queue, [1, 2]);
+        assert!(uploads.iter().all(|(_, since)| since.is_some()));
+        out.clear();
+        assert!(apply(
+            Out::CancelUpload(r(1)),
+            &mut out,
+            &mut uploads,
+            &shared,
+            true,
+            3
+        ));
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 1);
+        // A full queue counts the relayed request too.
+        uploads.extend((3..REQQ as u32 + 2).map(|i| (r(i), None)));
+        assert_eq!(uploads.len(), REQQ);
+        shared.queued.store(REQQ as u64 + 1, Ordering::Relaxed);
+        assert!(apply(
+            Out::Upload(r(9999)),
+            &mut out,
+            &mut uploads,
+            &shared,
+            true,
+            3
+        ));
+        assert_eq!(words(&out), [format!("reject {}", 9999 * BLOCK)]);
+        out.clear();
+        assert!(apply(Out::Choke, &mut out, &mut uploads, &shared, true, 3));
+        let w = words(&out);
+        assert_eq!(w.first().map(String::as_str), Some("choke"));
+        assert_eq!(w.get(1), Some(&format!("reject {}", 2 * BLOCK)));
+        assert_eq!(w.len(), REQQ + 1);
         assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
     }
 }

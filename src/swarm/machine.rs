@@ -52,9 +52,12 @@ pub const MAX_STALLS: u8 = 3;
 /// control (its request queue was full, as libtorrent rejects beyond its
 /// `reqq`), not "I cannot serve it".
 pub const REFUSED_BACKOFF_MS: u64 = 500;
-/// ... unless it keeps rejecting: after this many pauses in a row with no
-/// block of it, it is taken at its word and not asked for it again until
-/// its `dt_hold` says so anew.
+/// ... unless it keeps rejecting: at this many rounds of rejects in a row
+/// with no block of it (that is, after `REFUSED_LIMIT - 1` pauses), it is
+/// taken at its word and not asked for it again until its `dt_hold` says
+/// so anew. A round is the rejects of the requests made since the last
+/// round began: the late rejects of one batch, on a link whose round trip
+/// is longer than the pause, count once.
 pub const REFUSED_LIMIT: u8 = 3;
 /// A relay (a peer that serves what it fetches from the mirror as it
 /// arrives) stalls after this long without a block, whatever
@@ -592,14 +595,25 @@ struct Peer {
     foreign: HashSet<[u8; 32]>,
     /// It serves what its `dt_wip` names as the mirror's bytes arrive.
     relay: bool,
-    /// Pieces it holds and rejected while it unchoked us: how many pauses
-    /// in a row, and until when it is not asked for them
-    /// ([`REFUSED_BACKOFF_MS`]).
-    refused: HashMap<PieceIndex, (u8, u64)>,
+    /// Pieces it holds and rejected while it unchoked us
+    /// ([`REFUSED_BACKOFF_MS`], [`REFUSED_LIMIT`]).
+    refused: HashMap<PieceIndex, Refusal>,
     /// Where we learnt of it (`None`: it dialled us).
     origin: Option<Origin>,
     /// Others can dial `listen`: we dialled it, or it gave its port.
     dialable: bool,
+}
+
+/// A holder's rejects of one piece while it unchokes us.
+#[derive(Clone, Copy, Debug)]
+struct Refusal {
+    /// Rounds of rejects in a row, 1 to `REFUSED_LIMIT - 1`.
+    rounds: u8,
+    /// When the current round began: a reject of a request made before
+    /// then belongs to it.
+    since: u64,
+    /// Not asked for the piece before this.
+    until: u64,
 }
 
 impl Peer {
@@ -617,9 +631,7 @@ impl Peer {
     /// It rejected `piece` a moment ago: not asked for it until the pause
     /// is over.
     fn refusing(&self, piece: PieceIndex, now: u64) -> bool {
-        self.refused
-            .get(&piece)
-            .is_some_and(|&(_, until)| until > now)
+        self.refused.get(&piece).is_some_and(|r| r.until > now)
     }
 
     /// It relays `piece` (fetches it from the mirror, and passes it on).
@@ -1114,6 +1126,7 @@ impl Machine {
                                 wire::bitfield_clear(b, i);
                             }
                             p.wip.remove(&i);
+                            p.refused.remove(&i);
                         }
                     }
                     self.update_interest(key);
@@ -1135,7 +1148,7 @@ impl Machine {
                 }
             }
             Input::Rejected { key, req } => {
-                self.picker.rejected(
+                let sent = self.picker.rejected(
                     picker::Req {
                         piece: req.index,
                         begin: req.begin,
@@ -1153,16 +1166,36 @@ impl Machine {
                 // first reject sent a leecher to the mirror for the last
                 // block of a file four connected seeds held
                 // (bench/install).
-                if let Some(p) = self.peers.get_mut(&key) {
+                // A reject of a request we no longer had out (cancelled,
+                // or answered by another peer) says nothing.
+                if let (Some(p), Some(sent)) = (self.peers.get_mut(&key), sent) {
                     if !p.choked_us {
                         if p.has(req.index) {
-                            let r = p.refused.entry(req.index).or_insert((0, 0));
-                            // The rejects of one batch count once.
-                            if r.1 <= now {
-                                r.0 += 1;
-                            }
-                            r.1 = now + REFUSED_BACKOFF_MS;
-                            if r.0 >= REFUSED_LIMIT {
+                            let until = now + REFUSED_BACKOFF_MS;
+                            let rounds = match p.refused.get_mut(&req.index) {
+                                // Asked again after the pause: a new round.
+                                Some(r) if sent > r.since => {
+                                    r.rounds += 1;
+                                    r.since = now;
+                                    r.until = until;
+                                    r.rounds
+                                }
+                                // Another reject of this round's requests.
+                                Some(r) => {
+                                    r.until = until;
+                                    r.rounds
+                                }
+                                None => {
+                                    let r = Refusal {
+                                        rounds: 1,
+                                        since: now,
+                                        until,
+                                    };
+                                    p.refused.insert(req.index, r);
+                                    1
+                                }
+                            };
+                            if rounds >= REFUSED_LIMIT {
                                 p.refused.remove(&req.index);
                                 if let Some(b) = p.bits.as_mut() {
                                     wire::bitfield_clear(b, req.index);
@@ -1225,6 +1258,8 @@ impl Machine {
                         if let Some(b) = p.bits.as_mut() {
                             wire::bitfield_set(b, i);
                         }
+                        // Said anew: its past rejects are forgiven.
+                        p.refused.remove(&i);
                         // A relay that now holds what it fetched serves at
                         // its own pace from here: rule (c)'s shorter limit
                         // starts now, not at its last block, which came at
@@ -1253,8 +1288,11 @@ impl Machine {
                 }
             }
             Input::Lost { key, piece } => {
-                if let Some(b) = self.peers.get_mut(&key).and_then(|p| p.bits.as_mut()) {
-                    wire::bitfield_clear(b, piece);
+                if let Some(p) = self.peers.get_mut(&key) {
+                    if let Some(b) = p.bits.as_mut() {
+                        wire::bitfield_clear(b, piece);
+                    }
+                    p.refused.remove(&piece);
                 }
                 self.update_interest(key);
             }
@@ -2223,6 +2261,9 @@ impl Machine {
 
     fn end_job(&mut self, piece: PieceIndex, failure: Option<Failure>) {
         self.cancel_piece(piece);
+        for p in self.peers.values_mut() {
+            p.refused.remove(&piece);
+        }
         self.picker.remove(piece);
         if let Some(j) = self.jobs.remove(&piece) {
             self.emit(Effect::EndJob { piece, failure });
@@ -2707,8 +2748,14 @@ impl Machine {
             assert!(
                 p.refused
                     .values()
-                    .all(|&(n, _)| (1..REFUSED_LIMIT).contains(&n)),
+                    .all(|r| (1..REFUSED_LIMIT).contains(&r.rounds) && r.since < r.until),
                 "{k:?}: a refusal count out of range"
+            );
+            assert!(
+                p.refused
+                    .keys()
+                    .all(|i| p.has(*i) && self.jobs.contains_key(i)),
+                "{k:?}: a refusal of a piece it does not hold, or with no job"
             );
         }
         assert!(

@@ -308,13 +308,18 @@ impl Picker {
     }
 
     /// One request of `src` was rejected: the block is free again.
-    pub fn rejected(&mut self, r: Req, src: Src) {
+    /// Returns when it was requested (for an endgame duplicate, when the
+    /// first copy was), or `None` when `src` had no such request out (it
+    /// was cancelled, or answered by someone else).
+    pub fn rejected(&mut self, r: Req, src: Src) -> Option<u64> {
+        let mut sent = None;
         if let Some(j) = self.jobs.iter_mut().find(|j| j.piece == r.piece) {
             let b = (r.begin / BLOCK) as usize;
             if let Some(x) = j.blocks.get_mut(b) {
                 if let Blk::Req { by, at, dup } = *x {
                     if by == src || dup == Some(src) {
                         dec(&mut self.outstanding, src);
+                        sent = Some(at);
                     }
                     if by == src {
                         *x = dup.map_or(Blk::Free, |d| Blk::Req {
@@ -329,6 +334,7 @@ impl Picker {
                 }
             }
         }
+        sent
     }
 
     /// Gives `src` (the mirror) every free block from block `from_block` to

@@ -1489,8 +1489,8 @@ fn a_peer_that_announces_what_it_never_serves_is_dropped() {
 /// that piece, not forgotten: its queue may have been full, or a cancel
 /// crossed our request. It is asked again after the pause, and the mirror
 /// does not start meanwhile. One that keeps rejecting is taken at its word:
-/// after [`REFUSED_LIMIT`] pauses it is not asked again, and rule (a) gives
-/// the piece to the mirror.
+/// at its [`REFUSED_LIMIT`]th round of rejects (after two pauses) it is not
+/// asked again, and rule (a) gives the piece to the mirror.
 #[test]
 fn a_holder_that_rejects_while_unchoking_is_paused_then_taken_at_its_word() {
     let env = no_discovery();
@@ -1568,36 +1568,98 @@ fn a_holder_that_rejects_while_unchoking_is_paused_then_taken_at_its_word() {
         asked = requested(&out);
         assert!(!mirror(&out), "round {round}: the mirror started");
     }
-    // A block from it ends the pauses: the count starts again.
+    // A block from it ends the pauses: the count starts again. Each round
+    // rejects what the machine asked for at the tick after the pause.
+    let reject = |m: &mut Machine, t: u64, reqs: &[BlockRef]| {
+        for r in reqs {
+            let out = m.handle(
+                t,
+                &env,
+                Input::Rejected {
+                    key: key(1),
+                    req: *r,
+                },
+            );
+            m.check_invariants();
+            assert!(!mirror(&out), "t={t}: the mirror started");
+        }
+    };
+    let mut m = Machine::new(cfg());
+    m.handle(0, &env, hello(2, Some(&[P])));
+    m.handle(0, &env, unchoked(1));
+    let asked = requested(&m.handle(0, &env, want_p()));
+    reject(&mut m, 10, &asked);
+    let asked = requested(&m.handle(520, &env, tick(&[(P, 0)])));
+    assert!(!asked.is_empty(), "not asked after the first pause");
+    reject(&mut m, 530, &asked);
+    // Two rounds so far; a block of the third round's requests, then
+    // rejects of the rest: a first round again, still a holder.
+    let asked = requested(&m.handle(1040, &env, tick(&[(P, 0)])));
+    let (first, rest) = asked.split_first().expect("asked after the second pause");
+    m.handle(
+        1050,
+        &env,
+        block(1, P, u64::from(first.begin), u64::from(first.length)),
+    );
+    reject(&mut m, 1060, rest);
+    let out = ticks(&mut m, &env, 1600, 2200, &[(P, 0)]);
+    assert!(!requested(&out).is_empty(), "the holder was forgotten");
+    assert!(!mirror(&out), "{out:?}");
+    // A link slower than the pause: the rejects of one batch arrive
+    // before and after the pause ends, and count as one round. Then two
+    // more rounds of requests made after a pause: only the last forgets.
+    let mut m = Machine::new(cfg());
+    m.handle(0, &env, hello(2, Some(&[P])));
+    m.handle(0, &env, unchoked(1));
+    let asked = requested(&m.handle(0, &env, want_p()));
+    assert!(asked.len() >= 2, "{asked:?}");
+    let (early, late) = asked.split_at(asked.len() / 2);
+    reject(&mut m, 10, early);
+    let again = requested(&m.handle(600, &env, tick(&[(P, 0)])));
+    assert!(!again.is_empty(), "not asked after the pause");
+    // The first batch's other rejects, late: the same round (they extend
+    // its pause to 1200).
+    reject(&mut m, 700, late);
+    // The second round, after that pause.
+    reject(&mut m, 1250, &again);
+    let again = requested(&m.handle(1800, &env, tick(&[(P, 0)])));
+    assert!(
+        !again.is_empty(),
+        "forgotten after two rounds: the late rejects counted as a round"
+    );
+    // The third: taken at its word.
+    for r in &again {
+        m.handle(
+            1810,
+            &env,
+            Input::Rejected {
+                key: key(1),
+                req: *r,
+            },
+        );
+        m.check_invariants();
+    }
+    let out = ticks(&mut m, &env, 2400, 3000, &[(P, 0)]);
+    assert!(requested(&out).is_empty(), "asked after the third round");
+    // A reject of a request we no longer had out (cancelled, answered)
+    // says nothing.
     let mut m = Machine::new(cfg());
     m.handle(0, &env, hello(2, Some(&[P])));
     m.handle(0, &env, unchoked(1));
     m.handle(0, &env, want_p());
-    for (t, begin) in [(10, 0), (600, K)] {
+    for t in [10, 600, 1200] {
         m.handle(
             t,
             &env,
             Input::Rejected {
                 key: key(1),
-                req: br(P, begin, K),
+                req: br(P, 999 * K, K),
             },
         );
         m.check_invariants();
     }
-    // Two pauses so far; a block, then a third reject: still a holder.
-    m.handle(1300, &env, block(1, P, 3 * K, K));
-    m.handle(
-        1800,
-        &env,
-        Input::Rejected {
-            key: key(1),
-            req: br(P, 0, K),
-        },
-    );
-    m.check_invariants();
-    let out = ticks(&mut m, &env, 2400, 3000, &[(P, 0)]);
-    assert!(!requested(&out).is_empty(), "the holder was forgotten");
-    assert!(!mirror(&out), "{out:?}");
+    let out = ticks(&mut m, &env, 1300, 1900, &[(P, 0)]);
+    assert!(!mirror(&out), "a stray reject started the mirror");
     // Requests that could not be sent for want of the peer's number: the
     // same, at once, without a loop.
     let mut m = Machine::new(cfg());
