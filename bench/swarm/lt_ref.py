@@ -81,6 +81,17 @@ def main():
             if time.monotonic() > t:
                 raise SystemExit("lt_ref: leecher stuck checking")
             time.sleep(0.01)
+        # Host-backed page cache for the GB this leecher writes (run.sh,
+        # prefault): written and deleted now, taken by the transfer that
+        # follows.
+        mb = int(os.environ.get("PREFAULT_MB", "0") or 0)
+        if mb > 0:
+            pf = os.path.join(work, "prefault")
+            chunk = bytes(1 << 20)
+            with open(pf, "wb") as f:
+                for _ in range(mb):
+                    f.write(chunk)
+            os.unlink(pf)
         start = time.monotonic()
         lh.connect_peer((seed_ip, sport))
         ok = False

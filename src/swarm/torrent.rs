@@ -1147,12 +1147,16 @@ impl Task {
         };
         let out = match msg {
             PeerMsg::Request { piece, blocks } => {
-                let (Some(j), Some(n)) = (self.jobs.get(&piece), theirs(piece)) else {
+                let n = theirs(piece);
+                let (Some(j), Some(n)) = (self.jobs.get(&piece), n) else {
                     tracing::debug!(%key, piece, "a request that cannot be sent");
+                    // Only a missing number means the peer does not hold
+                    // it; a job that is gone (its download ended) says
+                    // nothing about the peer.
                     self.followups.push(Input::Unsent {
                         key,
                         reqs: blocks,
-                        unheld: true,
+                        unheld: n.is_none(),
                     });
                     return;
                 };
