@@ -372,9 +372,16 @@ scenario1() {
         prefault
         cl0=$(cpu_secs "${DPID[$L]}")
         cs0=$(cpu_secs "${DPID[s1seed]}")
-        # PERF_OUT=prefix: profile the leecher during the transfer (perf record).
+        # PERF_OUT=prefix: profile the leecher during the transfer (perf
+        # record); PERF_STAT=events: count those events instead (perf stat,
+        # e.g. syscalls:sys_enter_pwritev,syscalls:sys_enter_recvfrom),
+        # into PERF_OUT-<run>.stat.
         local perfpid=
-        if [ -n "${PERF_OUT:-}" ]; then
+        if [ -n "${PERF_OUT:-}" ] && [ -n "${PERF_STAT:-}" ]; then
+            perf stat -e "$PERF_STAT" -p "${DPID[$L]}" -o "$PERF_OUT-$r.stat" >/dev/null 2>&1 &
+            perfpid=$!
+            sleep 0.3
+        elif [ -n "${PERF_OUT:-}" ]; then
             perf record -q -F 499 -g -p "${DPID[$L]}" -o "$PERF_OUT-$r.data" >/dev/null 2>&1 &
             perfpid=$!
             sleep 0.3
