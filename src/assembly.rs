@@ -6,7 +6,8 @@
 //! mirror). Sources hand byte ranges to [`Download::put`] in any order. The
 //! bytes go to a file under `tmp/`. A verifier task per download hashes the
 //! contiguous prefix as it grows, always in order, on a blocking thread that
-//! reads it back from the page cache, and reports each whole copy's result.
+//! reads it back from the page cache, and reports each whole copy's result
+//! (a piece of at most [`INLINE_HASH_MAX`] is hashed as it arrives).
 //! Readers (apt responses) follow the file, with sendfile(2).
 //!
 //! What a reader may send (the invariant, see `docs/ARCHITECTURE.md`):
@@ -27,6 +28,21 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::store::Store;
+
+/// Pieces up to this size are hashed by the connection's reader as their
+/// bytes arrive in order, from the buffer they arrived in: a piece that
+/// one or two reads bring is then verified the moment its last byte is
+/// written, with no round trip to a blocking thread. Larger pieces are
+/// hashed by their verifier, which reads them back from the page cache on
+/// its own thread. Measured in `bench/swarm` (1), 1 GB from one seed,
+/// pages prefaulted: hashing the big piece on the reader (as every piece
+/// was until stop 24) took 1.24-1.43 CPU-s per GB in the leecher at
+/// 846-1003 MB/s; reading it back, 1.07-1.18 CPU-s at 1021-1149 MB/s. The
+/// second read costs less than what a reader busy hashing costs: the
+/// socket's backlog grows while it hashes, and the kernel's receive work
+/// moves out of the fast path. Hashing outside the assembly's lock, on
+/// the reader, changed nothing (1.23-1.26).
+pub const INLINE_HASH_MAX: u64 = 1 << 20;
 use crate::types::Source;
 
 /// The block size of the wire protocol; also the unit in which sources are
@@ -349,9 +365,10 @@ impl Download {
     /// received, in one `pwritev` per part: large writes let the page cache
     /// take large folios, which costs the kernel half as much per byte as
     /// one 16 KiB write per block. `new[i]` gets the new bytes of `run[i]`.
-    /// Bytes that extend the hashed prefix are hashed here, from `run`
-    /// while it is still in the CPU's cache; anything else wakes the
-    /// verifier, which reads it back from the page cache on its own thread.
+    /// In a piece of at most [`INLINE_HASH_MAX`] bytes, bytes that extend
+    /// the hashed prefix are hashed here, from `run` while it is still in
+    /// the CPU's cache; anything else wakes the verifier, which reads it
+    /// back from the page cache on its own thread.
     /// The caller has checked that the range lies inside the piece.
     pub fn put_run(
         &self,
@@ -415,7 +432,7 @@ impl Download {
                 }
             }
             insert_range(&mut a.got, s, e);
-            if a.hashed == s {
+            if a.hashed == s && self.size <= INLINE_HASH_MAX {
                 if let Some(h) = a.hasher.as_mut() {
                     slices.iter().for_each(|d| h.update(d));
                     a.hashed = e;
@@ -623,13 +640,11 @@ impl Download {
 }
 
 /// The verifier of one download: finishes the hash of each whole copy and
-/// reports its result. Bytes that arrive in order are hashed by
-/// [`Download::put_run`] from the buffer they arrived in (no second read,
-/// and the bytes are still in the CPU's cache; with the larger writes it
-/// took the leecher from 2.5 to 1.6 CPU-seconds per GB, `bench/swarm` (1)). What arrived out of order (a second peer,
-/// the endgame, a mirror range behind a peer's) is read back here from the
-/// page cache, on a blocking thread, so that a connection's reader never
-/// stops reading while megabytes are hashed.
+/// reports its result. It reads the bytes back from the page cache, 4 MiB
+/// at a time, on a blocking thread, so that a connection's reader never
+/// stops reading while megabytes are hashed; only a small piece
+/// ([`INLINE_HASH_MAX`]) is hashed by [`Download::put_run`] as its bytes
+/// arrive in order.
 async fn verify(dl: Arc<Download>) {
     const CHUNK: u64 = 4 << 20;
     enum Job {
