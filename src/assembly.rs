@@ -956,6 +956,31 @@ mod tests {
         assert_eq!(dl.put(0, &d[..10], p(1)).expect("put"), Put::Duplicate);
     }
 
+    /// Who hashes the bytes that arrive in order: the writer, from its
+    /// buffer, for a piece of at most `INLINE_HASH_MAX`; the verifier,
+    /// reading them back, for a larger one. Both verify, and a wrong copy
+    /// of a large piece fails.
+    #[tokio::test]
+    async fn small_pieces_are_hashed_as_written_large_ones_by_the_verifier() {
+        let max = INLINE_HASH_MAX as usize;
+        for (size, inline) in [(max, true), (max + 1, false), (3 * max + 5, false)] {
+            let d = data(size);
+            let (_dir, dl) = download(&d, 0);
+            for (i, chunk) in d.chunks(256 * 1024).enumerate() {
+                let off = (i * 256 * 1024) as u64;
+                dl.put(off, chunk, p(1)).expect("put");
+            }
+            let hashed = dl.lock().hashed;
+            assert_eq!(hashed == dl.size, inline, "size {size}: hashed {hashed}");
+            assert_eq!(verdict(&dl).await, (0, true), "size {size}");
+        }
+        let mut d = data(2 * max);
+        let (_dir, dl) = download(&d, 0);
+        d[max + 7] ^= 1;
+        dl.put(0, &d, p(1)).expect("put");
+        assert_eq!(verdict(&dl).await, (0, false));
+    }
+
     /// apt gets the last byte once the hash matches, not once the file is
     /// in the store: a slow disk (here, a commit held back) delays only
     /// the store. A second request meanwhile joins the same assembly.
