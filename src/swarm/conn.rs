@@ -1332,11 +1332,25 @@ mod tests {
         ] {
             let mut up = uploads.clone();
             let mut out = BytesMut::new();
-            assert!(apply(Out::Choke, &mut out, &mut up, &shared, fast, 3));
+            applied(Out::Choke, &mut out, &mut up, &shared, fast);
             assert_eq!(words(&out), want, "fast={fast}");
             assert!(up.is_empty());
         }
         uploads.clear();
+    }
+
+    /// `apply`, which must not close the connection.
+    fn applied(
+        m: Out,
+        out: &mut BytesMut,
+        uploads: &mut VecDeque<(BlockRef, Option<Instant>)>,
+        shared: &PeerShared,
+        fast: bool,
+    ) {
+        assert!(
+            apply(m, out, uploads, shared, fast, 3),
+            "the connection closed"
+        );
     }
 
     /// What the writer put in `out`, one word per message.
@@ -1383,7 +1397,7 @@ mod tests {
         for (i, (m, fast, queued, want)) in steps.into_iter().enumerate() {
             shared.queued.store(queued, Ordering::Relaxed);
             out.clear();
-            assert!(apply(m, &mut out, &mut uploads, &shared, fast, 3));
+            applied(m, &mut out, &mut uploads, &shared, fast);
             assert_eq!(words(&out), want, "step {i}");
         }
         assert_eq!(uploads.len(), 1);
@@ -1393,34 +1407,20 @@ mod tests {
         shared.queued.store(REQQ as u64 + 1, Ordering::Relaxed);
         out.clear();
         for m in [Out::CancelUpload(r(0)), Out::Upload(r(REQQ as u32))] {
-            assert!(apply(m, &mut out, &mut uploads, &shared, true, 3));
+            applied(m, &mut out, &mut uploads, &shared, true);
         }
         assert!(words(&out).is_empty(), "{:?}", words(&out));
         assert_eq!(uploads.len(), REQQ);
         // One more, with no CANCEL before it: rejected.
         shared.queued.fetch_add(1, Ordering::Relaxed);
-        assert!(apply(
-            Out::Upload(r(7)),
-            &mut out,
-            &mut uploads,
-            &shared,
-            true,
-            3
-        ));
+        applied(Out::Upload(r(7)), &mut out, &mut uploads, &shared, true);
         assert_eq!(words(&out), [format!("reject {}", 7 * BLOCK)]);
         assert_eq!(shared.queued.load(Ordering::Relaxed), REQQ as u64);
         // A BEP 3 peer is not told.
         out.clear();
-        assert!(apply(Out::Choke, &mut out, &mut uploads, &shared, false, 3));
+        applied(Out::Choke, &mut out, &mut uploads, &shared, false);
         shared.queued.fetch_add(1, Ordering::Relaxed);
-        assert!(apply(
-            Out::Upload(r(0)),
-            &mut out,
-            &mut uploads,
-            &shared,
-            false,
-            3
-        ));
+        applied(Out::Upload(r(0)), &mut out, &mut uploads, &shared, false);
         assert_eq!(words(&out), ["choke"]);
         assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
     }
@@ -1455,30 +1455,22 @@ mod tests {
         assert_eq!(queue, [1, 2]);
         assert!(uploads.iter().all(|(_, since)| since.is_some()));
         out.clear();
-        assert!(apply(
+        applied(
             Out::CancelUpload(r(1)),
             &mut out,
             &mut uploads,
             &shared,
             true,
-            3
-        ));
+        );
         assert_eq!(shared.queued.load(Ordering::Relaxed), 1);
         // A full queue counts the relayed request too.
         uploads.extend((3..REQQ as u32 + 2).map(|i| (r(i), None)));
         assert_eq!(uploads.len(), REQQ);
         shared.queued.store(REQQ as u64 + 1, Ordering::Relaxed);
-        assert!(apply(
-            Out::Upload(r(9999)),
-            &mut out,
-            &mut uploads,
-            &shared,
-            true,
-            3
-        ));
+        applied(Out::Upload(r(9999)), &mut out, &mut uploads, &shared, true);
         assert_eq!(words(&out), [format!("reject {}", 9999 * BLOCK)]);
         out.clear();
-        assert!(apply(Out::Choke, &mut out, &mut uploads, &shared, true, 3));
+        applied(Out::Choke, &mut out, &mut uploads, &shared, true);
         let w = words(&out);
         assert_eq!(w.first().map(String::as_str), Some("choke"));
         assert_eq!(w.get(1), Some(&format!("reject {}", 2 * BLOCK)));
