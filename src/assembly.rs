@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::store::Store;
+use crate::types::Source;
 
 /// Pieces up to this size are hashed by the connection's reader as their
 /// bytes arrive in order, from the buffer they arrived in: a piece that
@@ -43,7 +44,6 @@ use crate::store::Store;
 /// moves out of the fast path. Hashing outside the assembly's lock, on
 /// the reader, changed nothing (1.23-1.26).
 pub const INLINE_HASH_MAX: u64 = 1 << 20;
-use crate::types::Source;
 
 /// The block size of the wire protocol; also the unit in which sources are
 /// recorded for penalties.

@@ -84,7 +84,10 @@ def main():
         # Host-backed page cache for the GB this leecher writes (run.sh,
         # prefault): written and deleted now, taken by the transfer that
         # follows.
-        mb = int(os.environ.get("PREFAULT_MB", "0") or 0)
+        try:
+            mb = int(os.environ.get("PREFAULT_MB", "0") or 0)
+        except ValueError:
+            mb = 0
         if mb > 0:
             pf = os.path.join(work, "prefault")
             chunk = bytes(1 << 20)

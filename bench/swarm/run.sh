@@ -114,6 +114,8 @@ wait_port() {
     return 1
 }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+# pergb SECONDS: seconds per 10^9 bytes of the big file ("nan" stays).
+pergb() { awk -v c="$1" -v b="$BIG" 'BEGIN { if (c == "nan" || c == "") print "nan"; else printf "%.2f", c*1e9/b }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b+0 == 0) print "n/a"; else printf "%.2f", a/b }'; }
 fmt() { awk -v a="$1" -v d="${2:-1}" 'BEGIN { if (a == "nan" || a == "") print "n/a"; else printf "%.*f", d, a }'; }
 secs_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b-a }'; }
@@ -295,7 +297,6 @@ fetch_list() {
 }
 # fetch_set NAME VIEW: every package of the set.
 fetch_set() { fetch_list "$1" "$2" "$REPO/set.files"; }
-# CPU seconds (user+system) a process has used so far.
 # Page-cache pages the receivers write into, host-backed. In a VM with
 # free page reporting (virtio-balloon; this workplace's machines have it),
 # free memory goes back to the host about 2 s after it is freed, and the
@@ -313,6 +314,7 @@ prefault() {
     dd if=/dev/zero of="$WORK/prefault" bs=1M count="$PREFAULT_MB" status=none || true
     rm -f "$WORK/prefault"
 }
+# CPU seconds (user+system) a process has used so far.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo n/a; }
 hwm_mb() { awk '/^VmHWM:/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo n/a; }
@@ -476,17 +478,25 @@ EOF
     : >"$WORK/s1-ngx"
     local master workers c0 c1 w
     master=$(cat "$WORK/nginx/nginx.pid" 2>/dev/null || true)
-    workers=$(pgrep -P "${master:-0}" 2>/dev/null | tr '\n' ' ')
+    workers=
+    if [ -n "$master" ]; then workers=$(pgrep -P "$master" 2>/dev/null | tr '\n' ' ' || true); fi
     if [ -n "$workers" ]; then
+        local got
         for r in 1 2 3; do
             c0=0 c1=0
             for w in $workers; do c0=$(awk -v a="$c0" -v b="$(cpu_secs "$w")" 'BEGIN { print a + b }'); done
-            curl -s --max-time 60 -o /dev/null "http://$MIRROR/full/$BIG_PATH" || true
+            got=$(curl -s --max-time 60 -o /dev/null -w '%{size_download}' "http://$MIRROR/full/$BIG_PATH" || true)
             for w in $workers; do c1=$(awk -v a="$c1" -v b="$(cpu_secs "$w")" 'BEGIN { print a + b }'); done
+            if [ "$got" != "$BIG" ]; then
+                note "(1) nginx run $r: curl got ${got:-nothing} of $BIG bytes; not counted"
+                continue
+            fi
             awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f\n", b - a }' >>"$WORK/s1-ngx"
         done
         S1_NGX=$(median <"$WORK/s1-ngx")
         S1_NGX_RUNS=$(tr '\n' ' ' <"$WORK/s1-ngx")
+    else
+        note "(1) no nginx worker found: the delivery reference is not measured"
     fi
     # The third part: storing the bytes. dd copies the file (page cache
     # warm) into a new file on the same file system, 1 MiB at a time: one
@@ -496,8 +506,11 @@ EOF
     : >"$WORK/s1-dd"
     for r in 1 2 3; do
         prefault
-        /usr/bin/time -f "%U %S" -o "$WORK/dd-time" dd if="$REPO/$BIG_PATH" of="$WORK/ddcopy" bs=1M status=none
-        awk '{ printf "%.2f\n", $1 + $2 }' "$WORK/dd-time" >>"$WORK/s1-dd"
+        if /usr/bin/time -f "%U %S" -o "$WORK/dd-time" dd if="$REPO/$BIG_PATH" of="$WORK/ddcopy" bs=1M status=none; then
+            awk '{ printf "%.2f\n", $1 + $2 }' "$WORK/dd-time" >>"$WORK/s1-dd"
+        else
+            note "(1) dd run $r failed (disk full?); not counted"
+        fi
         rm -f "$WORK/ddcopy"
     done
     S1_DD=$(median <"$WORK/s1-dd")
@@ -944,10 +957,10 @@ MB = 10^6 bytes
     seed's own fill from nginx   $(fmt "$S1_SEEDFILL" 0)
     leecher counters             ${S1_CHECK:-n/a}
     daemon CPU during the 1 GB   ${S1_CPU:-n/a}
-    CPU s per GB (medians)       leecher $(fmt "$(awk -v c="$S1_LCPU" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2), seed $(fmt "$(awk -v c="$S1_SCPU" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2) (goal <= 0.3), openssl dgst -sha256 $(fmt "$(awk -v c="$S1_OSSL" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2) (runs: ${S1_OSSL_RUNS:-n/a}s)
+    CPU s per GB (medians)       leecher $(fmt "$(pergb "$S1_LCPU")" 2), seed $(fmt "$(pergb "$S1_SCPU")" 2) (goal <= 0.3), openssl dgst -sha256 $(fmt "$(pergb "$S1_OSSL")" 2) (runs: ${S1_OSSL_RUNS:-n/a}s)
     leecher / openssl CPU        $(ratio "$S1_LCPU" "$S1_OSSL")   (goal <= 1.4); instructions: ${S1_IPB:-n/a}
-    nginx sending it to curl     $(fmt "$(awk -v c="$S1_NGX" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2) s per GB (runs: ${S1_NGX_RUNS:-n/a}s): the delivery to apt alone
-    dd into a new file           $(fmt "$(awk -v c="$S1_DD" -v b="$BIG" 'BEGIN { printf "%.2f", c*1e9/b }')" 2) s per GB (runs: ${S1_DD_RUNS:-n/a}s): a copy out and the page-cache write, the storing alone
+    nginx sending it to curl     $(fmt "$(pergb "$S1_NGX")" 2) s per GB (runs: ${S1_NGX_RUNS:-n/a}s): the delivery to apt alone
+    dd into a new file           $(fmt "$(pergb "$S1_DD")" 2) s per GB (runs: ${S1_DD_RUNS:-n/a}s): a copy out and the page-cache write, the storing alone
     leecher / (openssl + nginx)  $(ratio "$S1_LCPU" "$(awk -v a="$S1_OSSL" -v b="$S1_NGX" 'BEGIN { if (a == "nan" || b == "nan") print "nan"; else print a + b }')")   (hash once + hand over once)
     leecher / (all three)        $(ratio "$S1_LCPU" "$(awk -v a="$S1_OSSL" -v b="$S1_NGX" -v c="$S1_DD" 'BEGIN { if (a == "nan" || b == "nan" || c == "nan") print "nan"; else print a + b + c }')")   (hash once + hand over once + store once; the three count one copy out more than a leecher makes)
 
