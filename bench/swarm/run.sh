@@ -378,13 +378,15 @@ scenario1() {
         # record); PERF_STAT=events: count those events instead (perf stat,
         # e.g. syscalls:sys_enter_pwritev,syscalls:sys_enter_recvfrom),
         # into PERF_OUT-<run>.stat.
-        local perfpid=
+        # PERF_WHO=seed: the seed instead.
+        local perfpid= perfwho=${DPID[$L]}
+        [ "${PERF_WHO:-}" = seed ] && perfwho=${DPID[s1seed]}
         if [ -n "${PERF_OUT:-}" ] && [ -n "${PERF_STAT:-}" ]; then
-            perf stat -e "$PERF_STAT" -p "${DPID[$L]}" -o "$PERF_OUT-$r.stat" >/dev/null 2>&1 &
+            perf stat -e "$PERF_STAT" -p "$perfwho" -o "$PERF_OUT-$r.stat" >/dev/null 2>&1 &
             perfpid=$!
             sleep 0.3
         elif [ -n "${PERF_OUT:-}" ]; then
-            perf record -q -F 499 -g -p "${DPID[$L]}" -o "$PERF_OUT-$r.data" >/dev/null 2>&1 &
+            perf record -q -F 499 -g -p "$perfwho" -o "$PERF_OUT-$r.data" >/dev/null 2>&1 &
             perfpid=$!
             sleep 0.3
         fi
