@@ -1339,6 +1339,15 @@ mod tests {
         uploads.clear();
     }
 
+    /// Block `i` (16 KiB each) of piece `index`.
+    fn nth_block(index: u32, i: u32) -> BlockRef {
+        BlockRef {
+            index,
+            begin: i * BLOCK,
+            length: BLOCK,
+        }
+    }
+
     /// `apply`, which must not close the connection.
     fn applied(
         m: Out,
@@ -1376,11 +1385,7 @@ mod tests {
     #[test]
     fn requests_are_admitted_in_order_with_cancels_and_unchokes() {
         let shared = PeerShared::default();
-        let r = |i: u32| BlockRef {
-            index: 3,
-            begin: i * BLOCK,
-            length: BLOCK,
-        };
+        let r = |i: u32| nth_block(3, i);
         let mut uploads: VecDeque<(BlockRef, Option<Instant>)> = VecDeque::new();
         let mut out = BytesMut::new();
         // Each step: what the writer is handed, whether the peer is a BEP 6
@@ -1432,11 +1437,7 @@ mod tests {
     #[test]
     fn waiting_relayed_requests_are_cancelled_choked_and_counted() {
         let shared = PeerShared::default();
-        let r = |i: u32| BlockRef {
-            index: 5,
-            begin: i * BLOCK,
-            length: BLOCK,
-        };
+        let r = |i: u32| nth_block(5, i);
         let now = Instant::now();
         let Some(old) = now.checked_sub(RELAY_WAIT + Duration::from_secs(1)) else {
             return; // a clock too young to hold such an instant
