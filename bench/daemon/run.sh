@@ -13,6 +13,7 @@
 #        FIXTURE=dir          use an exported fixture (repo/, archive-keyring.gpg)
 #        RUNS=5 WRK_SECS=10 APT_RUNS=5   KEEP=1 keeps the work folder
 #        SETTLE=1 (seconds each cache gets after its start, before (c))
+#        PERF_OUT=prefix (perf record of the daemon during (b): PERF_OUT-small.data)
 # Traffic stays on 127.0.0.1; every loop is bounded.
 set -euo pipefail
 
@@ -310,7 +311,15 @@ wrk_rps() {
 }
 log "(b) cached $SMALL_SIZE-byte package, wrk -c 32 -t 2 -d ${WRK_SECS}s"
 B_NGINX=$(wrk_rps "$URL_NGINX_SMALL")
+# PERF_OUT=prefix: profile the daemon during its wrk run (PERF_OUT-small.data).
+perfpid=
+if [ -n "${PERF_OUT:-}" ]; then
+    perf record -q -F 999 -g -p "$DT_PID" -o "$PERF_OUT-small.data" >/dev/null 2>&1 &
+    perfpid=$!
+    sleep 0.3
+fi
 B_DT=$(wrk_rps "$URL_DT_SMALL")
+if [ -n "$perfpid" ]; then kill -INT "$perfpid" 2>/dev/null; wait "$perfpid" 2>/dev/null || true; fi
 B_ACNG=$(wrk_rps "$URL_ACNG_SMALL")
 
 # ------------------------------------------------------------ (d) idle RSS
