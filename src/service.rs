@@ -375,7 +375,12 @@ fn sized_empty(len: u64) -> Body {
 }
 
 fn file_body(path: &Path, start: u64, end: u64) -> Body {
-    match std::fs::File::open(path) {
+    opened_body(std::fs::File::open(path), start, end)
+}
+
+/// [`file_body`] of a file already opened (or not).
+fn opened_body(opened: std::io::Result<std::fs::File>, start: u64, end: u64) -> Body {
+    match opened {
         Ok(file) => Body::File {
             file,
             offset: start,
@@ -494,8 +499,11 @@ impl Service {
                 mtime: meta.mtime,
                 etag: Some(etag_of(&meta.sha256)),
             };
-            let path = self.store.piece_path(rel);
-            return respond_with(req, meta.size, &v, ctype, |s, e| file_body(&path, s, e));
+            // A kept descriptor when the file was served lately.
+            let store = &self.store;
+            return respond_with(req, meta.size, &v, ctype, |s, e| {
+                opened_body(store.open_piece(rel, &meta.sha256), s, e)
+            });
         }
         if !self.store.can_store(found.size) {
             tracing::info!("store full or failing: verified pass-through");

@@ -79,6 +79,21 @@ impl Pieces {
     }
 }
 
+/// A store file kept open: its path, the content it was opened as, and
+/// the descriptor that [`Store::open_piece`] hands out copies of.
+struct OpenFile {
+    rel: String,
+    sha256: [u8; 32],
+    file: File,
+}
+
+/// How many store files stay open for the apt front end. Opening the file
+/// (and closing it) per response was an eighth of the daemon's CPU when
+/// `wrk` fetched one small package over and over (`bench/daemon` (b)); a
+/// `dup` of a kept descriptor costs a fraction of that. The bound keeps
+/// descriptors, and the space of files pruned while open, small.
+const OPEN_FILES: usize = 32;
+
 /// The content store.
 pub struct Store {
     store_dir: PathBuf,
@@ -100,6 +115,11 @@ pub struct Store {
     files: Mutex<()>,
     /// One prune pass at a time.
     pruning: Mutex<()>,
+    /// Open store files, most recently used first ([`Store::open_piece`]).
+    open_files: Mutex<std::collections::VecDeque<OpenFile>>,
+    /// Bumped whenever a listed file is unlisted or replaced: an open that
+    /// raced with it is not cached.
+    epoch: AtomicU64,
     /// An exclusive lock on `DATA/lock` for the life of the store: a second
     /// daemon (or `debtorrent import`) on the same folder would empty its
     /// `tmp/` under the running one.
@@ -200,6 +220,8 @@ impl Store {
             referenced,
             files: Mutex::new(()),
             pruning: Mutex::new(()),
+            open_files: Mutex::new(std::collections::VecDeque::new()),
+            epoch: AtomicU64::new(0),
             _lock: lock,
         };
         Ok((Arc::new(store), loaded))
@@ -229,6 +251,56 @@ impl Store {
     /// Where piece `rel` lives.
     pub fn piece_path(&self, rel: &str) -> PathBuf {
         self.store_dir.join(rel)
+    }
+
+    /// Opens stored piece `rel`, which the caller found listed as `sha`,
+    /// for reading at explicit offsets (sendfile, pread: the copies share
+    /// one file position, which nobody uses). The last [`OPEN_FILES`]
+    /// stay open, and a hit is a `dup` of the kept descriptor. A file is
+    /// dropped from them when it is unlisted or replaced, so that a pruned
+    /// file's space is freed when the last response reading it ends.
+    pub fn open_piece(&self, rel: &str, sha: &[u8; 32]) -> io::Result<File> {
+        let lock = || self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut open = lock();
+            if let Some(i) = open.iter().position(|o| &o.sha256 == sha && o.rel == rel) {
+                let f = open[i].file.try_clone();
+                if i > 0 {
+                    if let Some(o) = open.remove(i) {
+                        open.push_front(o);
+                    }
+                }
+                return f;
+            }
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let file = File::open(self.piece_path(rel))?;
+        // Kept only if nothing was unlisted or replaced since the caller's
+        // look-up (then the file may not be the listed one any more);
+        // checked under the lock that `forget_open` takes after bumping
+        // the epoch.
+        let mut open = lock();
+        if self.epoch.load(Ordering::SeqCst) == epoch && self.get(rel, sha).is_some() {
+            if let Ok(kept) = file.try_clone() {
+                open.push_front(OpenFile {
+                    rel: rel.to_string(),
+                    sha256: *sha,
+                    file: kept,
+                });
+                open.truncate(OPEN_FILES);
+            }
+        }
+        Ok(file)
+    }
+
+    /// `rel` is unlisted or replaced: no kept descriptor of it survives,
+    /// and opens under way are not kept.
+    fn forget_open(&self, rel: &str) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|o| o.rel != rel);
     }
 
     /// The stored piece at `rel`, if it is the one with hash `sha`.
@@ -374,8 +446,11 @@ impl Store {
             last_used: now,
             mtime,
         });
-        if let Some(old) = self.lock().insert(rel, meta) {
+        let old = self.lock().insert(rel, meta);
+        if let Some(old) = old {
             self.total.fetch_sub(old.size, Ordering::Relaxed);
+            // A new file at a listed path (committed over the old one).
+            self.forget_open(rel);
         }
         self.total.fetch_add(size, Ordering::Relaxed);
     }
@@ -555,6 +630,7 @@ impl Store {
                 self.total.fetch_sub(old.size, Ordering::Relaxed);
             }
             drop(map);
+            self.forget_open(path);
             self.db.del_piece(path);
             if let Err(e) = fs::remove_file(self.piece_path(path)) {
                 tracing::warn!(path = %path, error = %e, "could not remove a pruned file");
@@ -578,4 +654,81 @@ pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    fn put(store: &Store, rel: &str, body: &[u8]) -> [u8; 32] {
+        let (tmp, mut f) = store.temp_file().expect("a temp file");
+        f.write_all(body).expect("write");
+        f.sync_all().expect("fsync");
+        let sha: [u8; 32] = Sha256::digest(body).into();
+        store
+            .commit_piece(&tmp, rel, sha, body.len() as u64, None)
+            .expect("commit");
+        sha
+    }
+
+    fn read_all(f: &File) -> Vec<u8> {
+        let mut b = vec![0u8; f.metadata().map_or(0, |m| m.len() as usize)];
+        f.read_exact_at(&mut b, 0).expect("read");
+        b
+    }
+
+    fn kept(store: &Store) -> Vec<String> {
+        let open = store.open_files.lock().expect("lock");
+        open.iter().map(|o| o.rel.clone()).collect()
+    }
+
+    /// Opened store files stay open for the next response; a file
+    /// committed over one, or pruned, is forgotten at once, so that no
+    /// response gets the old bytes under the new content and a pruned
+    /// file's space is not held.
+    #[test]
+    fn open_pieces_are_kept_until_replaced_or_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Room for two 1000-byte files, not three.
+        let (store, _) = Store::open(dir.path(), 2500, Box::new(|_: &str| false)).expect("store");
+        let a1 = put(&store, "pool/a.deb", &[1u8; 1000]);
+        let f1 = store.open_piece("pool/a.deb", &a1).expect("open");
+        let f2 = store.open_piece("pool/a.deb", &a1).expect("open again");
+        assert_eq!(kept(&store), ["pool/a.deb"]);
+        let ino = |f: &File| f.metadata().map(|m| m.ino()).expect("metadata");
+        assert_eq!(ino(&f1), ino(&f2), "a hit is the same file");
+        // A new copy at the same path: the kept one is dropped, the next
+        // open is the new file.
+        let a2 = put(&store, "pool/a.deb", &[2u8; 1000]);
+        assert!(kept(&store).is_empty(), "{:?}", kept(&store));
+        let f3 = store
+            .open_piece("pool/a.deb", &a2)
+            .expect("open the new copy");
+        assert_eq!(read_all(&f3), vec![2u8; 1000]);
+        assert_eq!(read_all(&f1), vec![1u8; 1000], "a reader keeps its copy");
+        // Asked as content it no longer is: opened, but not kept.
+        drop(store.open_piece("pool/a.deb", &a1));
+        assert_eq!(kept(&store), ["pool/a.deb"]);
+        // Two more files overflow the limit: the least recently used one
+        // (a.deb) is pruned and forgotten.
+        let b = put(&store, "pool/b.deb", &[3u8; 1000]);
+        store.open_piece("pool/b.deb", &b).expect("open b");
+        put(&store, "pool/c.deb", &[4u8; 1000]);
+        assert!(
+            store.get("pool/a.deb", &a2).is_none(),
+            "a.deb was not pruned"
+        );
+        assert!(!kept(&store).contains(&"pool/a.deb".to_string()));
+        // At most OPEN_FILES stay open.
+        let big = tempfile::tempdir().expect("tempdir");
+        let (store, _) =
+            Store::open(big.path(), u64::MAX, Box::new(|_: &str| false)).expect("store");
+        for i in 0..OPEN_FILES + 5 {
+            let rel = format!("pool/f{i}.deb");
+            let sha = put(&store, &rel, format!("{i}").as_bytes());
+            store.open_piece(&rel, &sha).expect("open");
+        }
+        assert_eq!(kept(&store).len(), OPEN_FILES);
+    }
 }
