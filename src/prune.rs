@@ -13,9 +13,12 @@
 //!    used first.
 //! 3. Everything else, least recently used first.
 //!
-//! It stops as soon as what remains fits, so it never deletes more than it
-//! must. Every tie ends at the path (then the index), so the same store
-//! always gives the same answer, whatever order the rows came in.
+//! It stops as soon as what remains fits, and then keeps every file it had
+//! chosen that still fits beside the rest (a package larger than the limit,
+//! chosen last, frees room for the small ones chosen before it), so it never
+//! deletes a file it could have kept. Every tie ends at the path (then the
+//! index), so the same store always gives the same answer, whatever order
+//! the rows came in.
 //!
 //! Versions come from file names, which is all the store is sure to have.
 //! Two limits of that, to keep in mind: archive pool names leave out the
@@ -48,7 +51,8 @@ pub struct Stored<'a> {
 /// package name and architecture also exist in the store with a higher Debian version: only the
 /// highest version of each (package, arch) is "current"), oldest versions first; then files not
 /// referenced by any current torrent (`referenced == false`) by least recent use; then the rest by
-/// least recent use. Stop as soon as the total is <= limit. Deterministic (ties broken by path).
+/// least recent use. Stop as soon as the total is <= limit, then keep every chosen file that still
+/// fits. Deterministic (ties broken by path).
 #[must_use]
 pub fn choose_victims(files: &[Stored<'_>], limit: u64) -> Vec<usize> {
     // u128: a sum of u64 sizes cannot overflow it.
@@ -87,6 +91,20 @@ pub fn choose_victims(files: &[Stored<'_>], limit: u64) -> Vec<usize> {
         total -= u128::from(files[i].size);
         if total <= limit {
             break;
+        }
+    }
+    // The last victim may have freed more than the ones before it needed
+    // to: a package larger than the limit, fetched last, goes after the
+    // small files chosen before it. Keep every earlier victim that still
+    // fits, the last chosen (the most wanted) first, so that no victim
+    // could have stayed.
+    let mut k = victims.len().saturating_sub(1);
+    while k > 0 {
+        k -= 1;
+        let size = u128::from(files[victims[k]].size);
+        if total + size <= limit {
+            total += size;
+            victims.remove(k);
         }
     }
     victims
@@ -436,6 +454,31 @@ mod tests {
                 1,
                 &["v_1.0_all.deb"],
             ),
+            // A file larger than the limit, used last, goes; the small
+            // ones chosen before it stay (issue 3's cache limit in CI: a
+            // 50 MB package committed a second after the small ones
+            // emptied a 2 MB store).
+            (
+                &[
+                    ("small_1_all.deb", 3, 5, true),
+                    ("tiny_1_all.deb", 2, 5, true),
+                    ("bigpkg_1_all.deb", 50, 6, true),
+                    ("fill_1_all.deb", 4, 5, true),
+                ],
+                9,
+                &["bigpkg_1_all.deb"],
+            ),
+            // Only as many as fit stay, the most recently used first.
+            (
+                &[
+                    ("a_1_all.deb", 3, 1, true),
+                    ("b_1_all.deb", 3, 2, true),
+                    ("c_1_all.deb", 3, 3, true),
+                    ("big_1_all.deb", 50, 4, true),
+                ],
+                7,
+                &["a_1_all.deb", "big_1_all.deb"],
+            ),
             // Sizes near u64::MAX do not overflow.
             (
                 &[
@@ -490,11 +533,11 @@ mod tests {
                 let victims = choose_victims(&files, limit);
                 let total: u64 = files.iter().map(|f| f.size).sum();
                 let freed: u64 = victims.iter().map(|&i| files[i].size).sum();
-                // Fits, and every victim was needed: before the last one
-                // went, it did not fit yet.
+                // Fits, and every victim was needed: keeping any one of
+                // them would not fit.
                 prop_assert!(total - freed <= limit);
-                if let Some(&last) = victims.last() {
-                    prop_assert!(total - (freed - files[last].size) > limit);
+                for &v in &victims {
+                    prop_assert!(total - freed + files[v].size > limit);
                 }
                 let mut seen = victims.clone();
                 seen.sort_unstable();
