@@ -83,18 +83,30 @@ fn cache_size_limit_holds() {
     let all = repo.binary_names();
     // apt still gets every file intact while the store prunes behind it.
     apt.update_and_fetch(repo, &all, "fetch over the limit");
+    // apt does not wait for the store: each file is fsynced, committed and
+    // pruned for after its last byte went out. Wait for the last commit
+    // (the 50 MB package's fsync can take a second) before judging.
+    let store_bytes = || -> u64 {
+        daemon
+            .data_files()
+            .iter()
+            .filter(|(p, _)| p.starts_with(daemon.data_dir.join("store")))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    crate::support::wait_until(Duration::from_secs(20), || {
+        let st = daemon.status_json();
+        st["stored_pieces"].as_u64().unwrap_or(0) > 0
+            && st["cache_bytes"].as_u64().unwrap_or(u64::MAX) <= limit
+            && store_bytes() <= limit
+    });
     let st = daemon.status_json();
     let cache = st["cache_bytes"].as_u64().unwrap();
     assert!(
         cache <= limit,
         "cache {cache} over the limit {limit}: {st:#}"
     );
-    let on_disk: u64 = daemon
-        .data_files()
-        .iter()
-        .filter(|(p, _)| p.starts_with(daemon.data_dir.join("store")))
-        .map(|(_, n)| n)
-        .sum();
+    let on_disk = store_bytes();
     assert!(
         on_disk <= limit,
         "store folder holds {on_disk} bytes, over {limit}"
