@@ -299,6 +299,10 @@ fn status_command_reads_the_running_daemon() {
     let c = AptClient::new(repo, &mirror, Mode::Prefix(d.addr()));
     c.update_and_fetch(repo, &["small", "tiny"], "client");
     let addr = d.addr().to_string();
+    // The store commits each file after apt got its last byte.
+    crate::support::wait_until(Duration::from_secs(10), || {
+        num(&d.status_json()["stored_pieces"]) >= 2
+    });
 
     let run = |args: &[&str]| {
         let mut cmd = Command::new(binary());

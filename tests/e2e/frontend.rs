@@ -2,6 +2,8 @@
 //! proxy mode gets a verified repository and intact packages; a second apt
 //! client then gets the same set with zero pool bytes from the mirror.
 
+use std::time::Duration;
+
 use crate::support::apt::{AptClient, Mode};
 use crate::support::daemon::Daemon;
 use crate::support::mirror::Mirror;
@@ -123,6 +125,10 @@ fn status_pages_count_what_apt_got() {
     let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
     apt.update_and_fetch(repo, &["small", "tiny"], "status");
     let small = repo.package("small");
+    // The store commits each file after apt got its last byte.
+    crate::support::wait_until(Duration::from_secs(10), || {
+        daemon.status_json()["cache_bytes"].as_u64().unwrap_or(0) >= small.size
+    });
     let v = daemon.status_json();
     let to_apt = v["bytes_to_apt"].as_u64().unwrap_or(0);
     let from_mirror = v["bytes_from_mirror"].as_u64().unwrap_or(0);
