@@ -187,7 +187,7 @@ fn status_pages_count_what_apt_got() {
 fn slow_request_heads_cannot_starve_apt_or_the_status_page() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const SLOW: usize = 300;
