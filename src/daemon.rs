@@ -8,9 +8,11 @@
 //! 2. tell every connection through a watch channel: it reads no further
 //!    request, finishes the responses already queued, and closes (at most
 //!    [`DRAIN`]; what is still running then is cut);
-//! 3. the swarm stops its torrent tasks (each closes its peer connections)
+//! 3. verified files on their way into the store (fsync, rename), and
+//!    indexes into their torrents, get there, within half the budget;
+//! 4. the swarm stops its torrent tasks (each closes its peer connections)
 //!    and discovery (DHT table saved, trackers told `stopped`);
-//! 4. counters and last-use times reach SQLite, which is flushed.
+//! 5. counters and last-use times reach SQLite, which is flushed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,6 +224,23 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "apt connections still busy at shutdown: cut"
         );
         conns.shutdown().await;
+    }
+    // Verified files apt already has may still be on their way into the
+    // store (fsync, rename, row), and indexes apt already has into their
+    // torrents: they are kept, within half the budget, before the swarm
+    // stops, so that their torrents record them too. (`apt-get update &&
+    // systemctl restart debtorrent` keeps the new indexes.)
+    let deadline = started + SHUTDOWN_BUDGET / 2;
+    let busy = || store.commits_in_flight() + service.registering.in_flight();
+    while busy() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if busy() > 0 {
+        tracing::warn!(
+            files = store.commits_in_flight(),
+            indexes = service.registering.in_flight(),
+            "not yet stored at shutdown: fetched again next time"
+        );
     }
     let left = SHUTDOWN_BUDGET
         .saturating_sub(started.elapsed())

@@ -90,6 +90,11 @@ impl Registering {
         RegisteringGuard(self.0.clone())
     }
 
+    /// How many are in flight now.
+    pub fn in_flight(&self) -> usize {
+        *self.0.borrow()
+    }
+
     /// Waits (at most [`REGISTER_WAIT`]) until none is in flight; false
     /// when none was.
     async fn settle(&self) -> bool {

@@ -115,6 +115,10 @@ pub struct Store {
     files: Mutex<()>,
     /// One prune pass at a time.
     pruning: Mutex<()>,
+    /// A commit found a pass under way and asks for another.
+    prune_again: std::sync::atomic::AtomicBool,
+    /// Verified downloads on their way into the store ([`CommitTicket`]).
+    commits: std::sync::atomic::AtomicUsize,
     /// Open store files, most recently used first ([`Store::open_piece`]).
     open_files: Mutex<std::collections::VecDeque<OpenFile>>,
     /// Bumped whenever a listed file is unlisted or replaced: an open that
@@ -220,6 +224,8 @@ impl Store {
             referenced,
             files: Mutex::new(()),
             pruning: Mutex::new(()),
+            prune_again: std::sync::atomic::AtomicBool::new(false),
+            commits: std::sync::atomic::AtomicUsize::new(0),
             open_files: Mutex::new(std::collections::VecDeque::new()),
             epoch: AtomicU64::new(0),
             _lock: lock,
@@ -230,6 +236,20 @@ impl Store {
     /// The database handle.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Counts a verified download as on its way into the store until the
+    /// ticket drops, so that a shutdown waits for it: apt got its last
+    /// byte before the fsync, and a SIGTERM right after `apt-get` must not
+    /// lose the file.
+    pub fn commit_ticket(self: &Arc<Self>) -> CommitTicket {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        CommitTicket(self.clone())
+    }
+
+    /// Verified downloads not yet in the store (or given up).
+    pub fn commits_in_flight(&self) -> usize {
+        self.commits.load(Ordering::SeqCst)
     }
 
     /// Total bytes of stored pieces.
@@ -586,13 +606,29 @@ impl Store {
     }
 
     fn prune_if_needed(&self) {
-        if self.total_bytes() <= self.limit {
-            return;
+        loop {
+            if self.total_bytes() <= self.limit {
+                return;
+            }
+            // A pass under way may have listed the store before this
+            // commit: it is asked for one more pass. The flag is set
+            // before trying the lock and cleared by the holder before it
+            // lists, so either the pass sees this file or the flag.
+            self.prune_again.store(true, Ordering::SeqCst);
+            let Ok(pass) = self.pruning.try_lock() else {
+                return;
+            };
+            self.prune_again.store(false, Ordering::SeqCst);
+            self.prune_pass();
+            drop(pass);
+            if !self.prune_again.load(Ordering::SeqCst) {
+                return;
+            }
         }
-        // A pass under way will bring the total down.
-        let Ok(_pass) = self.pruning.try_lock() else {
-            return;
-        };
+    }
+
+    /// One pruning pass: lists the store, deletes what `prune` chooses.
+    fn prune_pass(&self) {
         let snapshot: Vec<(String, Meta)> = self
             .lock()
             .by_path
@@ -638,6 +674,15 @@ impl Store {
                 tracing::info!(path = %path, "pruned");
             }
         }
+    }
+}
+
+/// A commit in flight ([`Store::commit_ticket`]).
+pub struct CommitTicket(Arc<Store>);
+
+impl Drop for CommitTicket {
+    fn drop(&mut self) {
+        self.0.commits.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -835,8 +835,10 @@ impl Task {
             Effect::Commit { piece, suspect } => {
                 if let Some(j) = self.jobs.get(&piece) {
                     let (dl, store, tx) = (j.dl.clone(), self.ctx.store.clone(), self.tx.clone());
+                    let ticket = store.commit_ticket();
                     tokio::spawn(
                         async move {
+                            let _ticket = ticket;
                             let culprits = match suspect {
                                 Some(bad) => smart_ban(&dl, bad).await,
                                 None => Vec::new(),

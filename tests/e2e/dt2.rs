@@ -157,6 +157,8 @@ fn dt2_index_v1_to_v2_peers_serve_unchanged_files() {
     let common_bytes = total_size(&common);
     let fresh = new.size + upgraded.size;
     let allowed = common_bytes * SLACK_PERCENT / 100 + fresh;
+    // B's pieces are counted as held once committed, after apt's last byte.
+    b.wait_committed();
     let st_b = b.status_json();
     eprintln!(
         "index v1 -> v2: B's client took {b_pool} pool bytes from the mirror; files both \

@@ -155,7 +155,12 @@ fn https_only_mirror_through_the_prefix() {
         0,
         "nothing came from the plain-HTTP mirror"
     );
-    // The second client is served from the store.
+    // The second client is served from the store, once the first one's
+    // files are in it.
+    assert!(
+        daemon.wait_committed(),
+        "downloads still in tmp/ after 30 s"
+    );
     let second = AptClient::new(repo, &placeholder, Mode::Prefix(daemon.addr()));
     std::fs::write(second.root.join("etc/apt/sources.list"), line(&daemon)).unwrap();
     second.update_and_fetch(repo, &["small", "tiny"], "https second client");

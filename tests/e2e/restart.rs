@@ -93,7 +93,12 @@ fn kill9_during_big_download_then_restart() {
         after.pool_bytes - before.pool_bytes <= big.size,
         "more than one copy of the big package came from the mirror: {before:?} -> {after:?}"
     );
-    // Another restart: now it must come from the store alone.
+    // Another restart: now it must come from the store alone, once it is
+    // in (apt got its last byte before the fsync).
+    assert!(
+        daemon.wait_committed(),
+        "downloads still in tmp/ after 30 s"
+    );
     daemon.kill9();
     daemon.restart();
     let before = mirror.stats();
@@ -111,7 +116,9 @@ fn sigterm_then_restart_keeps_the_store() {
     let repo = repo();
     let mirror = Mirror::start(&repo.root);
     let mut daemon = Daemon::start(&[mirror.port()]);
-    let pkgs = ["tiny", "small", "libstd++x1"];
+    // The big package is still being fsynced when SIGTERM comes: shutdown
+    // waits for the commits in flight.
+    let pkgs = ["tiny", "small", "libstd++x1", BIG];
     let first = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
     first.update_and_fetch(repo, &pkgs, "before SIGTERM");
 

@@ -83,6 +83,10 @@ fn cache_size_limit_holds() {
     let all = repo.binary_names();
     // apt still gets every file intact while the store prunes behind it.
     apt.update_and_fetch(repo, &all, "fetch over the limit");
+    assert!(
+        daemon.wait_committed(),
+        "downloads still in tmp/ after 30 s"
+    );
     // apt does not wait for the store: each file is fsynced, committed and
     // pruned for after its last byte went out. Wait for the last commit
     // (the 50 MB package's fsync can take a second) before judging.
@@ -218,6 +222,7 @@ fn full_disk_keeps_serving_verified_packages() {
     let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
     let big = repo.big();
     apt.update_and_fetch(repo, &[&big.name, "small", "tiny"], "full disk");
+    daemon.wait_committed();
     let st = daemon.status_json();
     assert!(
         !st["torrents"].as_array().unwrap().is_empty(),

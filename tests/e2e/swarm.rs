@@ -474,6 +474,7 @@ fn swarm_peer_killed_mid_transfer_others_finish() {
     let a2 = AptClient::new(repo, &mirror, Mode::Prefix(s2.addr()));
     a2.update_and_fetch(repo, &[big.name.as_str()], "seed 2's client");
     for s in [&s1, &s2] {
+        assert!(s.wait_committed(), "downloads still in tmp/ after 30 s");
         let t = torrent(s);
         assert!(num(&t["pieces_held"]) >= 1, "seed holds the package: {t:#}");
     }
@@ -1329,12 +1330,22 @@ fn swarm_peer_that_never_reads_is_closed() {
     let big_sha = repo.big().sha256.clone();
     let res: Result<Duration, String> = rt().block_on(async move {
         let mut p = join_swarm("127.0.0.36", to, ih, 36, Vec::new()).await?;
-        let held = daemon_hold(&mut p, Duration::from_secs(5)).await?;
-        let &(index, _) = held
-            .add
-            .iter()
-            .find(|(_, sha)| crate::support::hex(sha) == big_sha)
-            .ok_or_else(|| format!("the daemon did not announce the big package: {held:?}"))?;
+        // The first dt_hold lists what the daemon held when we came; the
+        // big package may still have been on its way into the store (apt
+        // got it before the fsync), and then a later one adds it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let index = loop {
+            let held = daemon_hold(&mut p, deadline.saturating_duration_since(Instant::now()))
+                .await
+                .map_err(|e| format!("the daemon did not announce the big package: {e}"))?;
+            if let Some(&(index, _)) = held
+                .add
+                .iter()
+                .find(|(_, sha)| crate::support::hex(sha) == big_sha)
+            {
+                break index;
+            }
+        };
         p.send_msgs(&[Msg::Interested])
             .await
             .map_err(|e| e.to_string())?;

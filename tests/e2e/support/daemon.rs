@@ -298,6 +298,17 @@ impl Daemon {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits (up to 30 s) until no download is on its way into the store:
+    /// apt gets a file's last byte before the daemon fsyncs and commits
+    /// it, so a check of the store right after apt is done races with
+    /// that. True once `tmp/` is empty.
+    pub fn wait_committed(&self) -> bool {
+        let tmp = self.data_dir.join("tmp");
+        crate::support::wait_until(Duration::from_secs(30), || {
+            std::fs::read_dir(&tmp).is_ok_and(|mut rd| rd.next().is_none())
+        })
+    }
+
     /// Files under the data folder, recursively, with sizes.
     pub fn data_files(&self) -> Vec<(PathBuf, u64)> {
         fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>) {
