@@ -303,10 +303,16 @@ fn disk_full_during_a_swarm_transfer() {
     let cb = AptClient::new(repo, &mirror, Mode::Prefix(b.addr()));
     let out = cb.update();
     cb.assert_update_verified(&out, "B's update");
-    // B takes the package from A (4 MB/s: about 14 s); after 2 s the
-    // test fills B's disk.
+    // B takes the package from A (4 MB/s: about 14 s); once bytes flow
+    // (its piece file reserved), the test fills B's disk.
     let mut child = cb.spawn(&["install", "--download-only", "-y", &big.name]);
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        crate::support::wait_until(Duration::from_secs(20), || {
+            b.status_json()["bytes_from_peers"].as_u64().unwrap_or(0) > 0
+        }),
+        "B took no byte from A within 20 s: {:#}",
+        b.status_json()
+    );
     let filler = b.data_dir.join("filler");
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=1M", "status=none"])
