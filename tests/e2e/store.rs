@@ -308,9 +308,15 @@ fn disk_full_during_a_swarm_transfer() {
     let mut child = cb.spawn(&["install", "--download-only", "-y", &big.name]);
     assert!(
         crate::support::wait_until(Duration::from_secs(20), || {
-            b.status_json()["bytes_from_peers"].as_u64().unwrap_or(0) > 0
+            let st = b.status_json();
+            st["transfers"].as_array().into_iter().flatten().any(|t| {
+                t["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&big.file_name))
+                    && t["received"].as_u64().unwrap_or(0) > 0
+            })
         }),
-        "B took no byte from A within 20 s: {:#}",
+        "B's transfer of the big package took no byte within 20 s: {:#}",
         b.status_json()
     );
     let filler = b.data_dir.join("filler");
