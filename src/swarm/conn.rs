@@ -188,20 +188,31 @@ impl Context {
         file: &mut Option<(u32, std::fs::File)>,
         buf: &mut [u8],
     ) -> Block {
-        if file.as_ref().is_none_or(|(i, _)| *i != r.index) {
-            // By content: wherever the store keeps it now.
-            let stored = self.cat().get(r.index).and_then(|e| {
-                let (rel, _) = self.store.find(&e.sha256)?;
-                std::fs::File::open(self.store.piece_path(&rel)).ok()
-            });
-            match stored {
-                Some(f) => *file = Some((r.index, f)),
-                None => return self.read_relayed(r, buf),
-            }
+        if !self.open_stored(r.index, file) {
+            return self.read_relayed(r, buf);
         }
         match read_stored(r, file, buf) {
             Some(n) => Block::Ready(n),
             None => Block::Gone,
+        }
+    }
+
+    /// Whether `file` is (now) the stored file of piece `index`, found by
+    /// content, wherever the store keeps it now.
+    fn open_stored(&self, index: u32, file: &mut Option<(u32, std::fs::File)>) -> bool {
+        if file.as_ref().is_some_and(|(i, _)| *i == index) {
+            return true;
+        }
+        let stored = self.cat().get(index).and_then(|e| {
+            let (rel, _) = self.store.find(&e.sha256)?;
+            std::fs::File::open(self.store.piece_path(&rel)).ok()
+        });
+        match stored {
+            Some(f) => {
+                *file = Some((index, f));
+                true
+            }
+            None => false,
         }
     }
 
@@ -977,6 +988,8 @@ async fn writer(
     // Relayed requests waiting for the mirror's bytes, with when they came.
     let mut waiting: VecDeque<(BlockRef, Instant)> = VecDeque::new();
     let mut file: Option<(u32, std::fs::File)> = None;
+    // The blocks of one stored run (kept to reuse its allocation).
+    let mut run_buf: Vec<BlockRef> = Vec::new();
     let mut last_write = Instant::now();
     'outer: loop {
         requeue(&mut waiting, &mut uploads, &mut out, &shared, fast);
@@ -1007,6 +1020,65 @@ async fn writer(
                 if fast {
                     wire::encode(&Msg::Reject(r), &mut out);
                 }
+                continue;
+            }
+            // A stored piece: this block and the requests right behind it
+            // that continue it, read with one preadv (a leecher asks for a
+            // piece's blocks in order; one pread per 16 KiB block was 61k
+            // syscalls per GB).
+            if later.is_none_or(|(i, _)| i != r.index) && sh.open_stored(r.index, &mut file) {
+                let mut run = std::mem::take(&mut run_buf);
+                run.push(r);
+                let mut end = u64::from(r.begin) + u64::from(r.length);
+                let mut bytes = out.len() + r.length as usize;
+                while served + run.len() < 16 {
+                    let Some(&(n, _)) = uploads.front() else {
+                        break;
+                    };
+                    if n.index != r.index
+                        || u64::from(n.begin) != end
+                        || bytes + n.length as usize > 256 * 1024
+                    {
+                        break;
+                    }
+                    uploads.pop_front();
+                    run.push(n);
+                    end += u64::from(n.length);
+                    bytes += n.length as usize;
+                }
+                let head_at = out.len();
+                let read = file
+                    .as_ref()
+                    .is_some_and(|(_, f)| read_run(f, &run, &mut out));
+                shared.queued.fetch_sub(run.len() as u64, Ordering::Relaxed);
+                if !read {
+                    out.truncate(head_at);
+                    if fast {
+                        for b in &run {
+                            wire::encode(&Msg::Reject(*b), &mut out);
+                        }
+                    }
+                    run.clear();
+                    run_buf = run;
+                    continue;
+                }
+                let n: u64 = run.iter().map(|b| u64::from(b.length)).sum();
+                served += run.len();
+                run.clear();
+                run_buf = run;
+                let wait = {
+                    let mut tb = sh.upload_limit.lock().unwrap_or_else(|e| e.into_inner());
+                    tb.take(n, sh.now_ms())
+                };
+                if wait > 0 {
+                    if head_at > 0 && !write_within(&mut w, &out[..head_at]).await {
+                        break 'outer;
+                    }
+                    out.advance(head_at);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                shared.up.fetch_add(n, Ordering::Relaxed);
+                sh.uploaded.fetch_add(n, Ordering::Relaxed);
                 continue;
             }
             // The block is read straight into the outgoing buffer, behind
@@ -1293,6 +1365,66 @@ fn cancelled(shared: &PeerShared, index: u32, begin: u32, length: u32, out: &mut
 
 /// Reads one block of a stored piece for upload, from the file opened for
 /// it.
+/// Appends each block of `run` (contiguous blocks of one piece, in
+/// order) to `out` behind its header, the bodies read from `f` with one
+/// `preadv` (more if the kernel returns less). False if the file ended or
+/// failed before the run did; `out` then holds a partial run, which the
+/// caller cuts.
+fn read_run(f: &std::fs::File, run: &[BlockRef], out: &mut BytesMut) -> bool {
+    let Some(first) = run.first() else {
+        return true;
+    };
+    let start = out.len();
+    let mut bodies = Vec::with_capacity(run.len());
+    for b in run {
+        wire::encode_piece_header(b.index, b.begin, b.length, out);
+        let at = out.len();
+        out.resize(at + b.length as usize, 0);
+        bodies.push((at, b.length as usize));
+    }
+    let mut at = u64::from(first.begin);
+    let mut tail: &mut [u8] = &mut out[start..];
+    let mut base = start;
+    // The body slots, as disjoint slices of `out` (the headers between
+    // them are skipped).
+    let mut slots: Vec<&mut [u8]> = Vec::with_capacity(run.len());
+    for &(body_at, len) in &bodies {
+        let rest = std::mem::take(&mut tail);
+        let (_, from_body) = rest.split_at_mut(body_at - base);
+        let (body, after) = from_body.split_at_mut(len);
+        slots.push(body);
+        tail = after;
+        base = body_at + len;
+    }
+    let mut first_slot = 0;
+    while first_slot < slots.len() {
+        let mut iov: Vec<std::io::IoSliceMut<'_>> = slots[first_slot..]
+            .iter_mut()
+            .map(|s| std::io::IoSliceMut::new(s))
+            .collect();
+        let n = match rustix::io::preadv(f, &mut iov, at) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        drop(iov);
+        at += n as u64;
+        // Skip what was filled; a slot filled in part keeps its rest.
+        let mut left = n;
+        while left > 0 && first_slot < slots.len() {
+            let len = slots[first_slot].len();
+            if left >= len {
+                left -= len;
+                first_slot += 1;
+            } else {
+                let s = std::mem::take(&mut slots[first_slot]);
+                slots[first_slot] = &mut s[left..];
+                left = 0;
+            }
+        }
+    }
+    true
+}
+
 pub fn read_stored(
     r: BlockRef,
     file: &mut Option<(u32, std::fs::File)>,
@@ -1337,6 +1469,76 @@ mod tests {
             assert!(up.is_empty());
         }
         uploads.clear();
+    }
+
+    /// A run of contiguous blocks is read with one preadv into the body
+    /// slots behind their headers: each PIECE message carries exactly its
+    /// own bytes (a short last block too), and a run past the file's end
+    /// fails instead of sending zeros.
+    #[test]
+    fn a_run_of_blocks_is_read_into_its_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("piece");
+        let size = 3 * BLOCK as usize + 1000;
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let f = std::fs::File::open(&path).expect("open");
+        let b = |begin: u32, length: u32| BlockRef {
+            index: 5,
+            begin,
+            length,
+        };
+        type Case = (&'static str, Vec<BlockRef>, bool);
+        let cases: Vec<Case> = vec![
+            ("one block", vec![b(0, BLOCK)], true),
+            (
+                "the whole piece, a short block last",
+                vec![
+                    b(0, BLOCK),
+                    b(BLOCK, BLOCK),
+                    b(2 * BLOCK, BLOCK),
+                    b(3 * BLOCK, 1000),
+                ],
+                true,
+            ),
+            (
+                "from the middle",
+                vec![b(BLOCK + 3, 100), b(BLOCK + 103, 50)],
+                true,
+            ),
+            (
+                "past the end",
+                vec![b(3 * BLOCK, 1000), b(3 * BLOCK + 1000, 10)],
+                false,
+            ),
+        ];
+        for (what, run, ok) in cases {
+            let mut out = BytesMut::from(&b"before"[..]);
+            assert_eq!(read_run(&f, &run, &mut out), ok, "{what}");
+            if !ok {
+                continue;
+            }
+            assert_eq!(&out[..6], b"before", "{what}");
+            let mut at = 6;
+            for blk in &run {
+                let (msg, used) = wire::decode(&out[at..], &DT2_LIMITS)
+                    .expect("a valid message")
+                    .expect("a whole message");
+                let Msg::Piece {
+                    index,
+                    begin,
+                    data: got,
+                } = msg
+                else {
+                    panic!("{what}: not a PIECE: {msg:?}");
+                };
+                assert_eq!((index, begin), (blk.index, blk.begin), "{what}");
+                let from = blk.begin as usize;
+                assert_eq!(got, &data[from..from + blk.length as usize], "{what}");
+                at += used;
+            }
+            assert_eq!(at, out.len(), "{what}: nothing after the run");
+        }
     }
 
     /// Block `i` (16 KiB each) of piece `index`.
