@@ -660,7 +660,7 @@ async fn verify(dl: Arc<Download>) {
         },
     }
     // Taken from the pool at the first read-back, given back when the
-    // verifier ends, however it ends.
+    // verifier ends (lost only if a read-back fails or its thread panics).
     let mut buf = ReadBuf(Vec::new());
     loop {
         if matches!(dl.state(), State::Verified | State::Done | State::Failed(_)) {

@@ -8,8 +8,8 @@
 //! 2. tell every connection through a watch channel: it reads no further
 //!    request, finishes the responses already queued, and closes (at most
 //!    [`DRAIN`]; what is still running then is cut);
-//! 3. verified files on their way into the store (fsync, rename), and
-//!    indexes into their torrents, get there, within half the budget;
+//! 3. files apt already has, on their way into the store (fsync, rename)
+//!    or into their torrents, get there, until [`DRAIN`] after the start;
 //! 4. the swarm stops its torrent tasks (each closes its peer connections)
 //!    and discovery (DHT table saved, trackers told `stopped`);
 //! 5. counters and last-use times reach SQLite, which is flushed.
@@ -225,21 +225,21 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         conns.shutdown().await;
     }
-    // Verified files apt already has may still be on their way into the
-    // store (fsync, rename, row), and indexes apt already has into their
-    // torrents: they are kept, within half the budget, before the swarm
-    // stops, so that their torrents record them too. (`apt-get update &&
-    // systemctl restart debtorrent` keeps the new indexes.)
-    let deadline = started + SHUTDOWN_BUDGET / 2;
-    let busy = || store.commits_in_flight() + service.registering.in_flight();
-    while busy() > 0 && tokio::time::Instant::now() < deadline {
+    // Files apt already has may still be on their way into the store
+    // (fsync, rename, row) and indexes into their torrents: they are
+    // kept, until DRAIN after the start of the shutdown (as long as the
+    // swarm had before), and before the swarm stops, so that their
+    // torrents record them too. (`apt-get update && systemctl restart
+    // debtorrent` keeps the new indexes.) Index downloads apt has not got
+    // whole are not waited for.
+    let deadline = started + DRAIN;
+    while store.commits_in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    if busy() > 0 {
+    if store.commits_in_flight() > 0 {
         tracing::warn!(
-            files = store.commits_in_flight(),
-            indexes = service.registering.in_flight(),
-            "not yet stored at shutdown: fetched again next time"
+            left = store.commits_in_flight(),
+            "files not yet stored at shutdown: fetched again next time"
         );
     }
     let left = SHUTDOWN_BUDGET

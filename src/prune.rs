@@ -98,15 +98,19 @@ pub fn choose_victims(files: &[Stored<'_>], limit: u64) -> Vec<usize> {
     // small files chosen before it. Keep every earlier victim that still
     // fits, the last chosen (the most wanted) first, so that no victim
     // could have stayed.
-    let mut k = victims.len().saturating_sub(1);
-    while k > 0 {
-        k -= 1;
+    let mut keep = vec![false; victims.len()];
+    for k in (0..victims.len().saturating_sub(1)).rev() {
         let size = u128::from(files[victims[k]].size);
         if total + size <= limit {
             total += size;
-            victims.remove(k);
+            keep[k] = true;
         }
     }
+    let mut k = 0;
+    victims.retain(|_| {
+        k += 1;
+        !keep[k - 1]
+    });
     victims
 }
 

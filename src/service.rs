@@ -90,11 +90,6 @@ impl Registering {
         RegisteringGuard(self.0.clone())
     }
 
-    /// How many are in flight now.
-    pub fn in_flight(&self) -> usize {
-        *self.0.borrow()
-    }
-
     /// Waits (at most [`REGISTER_WAIT`]) until none is in flight; false
     /// when none was.
     async fn settle(&self) -> bool {
@@ -1031,6 +1026,9 @@ impl IndexJob {
             return;
         }
         drop(tx);
+        // Whole: from here until it is registered, a shutdown waits for
+        // it (apt has it and will not ask again).
+        let _saving = self.store.commit_ticket();
         let sha256: [u8; 32] = h256.finalize().into();
         let sha512: Option<[u8; 64]> = h512.map(|h| h.finalize().into());
         let cache = self.cache.clone();

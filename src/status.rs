@@ -38,6 +38,9 @@ pub struct StatusJson {
     pub cache_bytes: u64,
     pub cache_limit: u64,
     pub stored_pieces: usize,
+    /// Files apt already has on their way into the store or registry
+    /// ([`crate::store::Store::commits_in_flight`]).
+    pub storing: usize,
     pub bytes_uploaded: u64,
     #[serde(flatten)]
     pub counters: Counters,
@@ -223,6 +226,7 @@ impl Pages {
             cache_bytes: self.store.total_bytes(),
             cache_limit: self.cache_limit,
             stored_pieces: self.store.piece_count(),
+            storing: self.store.commits_in_flight(),
             bytes_uploaded: self.swarm.as_ref().map_or(0, |w| w.uploaded()),
             counters,
             swarm: self.swarm.as_ref().map(|w| w.status()),

@@ -247,7 +247,8 @@ impl Store {
         CommitTicket(self.clone())
     }
 
-    /// Verified downloads not yet in the store (or given up).
+    /// Files apt has that are not yet in the store or registered (or
+    /// given up): verified downloads, and whole index files.
     pub fn commits_in_flight(&self) -> usize {
         self.commits.load(Ordering::SeqCst)
     }
@@ -615,12 +616,17 @@ impl Store {
             // before trying the lock and cleared by the holder before it
             // lists, so either the pass sees this file or the flag.
             self.prune_again.store(true, Ordering::SeqCst);
+            // The flag's store, then the lock; the holder's unlock, then
+            // its load of the flag: a fence on each side so that one of
+            // the two sees the other (the lock alone only orders one way).
+            std::sync::atomic::fence(Ordering::SeqCst);
             let Ok(pass) = self.pruning.try_lock() else {
                 return;
             };
             self.prune_again.store(false, Ordering::SeqCst);
             self.prune_pass();
             drop(pass);
+            std::sync::atomic::fence(Ordering::SeqCst);
             if !self.prune_again.load(Ordering::SeqCst) {
                 return;
             }

@@ -239,7 +239,7 @@ fn log_in_a_file_is_plain_with_one_line_per_apt_request() {
         c.update_and_fetch(repo, &["small"], &format!("client {k}"));
         // The second client's small comes from the store once the first
         // one's is in (apt got its last byte before the commit).
-        d.wait_committed();
+        assert!(d.wait_committed(), "downloads still in tmp/ after 30 s");
     }
     // The line is written when the response ends; give the last a moment.
     let start = Instant::now();

@@ -92,9 +92,15 @@ fn probe(to: SocketAddr, tries: usize) -> Vec<(&'static str, usize, bool)> {
     sock.set_read_timeout(Some(Duration::from_millis(1000)))
         .unwrap();
     let mut out = Vec::new();
+    // The first byte numbers the query, so that a late reply to one query
+    // is never taken for the next one's of the same length.
+    let mut k: u8 = 0x30;
     for q in QUERIES {
         for n in TID_LENGTHS {
-            let tid: Vec<u8> = (0..n).map(|i| 0xa0 + i as u8).collect();
+            k += 1;
+            let tid: Vec<u8> = (0..n)
+                .map(|i| if i == 0 { k } else { 0xa0 + i as u8 })
+                .collect();
             let ok = ask(&sock, to, &query(q, &tid), &tid, tries);
             out.push((q, n, ok));
         }

@@ -158,7 +158,7 @@ fn dt2_index_v1_to_v2_peers_serve_unchanged_files() {
     let fresh = new.size + upgraded.size;
     let allowed = common_bytes * SLACK_PERCENT / 100 + fresh;
     // B's pieces are counted as held once committed, after apt's last byte.
-    b.wait_committed();
+    assert!(b.wait_committed(), "B: downloads still in tmp/ after 30 s");
     let st_b = b.status_json();
     eprintln!(
         "index v1 -> v2: B's client took {b_pool} pool bytes from the mirror; files both \

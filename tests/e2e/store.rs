@@ -222,7 +222,10 @@ fn full_disk_keeps_serving_verified_packages() {
     let apt = AptClient::new(repo, &mirror, Mode::Prefix(daemon.addr()));
     let big = repo.big();
     apt.update_and_fetch(repo, &[&big.name, "small", "tiny"], "full disk");
-    daemon.wait_committed();
+    assert!(
+        daemon.wait_committed(),
+        "downloads still in tmp/ after 30 s"
+    );
     let st = daemon.status_json();
     assert!(
         !st["torrents"].as_array().unwrap().is_empty(),

@@ -301,11 +301,15 @@ impl Daemon {
     /// Waits (up to 30 s) until no download is on its way into the store:
     /// apt gets a file's last byte before the daemon fsyncs and commits
     /// it, so a check of the store right after apt is done races with
-    /// that. True once `tmp/` is empty.
+    /// that. True once `tmp/` is empty and the daemon counts no file being
+    /// stored (`storing`: that ends after the file's row, the pruning and
+    /// the swarm's record of it).
+    #[must_use]
     pub fn wait_committed(&self) -> bool {
         let tmp = self.data_dir.join("tmp");
         crate::support::wait_until(Duration::from_secs(30), || {
             std::fs::read_dir(&tmp).is_ok_and(|mut rd| rd.next().is_none())
+                && self.status_json()["storing"].as_u64() == Some(0)
         })
     }
 
