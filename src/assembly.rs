@@ -659,9 +659,6 @@ async fn verify(dl: Arc<Download>) {
             digest: [u8; 32],
         },
     }
-    // Taken from the pool at the first read-back, given back when the
-    // verifier ends (lost only if a read-back fails or its thread panics).
-    let mut buf = ReadBuf(Vec::new());
     loop {
         if matches!(dl.state(), State::Verified | State::Done | State::Failed(_)) {
             return;
@@ -695,9 +692,11 @@ async fn verify(dl: Arc<Download>) {
                 to,
             }) => {
                 let dl2 = dl.clone();
-                if buf.0.capacity() == 0 {
-                    buf = ReadBuf::take();
-                }
+                // Taken from the pool for this chunk only and given back
+                // right after it: a download waiting for the network
+                // holds no buffer (lost only if the read fails or its
+                // thread panics).
+                let mut buf = ReadBuf::take();
                 let mut b = std::mem::take(&mut buf.0);
                 let res = tokio::task::spawn_blocking(move || {
                     // Grown (and zeroed) only past what it ever held.
@@ -715,6 +714,7 @@ async fn verify(dl: Arc<Download>) {
                 match res {
                     Ok((Ok(()), h, b)) => {
                         buf.0 = b;
+                        drop(buf);
                         let mut a = dl.lock();
                         // A reset in between started a new hash already.
                         if dl.gen() == gen {
@@ -753,12 +753,14 @@ async fn verify(dl: Arc<Download>) {
     }
 }
 
-/// Read-back buffers that ended verifiers left for the next ones. A fresh
-/// 4 MiB buffer per download was zeroed and page-faulted in each time: 5 %
-/// of the leecher's CPU in `bench/install` (300 files). At most
-/// [`READ_BACK_KEPT`] are kept, so an idle daemon holds at most 8 MiB here.
+/// Read-back buffers between the verifiers' reads. A fresh 4 MiB buffer
+/// per download was zeroed and page-faulted in each time: 5 % of the
+/// leecher's CPU in `bench/install` (300 files). A verifier takes one for
+/// each chunk it reads back and gives it back at once, so a download that
+/// waits for the network holds none. One is kept: an idle daemon holds at
+/// most 4 MiB here (issue 12's RSS goal is 40 MB per daemon).
 static READ_BACK: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-const READ_BACK_KEPT: usize = 2;
+const READ_BACK_KEPT: usize = 1;
 
 /// A verifier's read-back buffer; dropping it gives it back to the pool.
 struct ReadBuf(Vec<u8>);
