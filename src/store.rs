@@ -117,7 +117,7 @@ pub struct Store {
     pruning: Mutex<()>,
     /// A commit found a pass under way and asks for another.
     prune_again: std::sync::atomic::AtomicBool,
-    /// Verified downloads on their way into the store ([`CommitTicket`]).
+    /// Files apt has that are on their way into the store ([`CommitTicket`]).
     commits: std::sync::atomic::AtomicUsize,
     /// Open store files, most recently used first ([`Store::open_piece`]).
     open_files: Mutex<std::collections::VecDeque<OpenFile>>,
@@ -238,10 +238,10 @@ impl Store {
         &self.db
     }
 
-    /// Counts a verified download as on its way into the store until the
-    /// ticket drops, so that a shutdown waits for it: apt got its last
-    /// byte before the fsync, and a SIGTERM right after `apt-get` must not
-    /// lose the file.
+    /// Counts a file apt already has (a verified download, a whole index
+    /// file) as on its way into the store until the ticket drops, so that
+    /// a shutdown waits for it: apt got its last byte before the fsync,
+    /// and a SIGTERM right after `apt-get` must not lose the file.
     pub fn commit_ticket(self: &Arc<Self>) -> CommitTicket {
         self.commits.fetch_add(1, Ordering::SeqCst);
         CommitTicket(self.clone())
