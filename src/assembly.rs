@@ -696,8 +696,7 @@ async fn verify(dl: Arc<Download>) {
                 // right after it: a download waiting for the network
                 // holds no buffer (lost only if the read fails or its
                 // thread panics).
-                let mut buf = ReadBuf::take();
-                let mut b = std::mem::take(&mut buf.0);
+                let mut b = take_read_buf();
                 let res = tokio::task::spawn_blocking(move || {
                     // Grown (and zeroed) only past what it ever held.
                     let n = (to - from) as usize;
@@ -713,8 +712,7 @@ async fn verify(dl: Arc<Download>) {
                 .await;
                 match res {
                     Ok((Ok(()), h, b)) => {
-                        buf.0 = b;
-                        drop(buf);
+                        give_read_buf(b);
                         let mut a = dl.lock();
                         // A reset in between started a new hash already.
                         if dl.gen() == gen {
@@ -762,26 +760,17 @@ async fn verify(dl: Arc<Download>) {
 static READ_BACK: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 const READ_BACK_KEPT: usize = 1;
 
-/// A verifier's read-back buffer; dropping it gives it back to the pool.
-struct ReadBuf(Vec<u8>);
-
-impl ReadBuf {
-    fn take() -> Self {
-        let kept = READ_BACK.lock().ok().and_then(|mut v| v.pop());
-        ReadBuf(kept.unwrap_or_default())
-    }
+/// A buffer from the pool, or a new empty one.
+fn take_read_buf() -> Vec<u8> {
+    let kept = READ_BACK.lock().ok().and_then(|mut v| v.pop());
+    kept.unwrap_or_default()
 }
 
-impl Drop for ReadBuf {
-    fn drop(&mut self) {
-        let b = std::mem::take(&mut self.0);
-        if b.capacity() == 0 {
-            return;
-        }
-        if let Ok(mut kept) = READ_BACK.lock() {
-            if kept.len() < READ_BACK_KEPT {
-                kept.push(b);
-            }
+/// Back to the pool, if it has room.
+fn give_read_buf(b: Vec<u8>) {
+    if let Ok(mut kept) = READ_BACK.lock() {
+        if kept.len() < READ_BACK_KEPT {
+            kept.push(b);
         }
     }
 }

@@ -1066,19 +1066,9 @@ async fn writer(
                 served += run.len();
                 run.clear();
                 run_buf = run;
-                let wait = {
-                    let mut tb = sh.upload_limit.lock().unwrap_or_else(|e| e.into_inner());
-                    tb.take(n, sh.now_ms())
-                };
-                if wait > 0 {
-                    if head_at > 0 && !write_within(&mut w, &out[..head_at]).await {
-                        break 'outer;
-                    }
-                    out.advance(head_at);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                if !uploaded(&mut w, &mut out, head_at, n, &sh, &shared).await {
+                    break 'outer;
                 }
-                shared.up.fetch_add(n, Ordering::Relaxed);
-                sh.uploaded.fetch_add(n, Ordering::Relaxed);
                 continue;
             }
             // The block is read straight into the outgoing buffer, behind
@@ -1113,21 +1103,9 @@ async fn writer(
                 }
             };
             shared.queued.fetch_sub(1, Ordering::Relaxed);
-            let wait = {
-                let mut tb = sh.upload_limit.lock().unwrap_or_else(|e| e.into_inner());
-                tb.take(n as u64, sh.now_ms())
-            };
-            if wait > 0 {
-                // What went before this block goes now; the block after
-                // the wait.
-                if head_at > 0 && !write_within(&mut w, &out[..head_at]).await {
-                    break 'outer;
-                }
-                out.advance(head_at);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+            if !uploaded(&mut w, &mut out, head_at, n as u64, &sh, &shared).await {
+                break 'outer;
             }
-            shared.up.fetch_add(n as u64, Ordering::Relaxed);
-            sh.uploaded.fetch_add(n as u64, Ordering::Relaxed);
             served += 1;
         }
         if !out.is_empty() {
@@ -1365,6 +1343,33 @@ fn cancelled(shared: &PeerShared, index: u32, begin: u32, length: u32, out: &mut
 
 /// Reads one block of a stored piece for upload, from the file opened for
 /// it.
+/// Counts `n` bytes just put in `out` at `head_at` as uploaded, after the
+/// upload limit's wait: what went before them is written first, they go
+/// after the wait. False if that write failed.
+async fn uploaded(
+    w: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    head_at: usize,
+    n: u64,
+    sh: &Context,
+    shared: &PeerShared,
+) -> bool {
+    let wait = {
+        let mut tb = sh.upload_limit.lock().unwrap_or_else(|e| e.into_inner());
+        tb.take(n, sh.now_ms())
+    };
+    if wait > 0 {
+        if head_at > 0 && !write_within(w, &out[..head_at]).await {
+            return false;
+        }
+        out.advance(head_at);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    shared.up.fetch_add(n, Ordering::Relaxed);
+    sh.uploaded.fetch_add(n, Ordering::Relaxed);
+    true
+}
+
 /// Appends each block of `run` (contiguous blocks of one piece, in
 /// order) to `out` behind its header, the bodies read from `f` with one
 /// `preadv` (more if the kernel returns less). False if the file ended or
